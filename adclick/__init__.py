@@ -1,0 +1,1 @@
+"""adclick: real-time ad click aggregation (Kafka -> PyFlink -> Kafka -> ClickHouse -> Flask)."""

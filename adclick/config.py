@@ -1,0 +1,54 @@
+"""Names and defaults shared by every part of adclick.
+
+One place for topic names, endpoints and paths so the job, the loader, the API and the
+generator cannot drift apart. Each default can be overridden by an ADCLICK_* environment
+variable, and every command also takes flags.
+"""
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STACK_DIR = Path(os.environ.get("ADCLICK_STACK_DIR", ROOT / ".stack"))
+
+KAFKA_BOOTSTRAP = os.environ.get("ADCLICK_KAFKA", "127.0.0.1:9092")
+CLICKHOUSE_URL = os.environ.get("ADCLICK_CLICKHOUSE_URL", f"chdb://{STACK_DIR / 'chdb'}")
+API_HOST = os.environ.get("ADCLICK_API_HOST", "127.0.0.1")
+API_PORT = int(os.environ.get("ADCLICK_API_PORT", "8000"))
+DATABASE = os.environ.get("ADCLICK_DATABASE", "adclick")
+
+
+class Topics:
+    """Kafka topics: the input and the four the Flink job writes transactionally."""
+
+    CLICKS = os.environ.get("ADCLICK_TOPIC_CLICKS", "ad-clicks")
+    COUNTS = os.environ.get("ADCLICK_TOPIC_COUNTS", "ad-click-counts")
+    TOP = os.environ.get("ADCLICK_TOPIC_TOP", "ad-top-minute")
+    LATE = os.environ.get("ADCLICK_TOPIC_LATE", "ad-clicks-late")
+    DLQ = os.environ.get("ADCLICK_TOPIC_DLQ", "ad-clicks-dlq")
+
+    @classmethod
+    def with_prefix(cls, prefix):
+        """Topic names for an isolated run (tests, benchmarks) sharing one broker."""
+        return {
+            "clicks": prefix + cls.CLICKS,
+            "counts": prefix + cls.COUNTS,
+            "top": prefix + cls.TOP,
+            "late": prefix + cls.LATE,
+            "dlq": prefix + cls.DLQ,
+        }
+
+
+# The event contract (docs/ARCHITECTURE.md): attribute values the job aggregates by.
+DEVICES = ("mobile", "desktop", "tablet", "other")
+AGGREGATED_ATTRIBUTES = ("country", "device")
+WINDOW_SECONDS = 60
+
+# Job defaults (each is a flag of jobs/ad_click_aggregation.py).
+WATERMARK_DELAY_SECONDS = 5
+ALLOWED_LATENESS_SECONDS = 300
+DEDUP_HORIZON_SECONDS = 3600
+TOP_N = 100
+MAX_PAYLOAD_CHARS = 4096
+MAX_FUTURE_SECONDS = 3600
+MIN_CLICK_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: older timestamps are absurd

@@ -1,0 +1,1 @@
+"""Flink jobs, one per file, each named for what it produces."""

@@ -1,0 +1,29 @@
+-- Exactly one row per click_id: the first seen wins. Keeping the first row on processing time
+-- is append-only and keeps event_time a rowtime attribute; its state lives for the dedup
+-- horizon (table.exec.state.ttl), so memory stays bounded.
+CREATE TEMPORARY VIEW clicks_unique AS
+SELECT click_id, ad_id, click_ts_ms, user_id, ip, country, device, event_time
+FROM (
+  SELECT *, ROW_NUMBER() OVER (PARTITION BY click_id ORDER BY proc_time ASC) AS row_num
+  FROM clicks_valid
+)
+WHERE row_num = 1;
+
+-- Route each unique click by how late it is against the watermark seen here.
+-- The window operator downstream never has a higher watermark than this one, so a click
+-- classed on_time is never dropped by the window: nothing is lost between the two.
+--   on_time   its minute has not fired yet: counted by the tumbling window
+--   late      its minute fired less than the allowed lateness ago: counted as a correction row
+--   too_late  beyond the allowed lateness: not counted, kept in the late-events topic
+CREATE TEMPORARY VIEW clicks_timed AS
+SELECT *,
+  CASE
+    WHEN watermark_ts IS NULL OR watermark_ts < minute_start + INTERVAL '59.999' SECOND THEN 'on_time'
+    WHEN watermark_ts < minute_start + INTERVAL '59.999' SECOND
+                      + INTERVAL '${allowed_lateness_s}' SECOND THEN 'late'
+    ELSE 'too_late'
+  END AS timeliness
+FROM (
+  SELECT *, CURRENT_WATERMARK(event_time) AS watermark_ts, FLOOR(event_time TO MINUTE) AS minute_start
+  FROM clicks_unique
+);

@@ -1,0 +1,1 @@
+"""Python functions the Flink job runs on pre-reduced, per-window records."""
