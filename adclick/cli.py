@@ -1,0 +1,40 @@
+"""The `adclick` command: one entry point for the project's processes and tools."""
+
+import argparse
+import logging
+import sys
+
+from adclick import config
+from adclick import server
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    tools = {
+        "generate": ("adclick.generator", "send click events to Kafka"),
+        "sql": ("adclick.sql_cli", "run read-only SQL against the store"),
+        "reconcile": ("adclick.reconcile", "recount raw clicks and compare with the counts"),
+        "topics": ("adclick.topics", "create the Kafka topics"),
+    }
+    if argv and argv[0] in tools:  # these parse their own flags
+        module = __import__(tools[argv[0]][0], fromlist=["main"])
+        return module.main(argv[1:])
+
+    parser = argparse.ArgumentParser(prog="adclick", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    serve = commands.add_parser("serve", help="load the store and serve the API (owns chdb)")
+    server.add_arguments(serve)
+    serve.add_argument("--host", default=config.API_HOST)
+    serve.add_argument("--port", type=int, default=config.API_PORT)
+    serve.add_argument("--api-key-file", help="create an API key and write it here")
+    ingest = commands.add_parser("ingest", help="only load the store (with a ClickHouse server)")
+    server.add_arguments(ingest)
+    for name, (_module, help_text) in tools.items():
+        commands.add_parser(name, help=help_text, add_help=False)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return {"serve": server.serve, "ingest": server.ingest}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

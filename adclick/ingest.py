@@ -1,0 +1,178 @@
+"""The loader: the job's Kafka topics (and the raw clicks) into ClickHouse, exactly once.
+
+Why a loader and not ClickHouse's Kafka engine: the embedded engine (chdb) cannot run the
+Kafka table engine ("Shutdown was called"), and a server's Kafka engine is at-least-once anyway.
+
+Exactly once in two halves. Kafka side: the Flink job commits its outputs in transactions and
+this consumer reads with isolation_level=read_committed, so it never sees aborted output.
+ClickHouse side: offsets are committed to Kafka only after the insert succeeded, so a crash
+replays at most the last batch; every table is a ReplacingMergeTree whose key contains the
+record's (partition, offset) or a natural id, so a replayed row collapses into its twin and
+queries that read FINAL count it once.
+"""
+
+import base64
+import json
+import logging
+import threading
+import time
+from datetime import datetime
+from datetime import timezone
+
+from kafka import KafkaConsumer
+
+from adclick import config
+from adclick import contract
+
+log = logging.getLogger("adclick.ingest")
+
+COLUMNS = {
+    "ad_click_counts": ["minute", "ad_id", "country", "device", "clicks", "late", "click_id",
+                        "src_partition", "src_offset"],
+    "top_ads_minute": ["minute", "rank", "ad_id", "clicks", "src_offset"],
+    "late_clicks": ["minute", "click_id", "ad_id", "country", "device", "user_id", "ip",
+                    "click_ts", "watermark"],
+    "dead_letters": ["received_at", "reason", "payload_base64", "source_partition",
+                     "source_offset"],
+    "raw_clicks": ["minute", "click_ts", "click_id", "ad_id", "user_id", "ip", "country",
+                   "device", "src_partition", "src_offset"],
+}
+
+
+def parse_time(text):
+    """An ISO 8601 timestamp written by the job's JSON format, as an aware UTC datetime."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
+
+
+def from_millis(ms):
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+def count_rows(record):
+    event = json.loads(record.value)
+    yield [parse_time(event["minute"]), event["ad_id"], event["country"], event["device"],
+           int(event["clicks"]), 1 if event["late"] else 0, event.get("click_id") or "",
+           record.partition, record.offset]
+
+
+def top_rows(record):
+    event = json.loads(record.value)
+    minute = parse_time(event["minute"])
+    for rank, entry in enumerate(event["top"], start=1):
+        yield [minute, rank, entry["ad_id"], int(entry["clicks"]), record.offset]
+
+
+def late_rows(record):
+    event = json.loads(record.value)
+    yield [parse_time(event["minute"]), event["click_id"], event["ad_id"], event["country"],
+           event["device"], event["user_id"], event["ip"], from_millis(event["click_ts"]),
+           parse_time(event["watermark"])]
+
+
+def dead_letter_rows(record):
+    event = json.loads(record.value)
+    yield [parse_time(event["source_timestamp"]), event["reason"], event["payload_base64"],
+           int(event["source_partition"]), int(event["source_offset"])]
+
+
+def raw_click_rows(record):
+    """Valid raw clicks, checked in Python independently of the job (for reconciliation)."""
+    click, _reason = contract.validate(record.value, now_ms=record.timestamp)
+    if click is None:
+        return
+    ts = from_millis(click.click_ts)
+    yield [ts.replace(second=0, microsecond=0), ts, click.click_id, click.ad_id, click.user_id,
+           click.ip, click.country, click.device, record.partition, record.offset]
+
+
+def table_routes(topics, raw=True):
+    """topic name -> (table, row converter)."""
+    routes = {
+        topics["counts"]: ("ad_click_counts", count_rows),
+        topics["top"]: ("top_ads_minute", top_rows),
+        topics["late"]: ("late_clicks", late_rows),
+        topics["dlq"]: ("dead_letters", dead_letter_rows),
+    }
+    if raw:
+        routes[topics["clicks"]] = ("raw_clicks", raw_click_rows)
+    return routes
+
+
+class Loader:
+    """Consumes the topics, inserts batches, then commits offsets; one thread, one consumer."""
+
+    def __init__(self, client, database=config.DATABASE, bootstrap=config.KAFKA_BOOTSTRAP,
+                 topic_prefix="", group_id="adclick-loader", raw=True, max_batch=20000):
+        self.client = client
+        self.database = database
+        self.routes = table_routes(config.Topics.with_prefix(topic_prefix), raw=raw)
+        self.bootstrap = bootstrap
+        self.group_id = group_id
+        self.max_batch = max_batch
+        self.stopping = threading.Event()
+        self.rows_loaded = {table: 0 for table, _ in self.routes.values()}
+        self.last_batch_at = None
+        self._thread = None
+
+    def _consumer(self):
+        return KafkaConsumer(
+            *self.routes,
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.max_batch,
+            fetch_max_bytes=64 * 1024 * 1024,
+            # Partitions of topics created after start (e.g. by the job) are picked up.
+            metadata_max_age_ms=5000,
+        )
+
+    def load(self, records_by_partition):
+        """Convert and insert one poll's records; returns rows inserted per table."""
+        batches = {}
+        for topic_partition, records in records_by_partition.items():
+            table, convert = self.routes[topic_partition.topic]
+            rows = batches.setdefault(table, [])
+            for record in records:
+                try:
+                    rows.extend(convert(record))
+                except (ValueError, KeyError, TypeError) as error:
+                    # The job writes these topics; a bad record here is a bug, not input.
+                    log.error("skipping unreadable record %s@%d: %s",
+                              topic_partition, record.offset, error)
+        for table, rows in batches.items():
+            if rows:
+                self.client.insert(table, rows, column_names=COLUMNS[table],
+                                   database=self.database)
+                self.rows_loaded[table] += len(rows)
+        return {table: len(rows) for table, rows in batches.items()}
+
+    def run(self):
+        """Poll, insert, commit, until stop(); reconnects after Kafka or ClickHouse errors."""
+        while not self.stopping.is_set():
+            consumer = None
+            try:
+                consumer = self._consumer()
+                while not self.stopping.is_set():
+                    polled = consumer.poll(timeout_ms=500)
+                    if polled:
+                        self.load(polled)
+                        consumer.commit()
+                        self.last_batch_at = time.time()
+            except Exception:  # noqa: BLE001 - keep loading through broker/store restarts
+                log.exception("loader error; retrying in 2 s (uncommitted batch will replay)")
+                self.stopping.wait(2)
+            finally:
+                if consumer is not None:
+                    consumer.close(autocommit=False)
+
+    def start(self):
+        self._thread = threading.Thread(target=self.run, name="adclick-loader", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout=10):
+        self.stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)

@@ -1,0 +1,204 @@
+"""End to end over the real broker, the real Flink job and the real ClickHouse engine.
+
+A known set of clicks goes in (with out-of-order jitter, duplicates resent, late clicks inside
+and beyond the allowed lateness, malformed records); API 1 and API 2 must then equal the truth
+computed here from the same events, per minute and over several minutes, with and without
+filters.
+"""
+
+import collections
+import json
+import random
+import time
+from datetime import datetime
+from datetime import timezone
+
+import pytest
+from kafka import KafkaProducer
+
+from tests.processes import Api
+from tests.processes import free_port
+from tests.processes import start_job
+from tests.processes import start_server
+from tests.processes import wait_for
+
+pytestmark = pytest.mark.integration
+
+MINUTE_MS = 60_000
+ADS = [f"ad-{i:03d}" for i in range(40)]
+COUNTRIES = ["KR", "US", "JP"]
+DEVICES = ["mobile", "desktop", "tablet"]
+
+
+def iso(ms):
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def make_click(rng, serial, minute_ms, run):
+    # Zipf-like: low-numbered ads are clicked far more often.
+    ad = ADS[min(int(rng.paretovariate(1.2)) - 1, len(ADS) - 1)]
+    return {
+        "click_id": f"{run}-{serial}", "ad_id": ad,
+        "click_ts": minute_ms + rng.randrange(MINUTE_MS),
+        "user_id": f"u{rng.randrange(500)}", "ip": f"10.0.{rng.randrange(256)}.{rng.randrange(256)}",
+        "country": rng.choice(COUNTRIES), "device": rng.choice(DEVICES),
+    }
+
+
+class Truth:
+    """Counts of the unique clicks that must be counted, by (minute, ad, country, device)."""
+
+    def __init__(self):
+        self.counts = collections.Counter()
+
+    def add(self, click):
+        minute = click["click_ts"] - click["click_ts"] % MINUTE_MS
+        self.counts[(minute, click["ad_id"], click["country"], click["device"])] += 1
+
+    def count(self, minutes, ad=None, countries=None, devices=None):
+        return sum(n for (m, a, c, d), n in self.counts.items()
+                   if m in minutes and (ad is None or a == ad)
+                   and (countries is None or c in countries)
+                   and (devices is None or d in devices))
+
+    def top(self, minutes, n, countries=None, devices=None):
+        per_ad = collections.Counter()
+        for (m, a, c, d), count in self.counts.items():
+            if m in minutes and (countries is None or c in countries) \
+                    and (devices is None or d in devices):
+                per_ad[a] += count
+        ranked = sorted(per_ad.items(), key=lambda item: (-item[1], item[0]))
+        return [{"ad_id": a, "count": c} for a, c in ranked[:n]]
+
+
+@pytest.fixture
+def pipeline(tmp_path, kafka_bootstrap, topic_prefix):
+    job = start_job(tmp_path, kafka_bootstrap, topic_prefix, tmp_path / "checkpoints",
+                    "--watermark-delay-ms", "2000", "--allowed-lateness-s", "60", "--top-n", "5")
+    port = free_port()
+    server = None
+    try:
+        server, key = start_server(tmp_path, kafka_bootstrap, topic_prefix, tmp_path / "store", port)
+        yield Api(port, key), (job, server)
+    finally:
+        for process in (job, server):
+            if process is not None:
+                process.stop()
+
+
+def test_counts_and_top_equal_the_truth(pipeline, kafka_bootstrap, topic_prefix):
+    api, processes = pipeline
+    rng = random.Random(7)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
+    topic = topic_prefix + "ad-clicks"
+    now = int(time.time() * 1000)
+    base = now - now % MINUTE_MS - 20 * MINUTE_MS  # recent, so no click is "in the future"
+    m0, m1, m2 = base, base + MINUTE_MS, base + 2 * MINUTE_MS
+    truth = Truth()
+    sent = []
+
+    def send(click, raw=None):
+        producer.send(topic, raw if raw is not None else json.dumps(click).encode())
+
+    def send_minutes(minute_list, per_minute, serial0):
+        clicks = [make_click(rng, serial0 + i, m, "on") for m in minute_list
+                  for i in range(per_minute)]
+        clicks = [dict(c, click_id=f"on-{serial0}-{i}") for i, c in enumerate(clicks)]
+        # Arrival order: event time plus up to 1.5 s of jitter (inside the 2 s watermark delay).
+        clicks.sort(key=lambda c: c["click_ts"] + rng.randrange(1500))
+        for click in clicks:
+            send(click)
+            truth.add(click)
+            sent.append(click)
+            if rng.random() < 0.05:  # a duplicate resent right away: counted once
+                send(click)
+        producer.flush()
+
+    def complete_minutes():
+        return {row[0] for row in api.sql("SELECT toUnixTimestamp(minute) * 1000 "
+                                          "FROM top_ads_minute FINAL GROUP BY minute")}
+
+    # Phase 1: minutes 0 and 1, with malformed records mixed in.
+    send_minutes([m0, m1], 300, 0)
+    for raw in (b"not json", b'{"click_id": "x"}', json.dumps(dict(sent[0], click_id="bad",
+                                                                    device="fridge")).encode()):
+        send(None, raw)
+    producer.flush()
+    wait_for(lambda: m0 in complete_minutes(), 120, "minute 0 to close", processes)
+
+    # Phase 2: late clicks for minute 0 inside the allowed lateness: they correct minute 0.
+    late = [dict(make_click(rng, i, m0, "late"), click_id=f"late-{i}") for i in range(25)]
+    for click in late:
+        send(click)
+        truth.add(click)
+    producer.flush()
+
+    # Phase 3: minute 2, then clicks two minutes on to every partition to move the watermark.
+    send_minutes([m2], 300, 10_000)
+    for partition in range(4):
+        closer = dict(make_click(rng, partition, m2 + 3 * MINUTE_MS, "close"),
+                      click_id=f"close-{partition}")
+        producer.send(topic, json.dumps(closer).encode(), partition=partition)
+        truth.add(closer)
+    producer.flush()
+    wait_for(lambda: m2 in complete_minutes(), 120, "minute 2 to close", processes)
+
+    # Phase 4: duplicates of minute-0 clicks resent minutes later, and clicks for minute 0 that
+    # are now beyond the allowed lateness: neither may change any count.
+    for click in sent[:40]:
+        send(click)
+    too_late = [dict(make_click(rng, i, m0, "tl"), click_id=f"too-late-{i}") for i in range(7)]
+    for click in too_late:
+        send(click)
+    producer.flush()
+    producer.close()
+
+    minutes = [m0, m1, m2]
+
+    def late_clicks_stored():
+        return api.sql("SELECT count() FROM late_clicks FINAL")[0][0] == len(too_late)
+
+    wait_for(late_clicks_stored, 90, "too-late clicks in ClickHouse", processes)
+
+    def api_matches():
+        status, body = api.get("/v1/ads/popular_ads", count=10, **{"from": iso(m0),
+                                                                     "to": iso(m2 + MINUTE_MS)})
+        return status == 200 and body["ads"] == truth.top(minutes, 10)
+
+    wait_for(api_matches, 90, "popular_ads to equal the truth", processes)
+
+    # API 1 per minute and over the three minutes, for the busiest ads and one never clicked.
+    for ad in ADS[:5] + ["ad-never-clicked"]:
+        for window in ([m0], [m1], [m2], minutes):
+            status, body = api.get(f"/v1/ads/{ad}/aggregated_count",
+                                   **{"from": iso(window[0]), "to": iso(window[-1] + MINUTE_MS)})
+            assert status == 200, body
+            assert body["count"] == truth.count(window, ad=ad), (ad, window)
+            assert body["ad_id"] == ad
+    # Filters, one and several values, on both APIs.
+    for countries, devices in ((["KR"], None), (None, ["mobile", "tablet"]), (["US", "JP"], ["desktop"])):
+        params = {"from": iso(m0), "to": iso(m2 + MINUTE_MS)}
+        if countries:
+            params["country"] = ",".join(countries)
+        if devices:
+            params["device"] = ",".join(devices)
+        status, body = api.get(f"/v1/ads/{ADS[0]}/aggregated_count", **params)
+        assert body["count"] == truth.count(minutes, ADS[0], countries, devices), params
+        status, body = api.get("/v1/ads/popular_ads", count=10, **params)
+        assert body["ads"] == truth.top(minutes, 10, countries, devices), params
+    # minutes=M: the most recent complete minutes are m0..m2 (later minutes have no clicks yet
+    # or are still open), so minutes=3 covers exactly those three.
+    status, body = api.get("/v1/ads/popular_ads", count=10, minutes=3)
+    assert (body["from"], body["to"]) == (iso(m0), iso(m2 + MINUTE_MS))
+    assert body["ads"] == truth.top(minutes, 10)
+
+    # Every per-minute, per-ad, per-attribute count: none lost, none doubled.
+    stored = {(m, a, c, d): n for m, a, c, d, n in api.sql(
+        "SELECT toUnixTimestamp(minute) * 1000, ad_id, country, device, sum(clicks) "
+        "FROM ad_click_counts FINAL GROUP BY minute, ad_id, country, device")}
+    expected = {k: v for k, v in truth.counts.items() if k[0] in minutes}
+    assert {k: v for k, v in stored.items() if k[0] in minutes} == expected
+    # The late clicks went through the correction path, the malformed ones to the dead letters.
+    assert api.sql("SELECT sum(clicks) FROM ad_click_counts FINAL WHERE late = 1")[0][0] == len(late)
+    reasons = sorted(r[0] for r in api.sql("SELECT reason FROM dead_letters FINAL"))
+    assert reasons == ["bad_ad_id", "bad_device", "not_json_object"]
