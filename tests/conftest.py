@@ -18,21 +18,41 @@ from tests.processes import free_port
 sys.path.insert(0, str(REPO))
 
 
+KAFKA_SCRIPT = str(REPO / "scripts" / "kafka.sh")
+
+
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory):
+def kafka_broker(tmp_path_factory):
+    """(bootstrap address, environment for scripts/kafka.sh) of the session's broker."""
     existing = os.environ.get("ADCLICK_TEST_KAFKA")
     if existing:
-        yield existing
+        yield existing, None
         return
     port, controller_port = free_port(), free_port()
     env = dict(os.environ, KAFKA_PORT=str(port), KAFKA_CONTROLLER_PORT=str(controller_port),
                KAFKA_DATA_DIR=str(tmp_path_factory.mktemp("kafka")))
-    script = str(REPO / "scripts" / "kafka.sh")
-    subprocess.run([script, "start"], env=env, check=True, timeout=180)
+    subprocess.run([KAFKA_SCRIPT, "start"], env=env, check=True, timeout=180)
     try:
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", env
     finally:
-        subprocess.run([script, "stop"], env=env, timeout=120)
+        subprocess.run([KAFKA_SCRIPT, "stop"], env=env, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_broker):
+    return kafka_broker[0]
+
+
+@pytest.fixture
+def kafka_control(kafka_broker):
+    """Run a scripts/kafka.sh subcommand (restart, kill, ...) on the session's broker."""
+    _bootstrap, env = kafka_broker
+    if env is None:
+        pytest.skip("the broker named by ADCLICK_TEST_KAFKA is not ours to restart")
+
+    def control(command):
+        subprocess.run([KAFKA_SCRIPT, command], env=env, check=True, timeout=180)
+    return control
 
 
 @pytest.fixture
