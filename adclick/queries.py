@@ -1,0 +1,148 @@
+"""Every SQL statement the HTTP API runs, with the small functions that run them.
+
+Keeping the SQL in one module makes it reviewable in one place and testable without HTTP
+(tests/test_queries.py). Values never become SQL text: each one is a ClickHouse server-side
+parameter ({name:Type}, bound by clickhouse-connect), and so is the database name
+({db:Identifier}), which adclick.store.check_identifier has vetted as well. Times cross the
+boundary as Unix seconds so that no client or engine time zone can shift a minute.
+
+The counts are read from ad_click_counts with FINAL, which collapses rows the loader replayed
+(same Kafka coordinates); late = 1 rows are corrections and are summed like the others.
+"""
+
+from datetime import datetime
+from datetime import timezone
+
+from adclick import store
+
+# The newest minute whose window fired. top_ads_minute gets a minute only once it is complete,
+# so its max is the end of the data the API can present as final.
+LATEST_COMPLETE_MINUTE = """
+SELECT toUnixTimestamp(maxOrNull(minute))
+FROM {db:Identifier}.top_ads_minute
+"""
+
+# The filter arrays are always bound; an empty array means "any value". ClickHouse folds the
+# empty() test to a constant, so one statement serves every combination of filters.
+_FILTERS = """
+  AND (empty({countries:Array(String)}) OR country IN {countries:Array(String)})
+  AND (empty({devices:Array(String)}) OR device IN {devices:Array(String)})
+"""
+
+# API 1: one ad's clicks over [start, end). An ad with no rows sums to 0.
+AD_CLICK_COUNT = """
+SELECT sum(clicks)
+FROM {db:Identifier}.ad_click_counts FINAL
+WHERE minute >= toDateTime({start:UInt32}, 'UTC')
+  AND minute < toDateTime({end:UInt32}, 'UTC')
+  AND ad_id = {ad_id:String}
+""" + _FILTERS
+
+# API 2: the most clicked ads over [start, end), ranked from the per-minute counts (not from
+# top_ads_minute, whose per-minute top-N cannot be added up into a top-N over several minutes).
+POPULAR_ADS = """
+SELECT ad_id, sum(clicks) AS count
+FROM {db:Identifier}.ad_click_counts FINAL
+WHERE minute >= toDateTime({start:UInt32}, 'UTC')
+  AND minute < toDateTime({end:UInt32}, 'UTC')
+""" + _FILTERS + """
+GROUP BY ad_id
+ORDER BY count DESC, ad_id ASC
+LIMIT {limit:UInt32}
+"""
+
+HEALTH_CHECK = "SELECT 1"
+
+VALID_KEY_HASHES = """
+SELECT key_hash
+FROM {db:Identifier}.api_keys FINAL
+WHERE revoked = 0
+"""
+
+INSERT_KEY = """
+INSERT INTO {db:Identifier}.api_keys (key_hash, name, created_at, updated_at, revoked)
+SELECT {key_hash:String}, {name:String}, now64(3, 'UTC'), now64(3, 'UTC'), 0
+"""
+
+# Revoking re-inserts the key's row, flagged and with a later version (updated_at).
+REVOKE_KEY = """
+INSERT INTO {db:Identifier}.api_keys (key_hash, name, created_at, updated_at, revoked)
+SELECT key_hash, name, created_at, now64(3, 'UTC'), 1
+FROM {db:Identifier}.api_keys FINAL
+WHERE key_hash = {key_hash:String} AND revoked = 0
+"""
+
+# Settings every API read runs with (on top of the per-request limits): each partition is a
+# day and a replayed row always lands in its twin's partition, so FINAL need not merge across.
+READ_SETTINGS = {"do_not_merge_across_partitions_select_final": 1}
+
+
+def _epoch(moment):
+    """Unix seconds of an aware datetime (the API only handles UTC ones)."""
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime: the API works in UTC only")
+    return int(moment.timestamp())
+
+
+def _settings(settings):
+    return {**READ_SETTINGS, **(settings or {})}
+
+
+def _range_parameters(db, start, end, countries, devices):
+    return {
+        "db": store.check_identifier(db),
+        "start": _epoch(start),
+        "end": _epoch(end),
+        "countries": sorted(set(countries or ())),
+        "devices": sorted(set(devices or ())),
+    }
+
+
+def latest_complete_minute(client, db, settings=None):
+    """The start of the newest complete minute in the store, or None if there is none yet."""
+    rows = client.query(LATEST_COMPLETE_MINUTE, parameters={"db": store.check_identifier(db)},
+                        settings=_settings(settings)).result_rows
+    value = rows[0][0] if rows else None
+    return None if value is None else datetime.fromtimestamp(value, tz=timezone.utc)
+
+
+def ad_click_count(client, db, ad_id, start, end, countries=(), devices=(), settings=None):
+    """Clicks of ad_id over [start, end), optionally only in countries and on devices."""
+    parameters = _range_parameters(db, start, end, countries, devices)
+    parameters["ad_id"] = ad_id
+    rows = client.query(AD_CLICK_COUNT, parameters=parameters,
+                        settings=_settings(settings)).result_rows
+    return int(rows[0][0]) if rows and rows[0][0] is not None else 0
+
+
+def popular_ads(client, db, start, end, limit, countries=(), devices=(), settings=None):
+    """The limit most clicked ads over [start, end) as [(ad_id, count)], best first."""
+    parameters = _range_parameters(db, start, end, countries, devices)
+    parameters["limit"] = int(limit)
+    rows = client.query(POPULAR_ADS, parameters=parameters,
+                        settings=_settings(settings)).result_rows
+    return [(ad_id, int(count)) for ad_id, count in rows]
+
+
+def health_check(client, settings=None):
+    """True if ClickHouse answers a trivial query."""
+    rows = client.query(HEALTH_CHECK, settings=settings).result_rows
+    return bool(rows) and rows[0][0] == 1
+
+
+def valid_key_hashes(client, db, settings=None):
+    """The SHA-256 hex digests of every API key that is not revoked."""
+    rows = client.query(VALID_KEY_HASHES, parameters={"db": store.check_identifier(db)},
+                        settings=settings).result_rows
+    return frozenset(row[0] for row in rows)
+
+
+def insert_key(client, db, key_hash, name):
+    """Store a new key's hash under a human-readable name."""
+    client.command(INSERT_KEY, parameters={
+        "db": store.check_identifier(db), "key_hash": key_hash, "name": name})
+
+
+def revoke_key(client, db, key_hash):
+    """Mark a key as revoked (no effect if it is unknown or already revoked)."""
+    client.command(REVOKE_KEY, parameters={"db": store.check_identifier(db), "key_hash": key_hash})

@@ -1,0 +1,70 @@
+"""The ads resource: API 1 (one ad's click count) and API 2 (the most clicked ads).
+
+Both answer for a range of whole minutes. `minutes=M` means the M most recent complete minutes:
+a minute is complete once the job's window for it has fired, which is when it appears in
+top_ads_minute, so the range ends right after max(minute) of that table. Ending there rather
+than at the wall clock keeps a count from creeping up while its minute is still open. With no
+complete minute yet the range ends at the current UTC minute. `from`/`to` name the range.
+"""
+
+from datetime import datetime
+from datetime import timezone
+
+from flask import Blueprint
+from flask import current_app
+from flask import jsonify
+from flask import request
+
+from adclick import queries
+from api import auth
+from api import db
+from api import params
+
+bp = Blueprint("ads", __name__, url_prefix="/v1/ads")
+bp.before_request(auth.require_key)
+
+COUNT_PARAMETERS = params.RANGE_PARAMETERS + params.FILTER_PARAMETERS
+POPULAR_PARAMETERS = COUNT_PARAMETERS + ("count",)
+
+
+def _current_minute():
+    return datetime.now(timezone.utc).replace(second=0, microsecond=0)
+
+
+def resolve_range(requested):
+    """[start, end) of a RangeRequest, asking the store for its latest complete minute."""
+    if requested.minutes is None:
+        return requested.start, requested.end
+    latest = queries.latest_complete_minute(db.client(), db.database(), db.read_settings())
+    end = _current_minute() if latest is None else latest + params.MINUTE
+    return end - requested.minutes * params.MINUTE, end
+
+
+def _parse(allowed):
+    params.check_known(request.args, allowed)
+    requested = params.time_range(request.args, current_app.config["MAX_RANGE_MINUTES"])
+    return requested, params.filters(request.args)
+
+
+@bp.get("/<ad_id>/aggregated_count")
+def aggregated_count(ad_id):
+    """API 1: clicks of one ad over the range, optionally filtered."""
+    ad_id = params.ad_id(ad_id)
+    requested, filters = _parse(COUNT_PARAMETERS)
+    start, end = resolve_range(requested)
+    count = queries.ad_click_count(db.client(), db.database(), ad_id, start, end,
+                                   filters.countries, filters.devices, db.read_settings())
+    return jsonify({"ad_id": ad_id, "count": count,
+                    "from": params.iso(start), "to": params.iso(end)})
+
+
+@bp.get("/popular_ads")
+def popular_ads():
+    """API 2: the `count` most clicked ads over the range, highest first, ties by ad_id."""
+    requested, filters = _parse(POPULAR_PARAMETERS)
+    limit = params.integer(request.args, "count", params.POPULAR_DEFAULT, 1, params.POPULAR_MAX)
+    start, end = resolve_range(requested)
+    rows = queries.popular_ads(db.client(), db.database(), start, end, limit,
+                               filters.countries, filters.devices, db.read_settings())
+    return jsonify({"from": params.iso(start), "to": params.iso(end),
+                    "ads": [{"ad_id": ad_id, "count": count} for ad_id, count in rows]})

@@ -1,0 +1,125 @@
+"""The API's ClickHouse clients: opened lazily, the schema applied once, limits per request.
+
+The app never holds a connection it has not needed yet, and a store that is down at start
+does not keep the app from starting: the first request that needs the store (or /healthz)
+connects, applies the schema (adclick.store.apply_schema, idempotent) and runs the hooks other
+modules registered (auth's bootstrap key); until that succeeds every such request gets a 503.
+
+Two clients per app:
+- `client()` for the API's own fixed statements (adclick.queries), with per-request limits
+  (`read_settings()`). For the embedded engine it is adclick.store's shared client.
+- `sql_client()` for POST /v1/sql: a separate session whose limits and readonly=1 are set when
+  it opens. Once readonly=1 is in force the engine refuses to change any setting, so a user's
+  query can neither write nor lift its own time, memory or row limits.
+
+Both are safe to share between the threads of a worker. Under gunicorn each worker process
+builds its own (the app keeps no other state), which needs a ClickHouse server URL: an
+embedded chdb path can be open in one process only.
+"""
+
+import logging
+import threading
+
+import clickhouse_connect
+from flask import current_app
+
+from adclick import store
+
+log = logging.getLogger(__name__)
+EXTENSION = "adclick.db"
+
+
+class Store:
+    """The ClickHouse clients of one app and the settings they run with."""
+
+    def __init__(self, config):
+        self.url = config["CLICKHOUSE_URL"]
+        self.database = store.check_identifier(config["DATABASE"])
+        self.timeout_s = float(config["QUERY_TIMEOUT_S"])
+        self.max_memory = int(config["MAX_MEMORY_USAGE"])
+        self.sql_max_rows = int(config["SQL_MAX_ROWS"])
+        self.on_ready = []
+        self._lock = threading.Lock()
+        self._client = None
+        self._sql_client = None
+
+    def _connect(self, **kwargs):
+        if store.is_embedded(self.url) and not kwargs:
+            return store.connect(self.url)
+        if store.is_embedded(self.url):
+            # Another handle on the engine adclick.store opened: same data, its own session.
+            return clickhouse_connect.get_client(dsn=self.url, **kwargs)
+        # No session id: one HTTP client serves concurrent threads. The socket timeout backs up
+        # max_execution_time when the server or the network hangs.
+        return clickhouse_connect.get_client(
+            dsn=self.url, autogenerate_session_id=False, connect_timeout=min(self.timeout_s, 10),
+            send_receive_timeout=self.timeout_s + 5, **kwargs)
+
+    def client(self):
+        """The client for the API's statements, connecting and applying the schema if needed."""
+        with self._lock:
+            if self._client is None:
+                client = self._connect()
+                store.apply_schema(client, self.database)
+                for hook in self.on_ready:
+                    hook(client, self.database)
+                self._client = client
+            return self._client
+
+    def sql_client(self):
+        """The readonly session for user SQL, with the database as its default."""
+        self.client()  # the database must exist before a session can default to it
+        with self._lock:
+            if self._sql_client is None:
+                # Limits first: after readonly=1 no setting can change (dicts keep order).
+                settings = {
+                    "max_execution_time": self.timeout_s,
+                    "max_memory_usage": self.max_memory,
+                    "max_result_rows": self.sql_max_rows + 1,
+                    "max_result_bytes": 256 * 1024 * 1024,
+                    "result_overflow_mode": "break",
+                    "readonly": 1,
+                }
+                self._sql_client = self._connect(database=self.database, settings=settings)
+            return self._sql_client
+
+    def read_settings(self):
+        """Limits for one of the API's own queries."""
+        return {"max_execution_time": self.timeout_s, "max_memory_usage": self.max_memory}
+
+
+def init_app(app):
+    """Give app its Store (clients open on first use; see warm_up)."""
+    app.extensions[EXTENSION] = Store(app.config)
+
+
+def warm_up(app):
+    """Connect and apply the schema now, so a healthy store is ready before traffic.
+
+    A failure is logged, not raised: the app still starts, answers 503, and retries the
+    connection on the next request that needs the store.
+    """
+    try:
+        app.extensions[EXTENSION].client()
+    except Exception as error:  # noqa: BLE001 - any failure here means "not ready yet"
+        log.warning("ClickHouse not ready at start (%s); will retry on demand", error)
+
+
+def get_store():
+    """The current app's Store."""
+    return current_app.extensions[EXTENSION]
+
+
+def client():
+    """The current app's client for the API's statements."""
+    return get_store().client()
+
+
+def database():
+    """The current app's database name."""
+    return get_store().database
+
+
+def read_settings():
+    """The per-request limits for the API's statements."""
+    return get_store().read_settings()

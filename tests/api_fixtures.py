@@ -1,0 +1,153 @@
+"""Fixtures and test data shared by the API's test modules (test_api, test_queries, ...).
+
+chdb can open one engine path per process (a second path fails with "EmbeddedServer already
+initialized with path ..."), so every module shares one session-wide path and isolates itself
+in its own database instead (the DATABASE config key). If some other fixture already opened an
+embedded store in this process, its path is reused for the same reason.
+
+The data set is known rows of ad_click_counts (including late = 1 corrections and rows replayed
+with identical Kafka coordinates, inserted in separate parts so that only FINAL collapses them)
+and top_ads_minute; `truth_*` recompute the API's answers from those rows in plain Python.
+"""
+
+import random
+import threading
+from collections import defaultdict
+from datetime import datetime
+from datetime import timedelta
+from datetime import timezone
+
+import pytest
+from werkzeug.serving import make_server
+
+from adclick import store
+
+MINUTE = timedelta(minutes=1)
+T0 = datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc)
+DATA_MINUTES = 12  # counts for T0 .. T0+11
+COMPLETE_MINUTES = 10  # top_ads_minute has T0 .. T0+9: the latest complete minute is T0+9
+ADS = [f"ad-{i:02d}" for i in range(12)] + ["tie-b", "tie-a"]
+COUNTRIES = ["KR", "JP", "US", "DE"]
+DEVICES = ["mobile", "desktop", "tablet", "other"]
+COUNT_COLUMNS = ["minute", "ad_id", "country", "device", "clicks", "late", "click_id",
+                 "src_partition", "src_offset"]
+KEY_COLUMNS = ("minute", "ad_id", "country", "device", "src_partition", "src_offset")
+
+
+@pytest.fixture(scope="session")
+def chdb_url(tmp_path_factory):
+    """The one embedded store of this pytest process (chdb:///abs/path)."""
+    already_open = [url for url in store._chdb_clients if store.is_embedded(url)]
+    if already_open:
+        return already_open[0]
+    return f"chdb://{tmp_path_factory.mktemp('chdb')}/ch"
+
+
+def fresh_database(url, name):
+    """A client on url with database `name` dropped and created again from the schema."""
+    client = store.connect(url)
+    client.command(f"DROP DATABASE IF EXISTS {store.check_identifier(name)}")
+    store.apply_schema(client, name)
+    return client
+
+
+def make_count_rows(seed=7):
+    """Known ad_click_counts rows: (rows, replayed duplicates of some of them)."""
+    rng = random.Random(seed)
+    rows, offset = [], 0
+    for m in range(DATA_MINUTES):
+        minute = T0 + m * MINUTE
+        for ad in ADS[:12]:
+            for _ in range(rng.randint(0, 4)):
+                offset += 1
+                late = 1 if rng.random() < 0.15 else 0
+                click_id = f"c{offset}" if late else ""
+                rows.append({"minute": minute, "ad_id": ad, "country": rng.choice(COUNTRIES),
+                             "device": rng.choice(DEVICES), "clicks": 1 if late else
+                             rng.randint(1, 9), "late": late, "click_id": click_id,
+                             "src_partition": offset % 3, "src_offset": offset})
+        # Two ads with equal totals in every minute: ties broken by ad_id ascending.
+        for ad in ("tie-b", "tie-a"):
+            offset += 1
+            rows.append({"minute": minute, "ad_id": ad, "country": "KR", "device": "mobile",
+                         "clicks": 7, "late": 0, "click_id": "", "src_partition": 0,
+                         "src_offset": offset})
+    replayed = [dict(row) for row in rng.sample(rows, len(rows) // 4)]
+    return rows, replayed
+
+
+def insert_counts(client, database, rows):
+    """Insert rows (dicts) into ad_click_counts as one part."""
+    client.insert("ad_click_counts", [[row[c] for c in COUNT_COLUMNS] for row in rows],
+                  column_names=COUNT_COLUMNS, database=database)
+
+
+def insert_complete_minutes(client, database, minutes):
+    """Mark minutes complete: one top_ads_minute row each (what the job pushes)."""
+    client.insert("top_ads_minute", [[minute, 1, "ad-00", 1, i] for i, minute in
+                                     enumerate(minutes)],
+                  column_names=["minute", "rank", "ad_id", "clicks", "src_offset"],
+                  database=database)
+
+
+def load_dataset(client, database):
+    """The standard data set in database; returns the rows as the truth sees them."""
+    rows, replayed = make_count_rows()
+    # No background merge may collapse the replayed rows: only FINAL is to do that.
+    client.command(f"SYSTEM STOP MERGES {store.check_identifier(database)}.ad_click_counts")
+    insert_counts(client, database, rows)
+    insert_counts(client, database, replayed)  # a replay after a crash: a second part
+    insert_complete_minutes(client, database, [T0 + m * MINUTE for m in range(COMPLETE_MINUTES)])
+    return rows + replayed
+
+
+def dedup(rows):
+    """What FINAL shows: one row per sorting key."""
+    return list({tuple(row[c] for c in KEY_COLUMNS): row for row in rows}.values())
+
+
+def _selected(rows, start, end, countries, devices):
+    for row in dedup(rows):
+        if not start <= row["minute"] < end:
+            continue
+        if countries and row["country"] not in countries:
+            continue
+        if devices and row["device"] not in devices:
+            continue
+        yield row
+
+
+def truth_count(rows, ad_id, start, end, countries=(), devices=()):
+    """API 1 computed from the rows."""
+    return sum(row["clicks"] for row in _selected(rows, start, end, countries, devices)
+               if row["ad_id"] == ad_id)
+
+
+def truth_top(rows, start, end, limit, countries=(), devices=()):
+    """API 2 computed from the rows: [(ad_id, count)], count desc then ad_id asc."""
+    totals = defaultdict(int)
+    for row in _selected(rows, start, end, countries, devices):
+        totals[row["ad_id"]] += row["clicks"]
+    return sorted(totals.items(), key=lambda item: (-item[1], item[0]))[:limit]
+
+
+def iso(moment):
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class LiveServer:
+    """A WSGI app served by werkzeug on a free local port, in a thread."""
+
+    def __init__(self, app):
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
