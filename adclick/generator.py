@@ -50,9 +50,10 @@ _FIXED_REASONS = {
     "oversized": "oversized",
     "unknown_device": "bad_device",
 }
+# Not [value]: the job reads a one-element array like its element (see contract._field).
 _WRONG_VALUES = {
-    "click_ts": lambda ts: [str(ts), ts + 0.5, True, None, [ts]],
-    "other": lambda value: [12345, None, True, [value], {"v": value}],
+    "click_ts": lambda ts: [str(ts), ts + 0.5, True, None, [ts, ts]],
+    "other": lambda value: [12345, None, True, [value, value], {"v": value}],
 }
 
 
