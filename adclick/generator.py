@@ -16,6 +16,7 @@ import heapq
 import itertools
 import json
 import random
+import re
 import signal
 import sys
 import time
@@ -62,10 +63,12 @@ def _cumulative(weights):
 
 
 def _pick(rng, values, cum):
-    return values[bisect.bisect_right(cum, rng.random() * cum[-1])]
+    # min(): a float product may round up to the total itself
+    return values[min(bisect.bisect_right(cum, rng.random() * cum[-1]), len(values) - 1)]
 
 
 def now_ms():
+    """The wall clock in epoch milliseconds."""
     return time.time_ns() // 1_000_000
 
 
@@ -339,7 +342,7 @@ def parse_args(argv=None):
     p.add_argument("--out-of-order-ms", type=int, default=0,
                    help="max random jitter subtracted from click_ts")
     p.add_argument("--malformed", type=float, default=0.0,
-                   help="fraction of new events that are malformed, of every kind in turn")
+                   help="fraction of new events that are malformed, each of a random kind")
     p.add_argument("--start-ts-ms", type=int, default=None,
                    help="simulated event clock start (epoch ms; default: real time)")
     p.add_argument("--speedup", type=float, default=1.0,
@@ -363,6 +366,8 @@ def parse_args(argv=None):
         p.error("--speedup must be positive")
     if args.count is not None and args.count < 0:
         p.error("--count must not be negative")
+    if args.run_id is not None and not re.fullmatch(r"[A-Za-z0-9_.:-]{1,40}", args.run_id):
+        p.error("--run-id must be 1-40 of A-Z a-z 0-9 _ . : - (it starts every click_id)")
     return args
 
 

@@ -196,7 +196,8 @@ def test_parse_args_defaults_and_checks():
     assert args.duplicate_delay_s == 30 and args.topic == config.Topics.CLICKS
     assert args.bootstrap_servers == config.KAFKA_BOOTSTRAP
     assert args.duration is None and args.count is None
-    for bad in (["--duplicates", "1.5"], ["--malformed", "-0.1"], ["--speedup", "0"]):
+    for bad in (["--duplicates", "1.5"], ["--malformed", "-0.1"], ["--speedup", "0"],
+                ["--run-id", 'a"b'], ["--count", "-1"]):
         with pytest.raises(SystemExit):
             generator.parse_args(bad)
 
