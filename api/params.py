@@ -173,7 +173,7 @@ def single_statement(text):
     """
     end = _first_top_level_semicolon(text)
     if end is None:
-        return text.strip()
+        return text.strip() if _strip_blank(text) else ""
     rest = text[end + 1:]
     if _strip_blank(rest.replace(";", " ")):
         raise ApiError("'query' must be a single statement (found more after ';')")

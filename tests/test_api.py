@@ -1,0 +1,735 @@
+"""The HTTP API end to end on the real embedded engine: answers, errors, auth, SQL, contract.
+
+Each answer of API 1 and API 2 is compared with the same answer computed in Python from the
+inserted rows (tests/api_fixtures.py), and every response is validated against the schema that
+api/openapi.yaml documents for its path, method and status.
+"""
+
+import time
+from datetime import datetime
+from datetime import timezone
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from adclick import queries
+from api import auth
+from api import create_app
+from api import errors
+from api import params
+from api.errors import ApiError
+from tests.api_fixtures import ADS
+from tests.api_fixtures import COMPLETE_MINUTES
+from tests.api_fixtures import DATA_MINUTES
+from tests.api_fixtures import MINUTE
+from tests.api_fixtures import T0
+from tests.api_fixtures import chdb_url  # noqa: F401 - a fixture
+from tests.api_fixtures import dedup
+from tests.api_fixtures import fresh_database
+from tests.api_fixtures import iso
+from tests.api_fixtures import load_dataset
+from tests.api_fixtures import truth_count
+from tests.api_fixtures import truth_top
+
+DB = "t_api"
+ROOT = Path(__file__).resolve().parent.parent
+ANALYSES = sorted((ROOT / "sql" / "analyses").glob("*.sql"))
+LATEST_END = T0 + COMPLETE_MINUTES * MINUTE  # the end of "the most recent complete minutes"
+COUNT_PATH = "/v1/ads/{ad_id}/aggregated_count"
+POPULAR_PATH = "/v1/ads/popular_ads"
+DOWN_URL = "http://127.0.0.1:1"  # nothing listens on port 1: connection refused at once
+
+
+@pytest.fixture(scope="module")
+def dataset(chdb_url):  # noqa: F811
+    client = fresh_database(chdb_url, DB)
+    rows = load_dataset(client, DB)
+    _load_side_tables(client)
+    return client, rows
+
+
+def _load_side_tables(client):
+    """A few raw clicks, too-late clicks and dead letters, for the analyses."""
+    client.insert("raw_clicks", [
+        [T0, T0, f"r{i}", "ad-01", "u1", "10.0.0.1", "KR", "mobile", 0, i] for i in range(5)
+    ] + [[T0, T0, "r0", "ad-01", "u1", "10.0.0.1", "KR", "mobile", 1, 99]],
+        column_names=["minute", "click_ts", "click_id", "ad_id", "user_id", "ip", "country",
+                      "device", "src_partition", "src_offset"], database=DB)
+    client.insert("late_clicks", [[T0, "z1", "ad-01", "JP", "tablet", "u2", "::1", T0,
+                                   T0 + 10 * MINUTE]],
+                  column_names=["minute", "click_id", "ad_id", "country", "device", "user_id",
+                                "ip", "click_ts", "watermark"], database=DB)
+    client.insert("dead_letters", [[T0 + i * MINUTE, reason, "e30=", 0, i]
+                                   for i, reason in enumerate(["bad_ad_id", "not_json_object",
+                                                               "bad_ad_id"])],
+                  column_names=["received_at", "reason", "payload_base64", "source_partition",
+                                "source_offset"], database=DB)
+
+
+def make_app(url, **overrides):
+    return create_app({"CLICKHOUSE_URL": url, "DATABASE": DB, "TESTING": True, **overrides})
+
+
+@pytest.fixture(scope="module")
+def app(dataset, chdb_url):  # noqa: F811
+    return make_app(chdb_url)
+
+
+@pytest.fixture(scope="module")
+def key(app, dataset):
+    return auth.create_key(dataset[0], DB, "test_api")
+
+
+@pytest.fixture(scope="module")
+def openapi():
+    return yaml.safe_load((ROOT / "api" / "openapi.yaml").read_text())
+
+
+class Api:
+    """A test client that validates every response against the OpenAPI document."""
+
+    def __init__(self, app, key, openapi):
+        self.client = app.test_client()
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.openapi = openapi
+
+    def get(self, path, template=None, headers=None, **query):
+        response = self.client.get(path, query_string=query,
+                                   headers=self.headers if headers is None else headers)
+        self.check(response, template or path, "get")
+        return response
+
+    def sql(self, query, status=None, **body):
+        response = self.client.post("/v1/sql", json={"query": query, **body},
+                                    headers=self.headers)
+        self.check(response, "/v1/sql", "post")
+        if status is not None:
+            assert response.status_code == status, response.get_json()
+        return response.get_json()
+
+    def check(self, response, template, method):
+        assert response.content_type.startswith("application/json"), response.data[:200]
+        operation = self.openapi["paths"].get(template, {}).get(method)
+        if operation is None:  # an undocumented URL: must be a JSON 404/405
+            assert response.status_code in (404, 405)
+            assert set(response.get_json()) == {"error"}
+            return
+        documented = operation["responses"].get(str(response.status_code))
+        assert documented, f"{method} {template}: undocumented status {response.status_code}"
+        if "$ref" in documented:
+            documented = self.openapi["components"]["responses"][
+                documented["$ref"].rsplit("/", 1)[1]]
+        schema = documented["content"]["application/json"]["schema"]
+        jsonschema.Draft202012Validator(
+            {"allOf": [schema], "components": self.openapi["components"]}
+        ).validate(response.get_json())
+
+
+@pytest.fixture(scope="module")
+def api(app, key, openapi):
+    return Api(app, key, openapi)
+
+
+def count_of(api, ad_id, **query):
+    response = api.get(f"/v1/ads/{ad_id}/aggregated_count", COUNT_PATH, **query)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def popular(api, **query):
+    response = api.get(POPULAR_PATH, **query)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+# --- API 1 ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ad_id", ADS + ["never-clicked"])
+@pytest.mark.parametrize("minutes", [1, 3, COMPLETE_MINUTES, 1440])
+def test_count_over_recent_minutes(api, dataset, ad_id, minutes):
+    _, rows = dataset
+    body = count_of(api, ad_id, minutes=minutes)
+    start = LATEST_END - minutes * MINUTE
+    assert body == {"ad_id": ad_id, "count": truth_count(rows, ad_id, start, LATEST_END),
+                    "from": iso(start), "to": iso(LATEST_END)}
+
+
+def test_count_defaults_to_the_latest_complete_minute(api, dataset):
+    _, rows = dataset
+    body = count_of(api, "tie-a")
+    assert (body["from"], body["to"]) == (iso(LATEST_END - MINUTE), iso(LATEST_END))
+    assert body["count"] == 7
+
+
+def test_incomplete_minutes_are_not_in_minutes_ranges(api, dataset):
+    """Minutes after the latest complete one have counts, but minutes=M stops before them."""
+    _, rows = dataset
+    assert any(row["minute"] >= LATEST_END for row in rows)
+    everything = truth_count(rows, "tie-b", T0, T0 + DATA_MINUTES * MINUTE)
+    assert count_of(api, "tie-b", minutes=1440)["count"] == everything - 7 * 2
+
+
+FILTERS = [
+    {}, {"country": "KR"}, {"country": "JP,US"}, {"device": "mobile"},
+    {"device": "desktop,tablet,other"}, {"country": "KR,DE", "device": "mobile,desktop"},
+    {"country": "FR"},
+]
+
+
+@pytest.mark.parametrize("filters", FILTERS)
+@pytest.mark.parametrize("first,last", [(0, 1), (2, 9), (0, DATA_MINUTES), (5, 6)])
+def test_count_from_to_with_filters(api, dataset, filters, first, last):
+    _, rows = dataset
+    start, end = T0 + first * MINUTE, T0 + last * MINUTE
+    countries = filters.get("country", "").split(",") if "country" in filters else ()
+    devices = filters.get("device", "").split(",") if "device" in filters else ()
+    for ad_id in ADS:
+        body = count_of(api, ad_id, **{"from": iso(start), "to": iso(end)}, **filters)
+        assert body["count"] == truth_count(rows, ad_id, start, end, countries, devices), ad_id
+        assert (body["from"], body["to"]) == (iso(start), iso(end))
+
+
+def test_count_with_minutes_and_filters(api, dataset):
+    _, rows = dataset
+    start = LATEST_END - 4 * MINUTE
+    body = count_of(api, "ad-03", minutes=4, country="KR,JP", device="mobile")
+    assert body["count"] == truth_count(rows, "ad-03", start, LATEST_END, ("KR", "JP"),
+                                        ("mobile",))
+
+
+def test_late_corrections_and_replays(api, dataset):
+    """late = 1 rows are counted; replayed rows are counted once."""
+    _, rows = dataset
+    unique = dedup(rows)
+    late = [row for row in unique if row["late"]]
+    assert late and len(unique) < len(rows)
+    row = late[0]
+    start, end = row["minute"], row["minute"] + MINUTE
+    body = count_of(api, row["ad_id"], **{"from": iso(start), "to": iso(end)})
+    on_time = sum(r["clicks"] for r in unique if r["ad_id"] == row["ad_id"]
+                  and r["minute"] == row["minute"] and not r["late"])
+    late_sum = sum(r["clicks"] for r in late if r["ad_id"] == row["ad_id"]
+                   and r["minute"] == row["minute"])
+    assert body["count"] == on_time + late_sum
+
+
+def test_timestamps_in_other_accepted_spellings(api, dataset):
+    _, rows = dataset
+    body = count_of(api, "tie-a", **{"from": "2026-11-24T10:02+00:00", "to": "2026-11-24T10:05Z"})
+    assert body == {"ad_id": "tie-a", "count": 21, "from": "2026-11-24T10:02:00Z",
+                    "to": "2026-11-24T10:05:00Z"}
+
+
+# --- API 2 ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("filters", FILTERS)
+@pytest.mark.parametrize("count", [None, 1, 5, 1000])
+def test_popular_over_recent_minutes(api, dataset, filters, count):
+    _, rows = dataset
+    countries = filters["country"].split(",") if "country" in filters else ()
+    devices = filters["device"].split(",") if "device" in filters else ()
+    query = dict(filters, **({} if count is None else {"count": count}))
+    for minutes in (1, 4, 1440):
+        body = popular(api, minutes=minutes, **query)
+        start = LATEST_END - minutes * MINUTE
+        expected = truth_top(rows, start, LATEST_END, count or 100, countries, devices)
+        assert body == {"from": iso(start), "to": iso(LATEST_END),
+                        "ads": [{"ad_id": a, "count": c} for a, c in expected]}
+
+
+@pytest.mark.parametrize("first,last", [(0, 1), (1, 11), (0, DATA_MINUTES), (11, 12)])
+def test_popular_from_to(api, dataset, first, last):
+    _, rows = dataset
+    start, end = T0 + first * MINUTE, T0 + last * MINUTE
+    for count in (2, 100):
+        body = popular(api, count=count, **{"from": iso(start), "to": iso(end)})
+        assert [(ad["ad_id"], ad["count"]) for ad in body["ads"]] == \
+            truth_top(rows, start, end, count)
+
+
+def test_popular_ties_by_ad_id(api):
+    body = popular(api, minutes=1440, country="KR", device="mobile", count=1000)
+    names = [ad["ad_id"] for ad in body["ads"]]
+    assert names.index("tie-b") == names.index("tie-a") + 1
+
+
+def test_popular_empty_range(api):
+    body = popular(api, **{"from": "2020-01-01T00:00:00Z", "to": "2020-01-01T01:00:00Z"})
+    assert body["ads"] == []
+
+
+def test_empty_store_ends_at_the_current_minute(chdb_url, openapi):  # noqa: F811
+    fresh_database(chdb_url, "t_api_empty")
+    app = create_app({"CLICKHOUSE_URL": chdb_url, "DATABASE": "t_api_empty",
+                      "AUTH_REQUIRED": False})
+    api = Api(app, None, openapi)
+    before = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    body = popular(api, minutes=5)
+    after = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    assert body["ads"] == []
+    assert body["to"] in (iso(before), iso(after))
+    end = datetime.strptime(body["to"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    assert body["from"] == iso(end - 5 * MINUTE)
+    assert count_of(api, "ad-01", minutes=2)["count"] == 0
+
+
+# --- 400: every validation rule ----------------------------------------------------------------
+
+BAD_REQUESTS = [
+    (POPULAR_PATH, {"minutes": "0"}, "minutes"),
+    (POPULAR_PATH, {"minutes": "1441"}, "minutes"),
+    (POPULAR_PATH, {"minutes": "-1"}, "minutes"),
+    (POPULAR_PATH, {"minutes": "1.5"}, "minutes"),
+    (POPULAR_PATH, {"minutes": "ten"}, "minutes"),
+    (POPULAR_PATH, {"minutes": ""}, "minutes"),
+    (POPULAR_PATH, {"minutes": " 5"}, "minutes"),
+    (POPULAR_PATH, {"minutes": "5", "from": "2026-11-24T10:00:00Z",
+                    "to": "2026-11-24T10:05:00Z"}, "minutes"),
+    (POPULAR_PATH, {"minutes": "5", "to": "2026-11-24T10:05:00Z"}, "minutes"),
+    (POPULAR_PATH, {"from": "2026-11-24T10:00:00Z"}, "to"),
+    (POPULAR_PATH, {"to": "2026-11-24T10:00:00Z"}, "from"),
+    (POPULAR_PATH, {"from": "yesterday", "to": "2026-11-24T10:00:00Z"}, "from"),
+    (POPULAR_PATH, {"from": "2026-11-24T10:00:00", "to": "2026-11-24T10:05:00"}, "from"),
+    (POPULAR_PATH, {"from": "2026-11-24T10:00:00+01:00", "to": "2026-11-24T11:05:00Z"}, "from"),
+    (POPULAR_PATH, {"from": "2026-11-24T10:00:30Z", "to": "2026-11-24T10:05:00Z"}, "from"),
+    (POPULAR_PATH, {"from": "2026-11-24T10:00:00.000Z", "to": "2026-11-24T10:05:00Z"}, "from"),
+    (POPULAR_PATH, {"from": "2026-02-30T10:00:00Z", "to": "2026-03-01T10:05:00Z"}, "from"),
+    (POPULAR_PATH, {"from": "2026-11-24T10:00:00Z", "to": "2026-11-24T25:00:00Z"}, "to"),
+    (POPULAR_PATH, {"from": "2026-11-24T10:05:00Z", "to": "2026-11-24T10:00:00Z"}, "from"),
+    (POPULAR_PATH, {"from": "2026-11-24T10:00:00Z", "to": "2026-11-24T10:00:00Z"}, "from"),
+    (POPULAR_PATH, {"from": "2026-11-24T10:00:00Z", "to": "2026-11-25T10:01:00Z"}, "1440"),
+    (POPULAR_PATH, {"from": "1969-12-31T23:00:00Z", "to": "1969-12-31T23:30:00Z"}, "from"),
+    (POPULAR_PATH, {"from": "2999-01-01T00:00:00Z", "to": "2999-01-01T00:10:00Z"}, "from"),
+    (POPULAR_PATH, {"country": "kr"}, "country"),
+    (POPULAR_PATH, {"country": "KOR"}, "country"),
+    (POPULAR_PATH, {"country": "KR,"}, "country"),
+    (POPULAR_PATH, {"country": ""}, "country"),
+    (POPULAR_PATH, {"country": "KR JP"}, "country"),
+    (POPULAR_PATH, {"country": ",".join(["KR"] * 51)}, "country"),
+    (POPULAR_PATH, {"device": "phone"}, "device"),
+    (POPULAR_PATH, {"device": "Mobile"}, "device"),
+    (POPULAR_PATH, {"device": "mobile,,desktop"}, "device"),
+    (POPULAR_PATH, {"count": "0"}, "count"),
+    (POPULAR_PATH, {"count": "1001"}, "count"),
+    (POPULAR_PATH, {"count": "many"}, "count"),
+    (POPULAR_PATH, {"limit": "5"}, "limit"),
+    (POPULAR_PATH, {"minute": "5"}, "minute"),
+    ("/v1/ads/ad-01/aggregated_count", {"count": "5"}, "count"),
+    ("/v1/ads/ad-01/aggregated_count", {"foo": "1", "bar": "2"}, "bar, foo"),
+    ("/v1/ads/ad-01/aggregated_count", {"minutes": "abc"}, "minutes"),
+    ("/v1/ads/bad!id/aggregated_count", {}, "ad_id"),
+    ("/v1/ads/" + "x" * 65 + "/aggregated_count", {}, "ad_id"),
+    ("/v1/ads/ad%20one/aggregated_count", {}, "ad_id"),
+]
+
+
+@pytest.mark.parametrize("path,query,named", BAD_REQUESTS)
+def test_bad_requests(api, path, query, named):
+    template = COUNT_PATH if path.endswith("aggregated_count") else path
+    response = api.get(path, template, **query)
+    assert response.status_code == 400
+    assert named in response.get_json()["error"]
+
+
+def test_repeated_parameter(api):
+    response = api.client.get(f"{POPULAR_PATH}?minutes=1&minutes=2", headers=api.headers)
+    api.check(response, POPULAR_PATH, "get")
+    assert response.status_code == 400
+    assert "minutes" in response.get_json()["error"]
+
+
+def test_configured_max_range(chdb_url, dataset, openapi):  # noqa: F811
+    api = Api(make_app(chdb_url, AUTH_REQUIRED=False, MAX_RANGE_MINUTES=60), None, openapi)
+    assert api.get(POPULAR_PATH, minutes=61).status_code == 400
+    assert api.get(POPULAR_PATH, minutes=60).status_code == 200
+    response = api.get(POPULAR_PATH, **{"from": iso(T0), "to": iso(T0 + 61 * MINUTE)})
+    assert response.status_code == 400 and "60 minutes" in response.get_json()["error"]
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("2026-11-24T10:00:00Z", datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc)),
+    ("2026-11-24T10:00Z", datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc)),
+    ("2026-11-24T23:59:00+00:00", datetime(2026, 11, 24, 23, 59, tzinfo=timezone.utc)),
+])
+def test_timestamp_parsing(text, expected):
+    assert params.timestamp({"t": text}, "t") == expected
+    assert params.iso(expected).endswith("Z")
+
+
+# --- 401, 404, 405, 503 -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("authorization", [
+    None, "", "Basic dXNlcjpwYXNz", "Bearer", "Bearer ", "Bearer ak_not-a-real-key", "ak_raw",
+])
+@pytest.mark.parametrize("path", ["/v1/ads/ad-01/aggregated_count", POPULAR_PATH])
+def test_unauthorized(api, authorization, path):
+    headers = {} if authorization is None else {"Authorization": authorization}
+    response = api.get(path, COUNT_PATH if "aggregated" in path else path, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert "key" in response.get_json()["error"]
+
+
+def test_unauthorized_sql(api):
+    response = api.client.post("/v1/sql", json={"query": "SELECT 1"})
+    api.check(response, "/v1/sql", "post")
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_auth_scheme_is_case_insensitive(api, key):
+    response = api.get(POPULAR_PATH, headers={"Authorization": f"bearer {key}"})
+    assert response.status_code == 200
+
+
+def test_revoked_key(api, dataset):
+    client, _ = dataset
+    key = auth.create_key(client, DB, "to-revoke")
+    assert api.get(POPULAR_PATH, headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    auth.revoke_key(client, DB, key)
+    assert api.get(POPULAR_PATH, headers={"Authorization": f"Bearer {key}"}).status_code == 401
+
+
+def test_key_cache(chdb_url, dataset, openapi):  # noqa: F811
+    """Keys changed by another process show up when the cache expires, not per request."""
+    client, _ = dataset
+    app = make_app(chdb_url, AUTH_CACHE_S=0.6, AUTH_MISS_REFRESH_S=0.3)
+    api = Api(app, None, openapi)
+    key = "ak_created-elsewhere-" + str(time.time_ns())
+    bearer = {"Authorization": f"Bearer {key}"}
+    assert api.get(POPULAR_PATH, headers=bearer).status_code == 401
+    queries.insert_key(client, DB, auth.hash_key(key), "elsewhere")  # not via create_key
+    time.sleep(0.35)
+    assert api.get(POPULAR_PATH, headers=bearer).status_code == 200
+    queries.revoke_key(client, DB, auth.hash_key(key))  # not via revoke_key
+    assert api.get(POPULAR_PATH, headers=bearer).status_code == 200  # still cached
+    time.sleep(0.65)
+    assert api.get(POPULAR_PATH, headers=bearer).status_code == 401
+
+
+def test_bootstrap_key_from_config(chdb_url, dataset, openapi):  # noqa: F811
+    key = "ak_bootstrap-" + str(time.time_ns())
+    app = make_app(chdb_url, API_KEY=key)
+    api = Api(app, key, openapi)
+    assert api.get(POPULAR_PATH).status_code == 200
+    assert auth.hash_key(key) in queries.valid_key_hashes(dataset[0], DB)
+
+
+def test_auth_can_be_turned_off(chdb_url, dataset, openapi):  # noqa: F811
+    api = Api(make_app(chdb_url, AUTH_REQUIRED=False), None, openapi)
+    assert api.get(POPULAR_PATH).status_code == 200
+    assert api.client.post("/v1/sql", json={"query": "SELECT 1"}).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/", "/nope", "/v1/ads", "/v1/ads/ad-01",
+                                  "/v1/ads/ad-01/aggregated", "/v1/ads/a/b/aggregated_count"])
+def test_not_found_is_json(api, path):
+    response = api.get(path)
+    assert response.status_code == 404
+    assert response.get_json()["error"]
+
+
+@pytest.mark.parametrize("method,path", [("post", POPULAR_PATH), ("delete", "/healthz"),
+                                         ("get", "/v1/sql"), ("put", COUNT_PATH)])
+def test_method_not_allowed_is_json(api, method, path):
+    response = getattr(api.client, method)(path.replace("{ad_id}", "ad-01"), headers=api.headers)
+    assert response.status_code == 405
+    assert response.get_json()["error"]
+    assert "Allow" in response.headers
+
+
+def test_store_down_is_503(openapi):
+    api = Api(create_app({"CLICKHOUSE_URL": DOWN_URL, "DATABASE": DB, "AUTH_REQUIRED": False,
+                          "QUERY_TIMEOUT_S": 2}), None, openapi)
+    response = api.get("/healthz")
+    assert response.status_code == 503 and response.get_json()["status"] == "unavailable"
+    for path, template in [(POPULAR_PATH, None), ("/v1/ads/ad-01/aggregated_count", COUNT_PATH)]:
+        response = api.get(path, template)
+        assert response.status_code == 503 and "store" in response.get_json()["error"]
+    response = api.client.post("/v1/sql", json={"query": "SELECT 1"})
+    api.check(response, "/v1/sql", "post")
+    assert response.status_code == 503
+
+
+def test_store_down_with_auth_is_503_not_401(openapi):
+    api = Api(create_app({"CLICKHOUSE_URL": DOWN_URL, "DATABASE": DB}), "ak_whatever", openapi)
+    assert api.get(POPULAR_PATH).status_code == 503
+
+
+def test_clickhouse_error_is_503(chdb_url, dataset, openapi):  # noqa: F811
+    """A query ClickHouse fails (here: over a 1-byte memory limit) is a JSON 503."""
+    api = Api(make_app(chdb_url, AUTH_REQUIRED=False, MAX_MEMORY_USAGE=1), None, openapi)
+    response = api.get(POPULAR_PATH, minutes=60)
+    assert response.status_code == 503
+    assert "MEMORY_LIMIT_EXCEEDED" in response.get_json()["error"]
+    assert response.headers["Retry-After"]
+
+
+def test_unexpected_error_is_json_500_without_trace(app):
+    app_ = app.__class__("probe")
+    errors.init_app(app_)
+
+    @app_.get("/boom")
+    def boom():
+        raise RuntimeError("secret detail")
+
+    response = app_.test_client().get("/boom")
+    assert response.status_code == 500
+    assert response.get_json() == {"error": "internal error"}
+
+
+# --- health and the OpenAPI document ---------------------------------------------------------
+
+def test_healthz(api):
+    response = api.client.get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok"}
+
+
+def test_openapi_served(api, openapi):
+    as_json = api.client.get("/openapi.json")
+    assert as_json.status_code == 200 and as_json.get_json() == openapi
+    as_yaml = api.client.get("/openapi.yaml")
+    assert as_yaml.status_code == 200 and yaml.safe_load(as_yaml.data) == openapi
+
+
+def _flask_routes(app):
+    routes = set()
+    for rule in app.url_map.iter_rules():
+        path = rule.rule.replace("<", "{").replace(">", "}")
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            routes.add((path, method.lower()))
+    return routes
+
+
+def test_openapi_documents_every_route_and_no_other(app, openapi):
+    documented = {(path, method) for path, item in openapi["paths"].items() for method in item
+                  if method in ("get", "post", "put", "patch", "delete")}
+    assert _flask_routes(app) == documented
+
+
+def test_openapi_security(openapi):
+    assert openapi["components"]["securitySchemes"]["bearerAuth"] == {
+        **openapi["components"]["securitySchemes"]["bearerAuth"], "type": "http",
+        "scheme": "bearer"}
+    for path, item in openapi["paths"].items():
+        for method, operation in item.items():
+            public = operation.get("security") == []
+            assert public == (not path.startswith("/v1/")), (path, method)
+            if not public:
+                assert "401" in operation["responses"]
+
+
+def test_openapi_ranges_match_the_code(openapi):
+    parameters = openapi["components"]["parameters"]
+    assert parameters["minutes"]["schema"]["maximum"] == 1440
+    count = openapi["paths"][POPULAR_PATH]["get"]["parameters"][0]
+    assert count["schema"]["maximum"] == params.POPULAR_MAX
+    assert count["schema"]["default"] == params.POPULAR_DEFAULT
+    assert set(parameters["device"]["schema"]["pattern"].split("(")[1].split(")")[0]
+               .split("|")) == set(params.DEVICES)
+
+
+# --- POST /v1/sql -------------------------------------------------------------------------------
+
+def test_sql_reads(api, dataset):
+    _, rows = dataset
+    body = api.sql("SELECT ad_id, sum(clicks) AS clicks FROM ad_click_counts FINAL"
+                   " GROUP BY ad_id ORDER BY ad_id", 200)
+    assert body["columns"] == ["ad_id", "clicks"]
+    assert body["types"][0] == "String"
+    end = T0 + DATA_MINUTES * MINUTE
+    assert body["rows"] == [[ad, truth_count(rows, ad, T0, end)] for ad in sorted(ADS)]
+    assert body["truncated"] is False and body["row_count"] == len(ADS)
+
+
+@pytest.mark.parametrize("query", [
+    "SELECT 1;", "SELECT 1 ;  -- done", "  SELECT 1  ", "-- a comment\nSELECT 1",
+    "SELECT 1 /* ; */", "SELECT 1; /* trailing */ ;",
+])
+def test_sql_single_statement_spellings(api, query):
+    assert api.sql(query, 200)["rows"] == [[1]]
+
+
+def test_sql_semicolons_inside_literals(api):
+    body = api.sql("SELECT 'a;b' AS \"x;y\", `c;d`.1 FROM (SELECT tuple(1) AS `c;d`) -- ;", 200)
+    assert body["rows"] == [["a;b", 1]]
+
+
+def test_sql_values_are_json(api):
+    body = api.sql("SELECT toDateTime('2026-11-24 10:00:00', 'UTC') AS t, toDate('2026-11-24')"
+                   " AS d, [1, 2] AS a, map('k', 1.5) AS m, (1, 'x') AS tu, nan AS n,"
+                   " toDecimal64(1.25, 2) AS dec, unhex('ff') AS bad_utf8, NULL AS nothing,"
+                   " toUUID('00000000-0000-0000-0000-000000000001') AS u, 18446744073709551615"
+                   " AS big", 200)
+    row = dict(zip(body["columns"], body["rows"][0]))
+    assert row["t"].startswith("2026-11-24T10:00:00")
+    assert row["d"] == "2026-11-24" and row["a"] == [1, 2] and row["m"] == {"k": 1.5}
+    assert row["tu"] == [1, "x"] and row["n"] is None and row["dec"] == "1.25"
+    assert row["bad_utf8"] == "\ufffd" and row["nothing"] is None
+    assert row["u"] == "00000000-0000-0000-0000-000000000001"
+    assert row["big"] == 18446744073709551615
+
+
+def test_sql_empty_result_keeps_columns(api):
+    body = api.sql("SELECT ad_id, clicks FROM ad_click_counts WHERE 0", 200)
+    assert body["columns"] == ["ad_id", "clicks"] and body["rows"] == []
+
+
+@pytest.mark.parametrize("statement", [
+    "INSERT INTO ad_click_counts (ad_id) VALUES ('x')",
+    "INSERT INTO ad_click_counts SELECT * FROM ad_click_counts",
+    "DROP TABLE ad_click_counts",
+    "DROP DATABASE " + DB,
+    "TRUNCATE TABLE ad_click_counts",
+    "CREATE TABLE evil (a Int8) ENGINE = Memory",
+    "ALTER TABLE ad_click_counts DELETE WHERE 1",
+    "ALTER TABLE ad_click_counts ADD COLUMN evil UInt8",
+    "RENAME TABLE ad_click_counts TO evil",
+    "OPTIMIZE TABLE ad_click_counts FINAL",
+    "SET readonly = 0",
+    "SET max_execution_time = 1000",
+    "SELECT 1 SETTINGS readonly = 0",
+    "SELECT 1 SETTINGS max_execution_time = 1000",
+    "SELECT * FROM file('/etc/passwd', 'LineAsString')",
+    "SELECT * FROM url('http://127.0.0.1:1/', 'LineAsString')",
+    "INSERT INTO FUNCTION file('/tmp/adclick-evil.csv', 'CSV', 'a UInt8') VALUES (1)",
+    "SYSTEM DROP DNS CACHE",
+])
+def test_sql_writes_and_setting_changes_are_refused(api, dataset, statement):
+    client, _ = dataset
+    before = client.query(f"SELECT count() FROM {DB}.ad_click_counts").result_rows
+    error = api.sql(statement, 400)["error"]
+    assert "ClickHouse refused" in error
+    assert client.query(f"SELECT count() FROM {DB}.ad_click_counts").result_rows == before
+
+
+@pytest.mark.parametrize("statement", [
+    "SELECT 1; SELECT 2",
+    "SELECT 1; DROP TABLE ad_click_counts",
+    "SELECT 1;DROP TABLE ad_click_counts; -- x",
+    "SELECT ';'; SELECT 2",
+    "SELECT 1; /* c */ SELECT 2",
+])
+def test_sql_multiple_statements_refused(api, statement):
+    assert "single statement" in api.sql(statement, 400)["error"]
+
+
+@pytest.mark.parametrize("body,named", [
+    ({}, "query"),
+    ({"query": 1}, "query"),
+    ({"query": None}, "query"),
+    ({"query": ""}, "empty"),
+    ({"query": "  -- nothing\n"}, "empty"),
+    ({"query": ";"}, "empty"),
+    ({"query": "SELECT 1", "database": "system"}, "database"),
+    ([], "JSON object"),
+    ("SELECT 1", "JSON object"),
+])
+def test_sql_bad_bodies(api, body, named):
+    response = api.client.post("/v1/sql", json=body, headers=api.headers)
+    api.check(response, "/v1/sql", "post")
+    assert response.status_code == 400
+    assert named in response.get_json()["error"]
+
+
+def test_sql_body_not_json(api):
+    response = api.client.post("/v1/sql", data="SELECT 1", headers=api.headers)
+    api.check(response, "/v1/sql", "post")
+    assert response.status_code == 400
+
+
+def test_sql_query_too_long(chdb_url, dataset, openapi):  # noqa: F811
+    api = Api(make_app(chdb_url, AUTH_REQUIRED=False, SQL_MAX_QUERY_CHARS=20), None, openapi)
+    assert "longer than 20" in api.sql("SELECT 1 + 1 + 1 + 1 + 1", 400)["error"]
+
+
+@pytest.mark.parametrize("statement,code", [
+    ("SELEC 1", "SYNTAX_ERROR"),
+    ("SELECT * FROM no_such_table", "UNKNOWN_TABLE"),
+    ("SELECT no_such_column FROM ad_click_counts", "UNKNOWN_IDENTIFIER"),
+])
+def test_sql_engine_errors_are_400_with_the_message(api, statement, code):
+    assert code in api.sql(statement, 400)["error"]
+
+
+def test_sql_row_cap(chdb_url, dataset, openapi):  # noqa: F811
+    api = Api(make_app(chdb_url, AUTH_REQUIRED=False, SQL_MAX_ROWS=10), None, openapi)
+    body = api.sql("SELECT number FROM numbers(1000000)", 200)
+    assert body["rows"] == [[n] for n in range(10)]
+    assert body["truncated"] is True and body["row_count"] == 10 and "10 rows" in body["note"]
+    body = api.sql("SELECT number FROM numbers(10)", 200)
+    assert body["truncated"] is False and body["row_count"] == 10 and "note" not in body
+
+
+def test_sql_timeout(chdb_url, dataset, openapi):  # noqa: F811
+    api = Api(make_app(chdb_url, AUTH_REQUIRED=False, QUERY_TIMEOUT_S=1), None, openapi)
+    started = time.monotonic()
+    error = api.sql("SELECT count() FROM numbers(100000000000000)", 400)["error"]
+    assert "TIMEOUT_EXCEEDED" in error and time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("path", ANALYSES, ids=[path.name for path in ANALYSES])
+def test_analyses_run(api, path):
+    """Each worked analysis in sql/analyses runs through the API, read-only, with results."""
+    text = path.read_text()
+    assert text.startswith("--"), "each analysis starts with a comment header"
+    body = api.sql(text, 200)
+    assert body["columns"] and body["rows"], path.name
+
+
+def _analysis(api, name):
+    body = api.sql((ROOT / "sql" / "analyses" / name).read_text(), 200)
+    return [dict(zip(body["columns"], row)) for row in body["rows"]]
+
+
+def test_analysis_clicks_by_hour_and_country_is_right(api, dataset):
+    _, rows = dataset
+    result = _analysis(api, "01_clicks_by_hour_and_country.sql")
+    end = T0 + DATA_MINUTES * MINUTE
+    target = truth_top(rows, T0, end, 1)[0][0]
+    assert {row["ad"] for row in result} == {target}
+    assert {row["country"]: row["total_clicks"] for row in result} == {
+        country: truth_count(rows, target, T0, end, (country,))
+        for country in {r["country"] for r in dedup(rows) if r["ad_id"] == target}}
+
+
+def test_analysis_top_ads_per_device_is_right(api, dataset):
+    _, rows = dataset
+    result = _analysis(api, "02_top_ads_per_device_over_a_day.sql")
+    end = T0 + DATA_MINUTES * MINUTE
+    for device in ("mobile", "desktop", "tablet", "other"):
+        assert [(row["ad_id"], row["ad_clicks"]) for row in result
+                if row["device"] == device] == truth_top(rows, T0, end, 10, (), (device,))
+
+
+def test_analysis_recount_columns(api):
+    """04 reports, per minute, the three numbers that must add up, and their difference."""
+    result = _analysis(api, "04_counts_vs_raw_recount_for_one_ad.sql")
+    for row in result:
+        assert row["missing"] == row["raw_unique"] - row["counted"] - row["too_late"]
+
+
+# --- request parsing units ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,expected", [
+    ("SELECT 1", "SELECT 1"),
+    ("SELECT 1;", "SELECT 1"),
+    ("SELECT 1;;", "SELECT 1"),
+    ("SELECT 'it''s;' ;", "SELECT 'it''s;'"),
+    ("SELECT 'a\\';b'", "SELECT 'a\\';b'"),
+    ("SELECT $$;$$", "SELECT $$;$$"),
+    ("SELECT 1 # comment ; x", "SELECT 1 # comment ; x"),
+    ("SELECT 1 -- ;\n", "SELECT 1 -- ;"),
+])
+def test_single_statement(text, expected):
+    assert params.single_statement(text) == expected
+
+
+@pytest.mark.parametrize("text", ["SELECT 1; SELECT 2", "SELECT 1 #x\n; SELECT 2",
+                                  "SELECT $t$;$t$; SELECT 2", "; SELECT 1"])
+def test_single_statement_refuses(text):
+    with pytest.raises(ApiError):
+        params.single_statement(text)
