@@ -1,6 +1,6 @@
 -- Clicks of one ad by hour and country, over the last 24 hours of data.
 --
--- Run: adclick sql "$(cat sql/analyses/01_clicks_by_hour_and_country.sql)"
+-- Run: adclick sql -f sql/analyses/01_clicks_by_hour_and_country.sql
 -- Tables are unqualified: POST /v1/sql runs in the API's database.
 -- The ad is the most clicked one over that day unless you replace the scalar subquery in
 -- target_ad with a literal such as 'ad-000042'. "Last 24 hours" ends at the newest minute in

@@ -1,6 +1,6 @@
 -- The 10 most clicked ads on each device over one UTC day (the newest day in the store).
 --
--- Run: adclick sql "$(cat sql/analyses/02_top_ads_per_device_over_a_day.sql)"
+-- Run: adclick sql -f sql/analyses/02_top_ads_per_device_over_a_day.sql
 -- To pick a day, replace the definition of day with a literal: toDate('2026-11-24').
 -- Ranked from the per-minute counts (FINAL: replayed rows collapse), like API 2 does, not from
 -- top_ads_minute, whose per-minute top-N cannot be added up into a daily top-N.

@@ -1,6 +1,6 @@
 -- Late clicks and dead letters per minute (and reason), over the last 6 hours of data.
 --
--- Run: adclick sql "$(cat sql/analyses/03_late_and_dead_letters_per_minute.sql)"
+-- Run: adclick sql -f sql/analyses/03_late_and_dead_letters_per_minute.sql
 -- Three kinds of event, one row per (minute, kind, reason):
 --   late_correction  late but within the allowed lateness: counted, as a late = 1 row of
 --                    ad_click_counts (minute is the click's own minute)

@@ -1,6 +1,6 @@
 -- One ad's per-minute counts next to an independent recount from the raw clicks.
 --
--- Run: adclick sql "$(cat sql/analyses/04_counts_vs_raw_recount_for_one_ad.sql)"
+-- Run: adclick sql -f sql/analyses/04_counts_vs_raw_recount_for_one_ad.sql
 -- The ad is the most clicked one in the store unless you replace target_ad's subquery with a
 -- literal such as 'ad-000042'.
 -- raw_clicks holds every valid record as it arrived, duplicates included, so the recount is

@@ -1,6 +1,6 @@
 -- How fresh and complete the store is, minute by minute, over the last 2 hours of data.
 --
--- Run: adclick sql "$(cat sql/analyses/05_freshness_and_completeness.sql)"
+-- Run: adclick sql -f sql/analyses/05_freshness_and_completeness.sql
 -- complete = the job's window for the minute fired (the minute is in top_ads_minute); the API
 -- ends minutes=M ranges at the newest complete minute. A minute with counts but not complete
 -- is still open (or its top-N was lost); a complete minute without counts had no clicks.
