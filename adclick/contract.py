@@ -74,16 +74,12 @@ def _parse_object(body):
 
 
 def _field(obj, name):
-    """obj[name] as the SQL's patterns read it, or None when absent.
+    """obj[name], or None when absent.
 
-    JSON_QUERY ... WITH CONDITIONAL ARRAY WRAPPER wraps a scalar in [ ] but returns an array as
-    it is, so the SQL reads a one-element array ["x"] exactly like the scalar "x" and accepts
-    it. Mirrored here so both sides agree; see the contract tests for these quirks.
+    The SQL reads fields with JSON_QUERY ... WITH UNCONDITIONAL ARRAY WRAPPER, so an array
+    value is wrapped again ([["x"]]) and fails every pattern, as a non-scalar does here.
     """
-    value = obj.get(name)
-    if type(value) is list and len(value) == 1:
-        return value[0]
-    return value
+    return obj.get(name)
 
 
 def _is_string(value, pattern):

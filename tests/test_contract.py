@@ -209,12 +209,11 @@ def test_first_failing_rule_wins():
     assert reason(payload(country=None, device=None)) == "bad_country"
 
 
-def test_sql_quirk_one_element_arrays_read_like_their_element():
-    # JSON_QUERY ... WITH CONDITIONAL ARRAY WRAPPER leaves arrays unwrapped: ["x"] passes.
-    data = payload(click_id=["r1-42"], country=["KR"], device=["mobile"])
-    assert contract.validate(data, now_ms=NOW) == (Click(**BASE), None)
-    # For click_ts the raw reading finds no digits after "click_ts": so it is ambiguous.
-    assert reason(payload(click_ts=[NOW - 1_000])) == "ambiguous_click_ts"
+def test_one_element_arrays_are_not_their_element():
+    # A field must be the scalar itself: ["x"] is the wrong type, as in the SQL.
+    assert reason(payload(click_id=["r1-42"])) == "bad_click_id"
+    assert reason(payload(device=["mobile"])) == "bad_device"
+    assert reason(payload(click_ts=[NOW - 1_000])) == "bad_click_ts"
 
 
 def test_sql_quirk_text_after_the_object_is_ignored():

@@ -1,5 +1,5 @@
 -- Parse and validate each raw click in the JVM (no Python on the per-click path).
--- JSON_QUERY with a conditional array wrapper returns a field's JSON text, e.g. ["ad-7"] for a
+-- JSON_QUERY with an unconditional array wrapper returns a field's JSON text, e.g. ["ad-7"] for a
 -- string or [1732488000000] for a number, so one regular expression checks type and format at once.
 -- ${...} are integers checked by the job before substitution; no host or name is spliced in.
 CREATE TEMPORARY VIEW clicks_parsed AS
@@ -11,13 +11,13 @@ SELECT
   proc_time,
   event_time,
   CHAR_LENGTH(body) AS payload_chars,
-  JSON_QUERY(body, '$.click_id' WITH CONDITIONAL ARRAY WRAPPER) AS j_click_id,
-  JSON_QUERY(body, '$.ad_id' WITH CONDITIONAL ARRAY WRAPPER) AS j_ad_id,
-  JSON_QUERY(body, '$.click_ts' WITH CONDITIONAL ARRAY WRAPPER) AS j_click_ts,
-  JSON_QUERY(body, '$.user_id' WITH CONDITIONAL ARRAY WRAPPER) AS j_user_id,
-  JSON_QUERY(body, '$.ip' WITH CONDITIONAL ARRAY WRAPPER) AS j_ip,
-  JSON_QUERY(body, '$.country' WITH CONDITIONAL ARRAY WRAPPER) AS j_country,
-  JSON_QUERY(body, '$.device' WITH CONDITIONAL ARRAY WRAPPER) AS j_device,
+  JSON_QUERY(body, '$.click_id' WITH UNCONDITIONAL ARRAY WRAPPER) AS j_click_id,
+  JSON_QUERY(body, '$.ad_id' WITH UNCONDITIONAL ARRAY WRAPPER) AS j_ad_id,
+  JSON_QUERY(body, '$.click_ts' WITH UNCONDITIONAL ARRAY WRAPPER) AS j_click_ts,
+  JSON_QUERY(body, '$.user_id' WITH UNCONDITIONAL ARRAY WRAPPER) AS j_user_id,
+  JSON_QUERY(body, '$.ip' WITH UNCONDITIONAL ARRAY WRAPPER) AS j_ip,
+  JSON_QUERY(body, '$.country' WITH UNCONDITIONAL ARRAY WRAPPER) AS j_country,
+  JSON_QUERY(body, '$.device' WITH UNCONDITIONAL ARRAY WRAPPER) AS j_device,
   body
 FROM (SELECT *, CAST(payload AS STRING) AS body FROM clicks_raw);
 
