@@ -16,11 +16,12 @@ from datetime import timedelta
 from datetime import timezone
 
 from adclick import config
+from adclick import sql_cli
 from adclick import store
 
-RECOUNT = """
-SELECT toUnixTimestamp(minute) AS minute, ad_id,
-       sum(raw) AS raw_unique, sum(counted) AS counted, sum(too_late) AS too_late
+# One row per (minute, ad_id): distinct raw click_ids, counted clicks, too-late clicks.
+CELLS = """
+SELECT minute, ad_id, sum(raw) AS raw_unique, sum(counted) AS counted, sum(too_late) AS too_late
 FROM (
     SELECT minute, ad_id, uniqExact(click_id) AS raw, 0 AS counted, 0 AS too_late
     FROM {db}.raw_clicks FINAL WHERE minute >= {start} AND minute < {end} GROUP BY minute, ad_id
@@ -33,7 +34,18 @@ FROM (
     FROM {db}.late_clicks FINAL WHERE minute >= {start} AND minute < {end} GROUP BY minute, ad_id
 )
 GROUP BY minute, ad_id
-ORDER BY minute, ad_id
+"""
+
+# Totals in one row, so the report never pulls every cell through the API's row cap.
+TOTALS = """
+SELECT uniqExact(minute), uniqExact(ad_id), sum(raw_unique), sum(counted), sum(too_late),
+       countIf(raw_unique != counted + too_late)
+FROM ({cells})
+"""
+
+MISMATCHES = """
+SELECT toUnixTimestamp(minute), ad_id, raw_unique, counted, too_late
+FROM ({cells}) WHERE raw_unique != counted + too_late ORDER BY minute, ad_id LIMIT 50
 """
 
 LATEST_COMPLETE = "SELECT toUnixTimestamp(max(minute)), count() FROM {db}.top_ads_minute"
@@ -59,49 +71,49 @@ def default_range(query, db, allowed_lateness_s):
         return None
     end = datetime.fromtimestamp(latest, tz=timezone.utc) + timedelta(minutes=1)
     end -= timedelta(seconds=allowed_lateness_s)
+    end = end.replace(second=0, microsecond=0)
     start = datetime.fromtimestamp(earliest, tz=timezone.utc)
     return (start, end) if start < end else None
 
 
 def reconcile(query, db, start, end):
-    """Rows (minute, ad_id, raw_unique, counted, too_late) and the mismatching ones."""
-    rows = query(RECOUNT.format(db=db, start=sql_time(start), end=sql_time(end)))
-    mismatches = [row for row in rows if row[2] != row[3] + row[4]]
-    return rows, mismatches
+    """(totals, first mismatching cells) for [start, end)."""
+    cells = CELLS.format(db=db, start=sql_time(start), end=sql_time(end))
+    totals = query(TOTALS.format(cells=cells))[0]
+    mismatches = query(MISMATCHES.format(cells=cells)) if totals[5] else []
+    return totals, mismatches
 
 
-def report(rows, mismatches, start, end, out=sys.stdout):
-    raw = sum(r[2] for r in rows)
-    counted = sum(r[3] for r in rows)
-    too_late = sum(r[4] for r in rows)
+def report(totals, mismatches, start, end, out=sys.stdout):
+    minutes, ads, raw, counted, too_late, bad_cells = totals
     print(f"reconciliation of [{start:%Y-%m-%dT%H:%MZ}, {end:%Y-%m-%dT%H:%MZ}): "
-          f"{len({r[0] for r in rows})} minutes, {len({r[1] for r in rows})} ads", file=out)
+          f"{minutes} minutes, {ads} ads", file=out)
     print(f"  unique raw clicks {raw}, counted {counted}, too late (kept, not counted) "
           f"{too_late}", file=out)
-    if not mismatches:
+    if not bad_cells:
         print("  OK: every unique click counted exactly once", file=out)
         return
-    print(f"  MISMATCH in {len(mismatches)} (minute, ad) cells "
-          f"(lost = raw - counted - too_late; negative = counted twice):", file=out)
-    for minute, ad_id, raw_n, counted_n, late_n in mismatches[:50]:
-        when = datetime.fromtimestamp(minute, tz=timezone.utc)
+    print(f"  MISMATCH in {bad_cells} (minute, ad) cells "
+          f"(lost = raw - counted - too late; negative = counted twice), first ones:", file=out)
+    for minute, ad_id, raw_n, counted_n, late_n in mismatches:
+        when = datetime.fromtimestamp(int(minute), tz=timezone.utc)
         print(f"    {when:%Y-%m-%dT%H:%MZ} {ad_id}: raw {raw_n}, counted {counted_n}, "
-              f"too late {late_n}, lost {raw_n - counted_n - late_n}", file=out)
+              f"too late {late_n}, lost {int(raw_n) - int(counted_n) - int(late_n)}", file=out)
 
 
 def main(argv=None):
-    from adclick.sql_cli import add_connection_arguments
-    from adclick.sql_cli import querier
-
     parser = argparse.ArgumentParser(prog="adclick reconcile", description=__doc__.split("\n")[0])
-    add_connection_arguments(parser)
-    parser.add_argument("--database", default=config.DATABASE)
+    sql_cli.add_connection_arguments(parser)
     parser.add_argument("--from", dest="start", type=parse_minute)
     parser.add_argument("--to", dest="end", type=parse_minute)
     parser.add_argument("--allowed-lateness-s", type=int, default=config.ALLOWED_LATENESS_SECONDS)
     args = parser.parse_args(argv)
-    query = querier(args)
+    sql_cli.check_connection_arguments(parser, args)
     args.database = store.check_identifier(args.database)
+
+    def query(statement):
+        return sql_cli.run(args, statement)["rows"]
+
     if args.start and args.end:
         span = (args.start, args.end)
     else:
@@ -109,9 +121,13 @@ def main(argv=None):
         if span is None:
             print("nothing to reconcile yet: no complete minute older than the allowed lateness")
             return 0
-    rows, mismatches = reconcile(query, args.database, *span)
-    report(rows, mismatches, *span)
-    return 1 if mismatches else 0
+    try:
+        totals, mismatches = reconcile(query, args.database, *span)
+    except sql_cli.Refused as error:
+        print(f"adclick reconcile: {error}", file=sys.stderr)
+        return 2
+    report(totals, mismatches, *span)
+    return 1 if totals[5] else 0
 
 
 if __name__ == "__main__":

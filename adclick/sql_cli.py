@@ -34,27 +34,42 @@ class Refused(Exception):
     """The statement could not be run; the message says why."""
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="adclick sql", description=__doc__.split("\n")[0])
-    parser.add_argument("query", nargs="?",
-                        help="the statement (default: --file, else standard input)")
-    parser.add_argument("-f", "--file", help="read the statement from this file")
+def add_connection_arguments(parser):
+    """Where statements go: the API (embedded store) or a ClickHouse server. Shared with
+    `adclick reconcile`, which runs its SQL the same way."""
     parser.add_argument("--api-url", default=os.environ.get("ADCLICK_API_URL", DEFAULT_API_URL),
                         help="the API (default: ADCLICK_API_URL or %(default)s)")
     parser.add_argument("--api-key", default=os.environ.get("ADCLICK_API_KEY"),
                         help="API key (default: ADCLICK_API_KEY)")
-    parser.add_argument("--format", choices=("table", "json"), default="table")
     parser.add_argument("--timeout", type=float, default=60, help="seconds to wait for a result")
     parser.add_argument("--clickhouse-url",
                         help="query this ClickHouse server (http(s)://...) instead of the API")
     parser.add_argument("--database", default=config.DATABASE,
                         help="default database with --clickhouse-url (default: %(default)s)")
-    args = parser.parse_args(argv)
-    if args.query is not None and args.file:
-        parser.error("give the statement or --file, not both")
+
+
+def check_connection_arguments(parser, args):
     if args.clickhouse_url and not args.clickhouse_url.startswith(("http://", "https://")):
         parser.error("--clickhouse-url must be http(s)://...: an embedded store is open in"
                      " `adclick serve` only; query it through the API (--api-url)")
+
+
+def run(args, query):
+    """Run one read-only statement where the arguments say; the API's result shape."""
+    return run_direct(args, query) if args.clickhouse_url else run_api(args, query)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="adclick sql", description=__doc__.split("\n")[0])
+    parser.add_argument("query", nargs="?",
+                        help="the statement (default: --file, else standard input)")
+    parser.add_argument("-f", "--file", help="read the statement from this file")
+    add_connection_arguments(parser)
+    parser.add_argument("--format", choices=("table", "json"), default="table")
+    args = parser.parse_args(argv)
+    if args.query is not None and args.file:
+        parser.error("give the statement or --file, not both")
+    check_connection_arguments(parser, args)
     return args
 
 
@@ -171,7 +186,7 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         query = read_query(args)
-        body = run_direct(args, query) if args.clickhouse_url else run_api(args, query)
+        body = run(args, query)
     except (Refused, OSError) as error:
         print(f"adclick sql: {error}", file=sys.stderr)
         return 1

@@ -9,6 +9,7 @@ filters.
 import collections
 import json
 import random
+import subprocess
 import time
 from datetime import datetime
 from datetime import timezone
@@ -16,6 +17,8 @@ from datetime import timezone
 import pytest
 from kafka import KafkaProducer
 
+from tests.processes import PYTHON
+from tests.processes import REPO
 from tests.processes import Api
 from tests.processes import free_port
 from tests.processes import start_job
@@ -202,3 +205,25 @@ def test_counts_and_top_equal_the_truth(pipeline, kafka_bootstrap, topic_prefix)
     assert api.sql("SELECT sum(clicks) FROM ad_click_counts FINAL WHERE late = 1")[0][0] == len(late)
     reasons = sorted(r[0] for r in api.sql("SELECT reason FROM dead_letters FINAL"))
     assert reasons == ["bad_ad_id", "bad_device", "not_json_object"]
+
+    # Reconciliation recounts the raw clicks independently and agrees...
+    def reconcile():
+        return subprocess.run(
+            [PYTHON, "-m", "adclick.cli", "reconcile", "--api-url", api.base, "--api-key",
+             api.key, "--from", iso(m0), "--to", iso(m2 + MINUTE_MS)],
+            cwd=REPO, capture_output=True, text=True, timeout=120)
+    agreed = reconcile()
+    assert agreed.returncode == 0, agreed.stdout + agreed.stderr
+    assert f"too late (kept, not counted) {len(too_late)}" in agreed.stdout
+    # ...and catches a count the job never made: one extra click injected for minute 1.
+    injected = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    injected.send(topic_prefix + "ad-click-counts", json.dumps({
+        "minute": iso(m1), "ad_id": ADS[0], "country": "KR", "device": "mobile", "clicks": 1,
+        "late": False, "click_id": None}).encode()).get(30)
+    injected.close()
+    wait_for(lambda: reconcile().returncode == 1, 60, "reconcile to see the injected click",
+             processes)
+    caught = reconcile()
+    assert "MISMATCH in 1 (minute, ad) cells" in caught.stdout, caught.stdout
+    assert f"{ADS[0]}: raw {truth.count([m1], ADS[0])}, counted " \
+           f"{truth.count([m1], ADS[0]) + 1}, too late 0, lost -1" in caught.stdout, caught.stdout
