@@ -34,6 +34,9 @@ def create_app(test_config=None):
         MAX_RANGE_MINUTES=1440,
         SQL_MAX_ROWS=10_000,
         SQL_MAX_QUERY_CHARS=100_000,
+        # Request bodies (POST /v1/sql): room for SQL_MAX_QUERY_CHARS even if every character is
+        # JSON-escaped (12 bytes for a surrogate pair); a larger body gets a 413.
+        MAX_CONTENT_LENGTH=2 * 1024 * 1024,
     )
     if test_config is None:
         app.config.from_prefixed_env("ADCLICK")

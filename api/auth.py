@@ -23,7 +23,6 @@ import threading
 import time
 
 from flask import current_app
-from flask import g
 from flask import request
 
 from adclick import config
@@ -117,7 +116,6 @@ def require_key():
     if not current_app.extensions[EXTENSION].is_valid(hash_key(key)):
         raise ApiError("invalid or revoked API key", 401,
                        {"WWW-Authenticate": 'Bearer realm="adclick", error="invalid_token"'})
-    g.api_key_hash = hash_key(key)
 
 
 def init_app(app):

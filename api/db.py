@@ -19,14 +19,17 @@ embedded chdb path can be open in one process only.
 
 import logging
 import threading
+import time
 
 import clickhouse_connect
+from clickhouse_connect.driver.exceptions import OperationalError
 from flask import current_app
 
 from adclick import store
 
 log = logging.getLogger(__name__)
 EXTENSION = "adclick.db"
+RETRY_AFTER_S = 1.0  # after a failed connection, requests fail fast for this long
 
 
 class Store:
@@ -42,6 +45,8 @@ class Store:
         self._lock = threading.Lock()
         self._client = None
         self._sql_client = None
+        self._failed_at = None
+        self._failure = None
 
     def _connect(self, **kwargs):
         if store.is_embedded(self.url) and not kwargs:
@@ -56,15 +61,26 @@ class Store:
             send_receive_timeout=self.timeout_s + 5, **kwargs)
 
     def client(self):
-        """The client for the API's statements, connecting and applying the schema if needed."""
+        """The client for the API's statements, connecting and applying the schema if needed.
+
+        While the store is down, one request per RETRY_AFTER_S tries to connect; the others
+        fail at once instead of queueing behind the connect timeout.
+        """
         with self._lock:
-            if self._client is None:
+            if self._client is not None:
+                return self._client
+            if self._failed_at is not None and time.monotonic() - self._failed_at < RETRY_AFTER_S:
+                raise OperationalError(f"ClickHouse not reachable: {self._failure}")
+            try:
                 client = self._connect()
                 store.apply_schema(client, self.database)
                 for hook in self.on_ready:
                     hook(client, self.database)
-                self._client = client
-            return self._client
+            except Exception as error:
+                self._failed_at, self._failure = time.monotonic(), str(error)[:300]
+                raise
+            self._client, self._failed_at = client, None
+            return client
 
     def sql_client(self):
         """The readonly session for user SQL, with the database as its default."""

@@ -641,6 +641,13 @@ def test_sql_body_not_json(api):
     assert response.status_code == 400
 
 
+def test_sql_body_too_large(api):
+    response = api.client.post("/v1/sql", json={"query": "SELECT 1 -- " + "x" * 3_000_000},
+                               headers=api.headers)
+    api.check(response, "/v1/sql", "post")
+    assert response.status_code == 413
+
+
 def test_sql_query_too_long(chdb_url, dataset, openapi):  # noqa: F811
     api = Api(make_app(chdb_url, AUTH_REQUIRED=False, SQL_MAX_QUERY_CHARS=20), None, openapi)
     assert "longer than 20" in api.sql("SELECT 1 + 1 + 1 + 1 + 1", 400)["error"]
