@@ -4,6 +4,7 @@ This is the path an operator uses while `adclick serve` owns the embedded store:
 to /v1/sql and prints what comes back, or fails with the API's reason and a non-zero status.
 """
 
+import argparse
 import io
 import json
 from pathlib import Path
@@ -153,3 +154,18 @@ def test_format_table():
         "(2 rows)",
     ]
     assert sql_cli.format_table({"columns": [], "rows": [], "row_count": 0}) == "(0 rows)"
+
+
+def test_connection_arguments_for_other_commands(live):
+    """The pieces `adclick reconcile` builds on: the flags, run(), and Refused."""
+    url, key, _ = live
+    parser = argparse.ArgumentParser()
+    sql_cli.add_connection_arguments(parser)
+    args = parser.parse_args(["--api-url", url, "--api-key", key])
+    sql_cli.check_connection_arguments(parser, args)
+    assert sql_cli.run(args, "SELECT 1 + 1")["rows"] == [[2]]
+    with pytest.raises(sql_cli.Refused, match="READONLY"):
+        sql_cli.run(args, "DROP TABLE ad_click_counts")
+    with pytest.raises(SystemExit):
+        sql_cli.check_connection_arguments(parser, parser.parse_args(
+            ["--clickhouse-url", "chdb:///x"]))
