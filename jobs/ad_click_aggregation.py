@@ -125,6 +125,11 @@ def configure(t_env, args):
              "RETAIN_ON_CANCELLATION")
     conf.set("table.exec.source.idle-timeout", f"{args.idle_timeout_ms} ms")
     conf.set("table.exec.state.ttl", f"{args.dedup_horizon_s} s")
+    # Optimize the shared views once for all sinks. Without it each sink's plan prunes columns
+    # differently, the planner cannot reuse the dedup, and the late-correction branch gets a
+    # second dedup and classifier with its own watermark: a click could then be counted on time
+    # by one and late by the other. tests/test_job_plan.py keeps this to one of each.
+    conf.set("table.optimizer.reuse-optimize-block-with-digest-enabled", "true")
     conf.set("python.executable", sys.executable)
     jars = sorted(CONNECTOR_JAR_DIR.glob("flink-sql-connector-kafka-*.jar"))
     if jars:  # under `flink run` the jar may come from --jarfile instead
@@ -145,7 +150,7 @@ def source_descriptor(args, topic):
         .column_by_expression("proc_time", "PROCTIME()")
         .column_by_expression("event_time", substitute(EVENT_TIME_EXPR, sql_parameters(args)))
         .watermark("event_time",
-                   f"event_time - INTERVAL '{args.watermark_delay_ms / 1000:.3f}' SECOND")
+                   f"TIMESTAMPADD(MILLISECOND, -{int(args.watermark_delay_ms)}, event_time)")
         .build()
     )
     builder = TableDescriptor.for_connector("kafka").schema(schema).format("raw")

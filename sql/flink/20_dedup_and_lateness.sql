@@ -19,11 +19,13 @@ CREATE TEMPORARY VIEW clicks_timed AS
 SELECT *,
   CASE
     WHEN watermark_ts IS NULL OR watermark_ts < minute_start + INTERVAL '59.999' SECOND THEN 'on_time'
-    WHEN watermark_ts < minute_start + INTERVAL '59.999' SECOND
-                      + INTERVAL '${allowed_lateness_s}' SECOND THEN 'late'
+    WHEN watermark_ts < TIMESTAMPADD(SECOND, ${allowed_lateness_s},
+                                     minute_start + INTERVAL '59.999' SECOND) THEN 'late'
     ELSE 'too_late'
   END AS timeliness
 FROM (
-  SELECT *, CURRENT_WATERMARK(event_time) AS watermark_ts, FLOOR(event_time TO MINUTE) AS minute_start
+  -- minute_start from the BIGINT, not FLOOR(event_time): a plain timestamp, not a rowtime.
+  SELECT *, CURRENT_WATERMARK(event_time) AS watermark_ts,
+         TO_TIMESTAMP_LTZ(click_ts_ms - MOD(click_ts_ms, 60000), 3) AS minute_start
   FROM clicks_unique
 );

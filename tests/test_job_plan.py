@@ -1,0 +1,36 @@
+"""The job's plan keeps the invariants its exactly-once argument rests on.
+
+Planned (not run) from the real SQL: every sink must hang off ONE deduplication and ONE
+watermark classification, or a click could be counted by two branches; the windowed count must
+be split into local and global phases, so a hot ad is pre-counted before the shuffle.
+"""
+
+import re
+
+import pytest
+from pyflink.table import EnvironmentSettings
+from pyflink.table import TableEnvironment
+
+from jobs import ad_click_aggregation as job
+
+
+@pytest.fixture(scope="module")
+def execution_plan():
+    # Default flags: planning also proves the default lateness/delay intervals are valid SQL.
+    args = job.parse_args(["--topic-prefix", "plan-"])
+    t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
+    job.configure(t_env, args)
+    plan = job.build_pipeline(t_env, args).explain()
+    return plan[plan.index("== Optimized Execution Plan =="):]
+
+
+def test_one_dedup_and_one_classifier_feed_every_sink(execution_plan):
+    assert len(re.findall(r"\bDeduplicate\(keep=\[FirstRow\]", execution_plan)) == 1
+    assert execution_plan.count("CURRENT_WATERMARK(") == 1
+    assert len(re.findall(r"\bSink\(table=", execution_plan)) == 4
+
+
+def test_window_counts_are_two_phase(execution_plan):
+    assert "LocalWindowAggregate(groupBy=[ad_id, country, device]" in execution_plan
+    assert "GlobalWindowAggregate(groupBy=[ad_id, country, device]" in execution_plan
+
