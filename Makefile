@@ -1,0 +1,80 @@
+# adclick: everything runs on this machine, no Docker. `make help` lists the targets.
+# The Python side lives in .venv, the Java side (Kafka broker, Flink Kafka connector) in
+# .stack/jars; Flink itself is the distribution inside the apache-flink wheel.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Flags passed through to scripts/submit-job.sh and python -m adclick.topics, e.g.
+#   make submit JOB_ARGS="--parallelism 1"    make topics TOPICS_ARGS="--prefix dev-"
+JOB_ARGS ?=
+TOPICS_ARGS ?=
+
+.PHONY: help venv jars setup kafka-start kafka-stop topics flink-cluster flink-cluster-stop \
+        submit test demo bench reconcile clean
+
+help:
+	@echo "make venv                 create .venv and pip install -e '.[test,bench]'"
+	@echo "make jars                 fetch the Kafka broker and Flink connector jars (Maven)"
+	@echo "make setup                venv + jars"
+	@echo "make kafka-start          start the Kafka broker on 127.0.0.1:9092 (KRaft)"
+	@echo "make kafka-stop           stop it"
+	@echo "make topics               create the five topics (TOPICS_ARGS=...)"
+	@echo "make flink-cluster        start the standalone Flink cluster (web UI on :8081)"
+	@echo "make flink-cluster-stop   stop it"
+	@echo "make submit               submit the job to that cluster (JOB_ARGS=...)"
+	@echo "make test                 run all tests (they start what they need themselves)"
+	@echo "make demo                 run the whole pipeline in the foreground"
+	@echo "make bench                run the benchmarks"
+	@echo "make reconcile            recount the raw clicks and compare with the stored counts"
+	@echo "make clean                stop everything, delete .stack (except the jars)"
+
+# Stamp files make the targets cheap once done; they are redone when their inputs change.
+venv: $(VENV)/.installed
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $@
+
+jars: .stack/jars/.installed
+.stack/jars/.installed: deps/pom.xml
+	mvn -q -B -f deps/pom.xml package
+	touch $@
+
+setup: venv jars
+
+kafka-start: setup
+	scripts/kafka.sh start
+
+kafka-stop:
+	scripts/kafka.sh stop
+
+topics: venv
+	$(PY) -m adclick.topics $(TOPICS_ARGS)
+
+flink-cluster: setup
+	scripts/flink-cluster.sh start
+
+flink-cluster-stop:
+	scripts/flink-cluster.sh stop
+
+submit: setup
+	scripts/submit-job.sh $(JOB_ARGS)
+
+test: setup
+	$(PY) -m pytest -x -q
+
+demo: setup
+	$(PY) -m adclick.demo
+
+bench: setup
+	$(PY) -m bench.run
+
+reconcile: venv
+	$(VENV)/bin/adclick reconcile
+
+# The jars are kept: fetching them again is the slow part of a fresh setup.
+clean:
+	-scripts/flink-cluster.sh stop
+	-scripts/kafka.sh stop
+	test ! -d .stack || find .stack -mindepth 1 -maxdepth 1 ! -name jars -exec rm -rf {} +

@@ -1,0 +1,54 @@
+"""Create adclick's five Kafka topics (idempotent).
+
+The broker would auto-create them on first use, but with the broker's defaults and only when
+someone writes; creating them up front fixes the partition count before the job starts, so the
+job's source sees every partition from the beginning.
+
+    python -m adclick.topics [--bootstrap-servers HOST:PORT] [--prefix P] [--partitions N]
+"""
+
+import argparse
+
+from kafka import KafkaAdminClient
+from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import for_code
+
+from adclick import config
+
+
+def create_topics(bootstrap, prefix="", partitions=4):
+    """Create the topics named by config.Topics.with_prefix(prefix); return {role: name}.
+
+    Topics that already exist are left as they are. Returns once every topic has a leader
+    for each partition, so producers and consumers can use them right away.
+    """
+    topics = config.Topics.with_prefix(prefix)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="adclick-topics")
+    try:
+        request = {name: {"num_partitions": partitions, "replication_factor": 1}
+                   for name in topics.values()}
+        response = admin.create_topics(request, timeout_ms=30000, raise_errors=False)
+        for result in response["topics"]:
+            error = for_code(result["error_code"])
+            if result["error_code"] and error is not TopicAlreadyExistsError:
+                raise error(f"creating topic {result['name']}: {result.get('error_message')}")
+        admin.wait_for_topics(list(topics.values()), timeout_ms=30000)
+    finally:
+        admin.close()
+    return topics
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Create adclick's Kafka topics (idempotent).")
+    parser.add_argument("--bootstrap-servers", default=config.KAFKA_BOOTSTRAP)
+    parser.add_argument("--prefix", default="", help="prefix of all five topic names")
+    parser.add_argument("--partitions", type=int, default=4)
+    args = parser.parse_args(argv)
+    if args.partitions <= 0:
+        parser.error("--partitions must be positive")
+    for role, name in create_topics(args.bootstrap_servers, args.prefix, args.partitions).items():
+        print(f"{role:7} {name}")
+
+
+if __name__ == "__main__":
+    main()

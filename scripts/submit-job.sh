@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Submit jobs/ad_click_aggregation.py, detached, to the standalone cluster of
+# scripts/flink-cluster.sh (same FLINK_STACK_DIR / FLINK_REST_PORT), and print its job id.
+#
+#   scripts/submit-job.sh [--from-savepoint PATH] [job flags, e.g. --bootstrap-servers H:P ...]
+#
+# Every flag but --from-savepoint goes to the job (python -m jobs.ad_click_aggregation --help).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="$ROOT/.venv/bin/python"
+FLINK_HOMES=("$ROOT"/.venv/lib/python3*/site-packages/pyflink)
+FLINK="${FLINK_HOMES[0]}/bin/flink"
+export FLINK_CONF_DIR="$("$ROOT/scripts/flink-cluster.sh" conf)"  # same conf as the cluster
+export PATH="$ROOT/.venv/bin:$PATH"
+
+restore=()
+job_args=()
+while (( $# )); do
+  case "$1" in
+    --from-savepoint) restore=(-s "$2"); shift 2 ;;
+    --from-savepoint=*) restore=(-s "${1#*=}"); shift ;;
+    *) job_args+=("$1"); shift ;;
+  esac
+done
+
+# The job puts the Kafka connector into pipeline.jars when it finds it under ADCLICK_STACK_DIR;
+# -D pipeline.jars is the fallback when that variable points elsewhere. udfs/ is shipped with
+# -pyfs so the TaskManager's Python workers can unpickle the top-N UDAF even when the project
+# is not pip-installed into the venv.
+CONNECTOR="$(ls "$ROOT"/.stack/jars/flink/flink-sql-connector-kafka-*.jar 2>/dev/null | head -n 1)"
+[[ -n "$CONNECTOR" ]] || { echo "submit: Kafka connector jar missing (run make jars)" >&2; exit 1; }
+
+OUT="$(mktemp)"
+trap 'rm -f "$OUT"' EXIT
+# The client runs in a session of its own (its pid is its process group) so that it can be ended
+# together with the Python process it spawns: once "Job has been submitted with JobID" is out,
+# the job lives on the cluster, and a client that still waits for the job to finish (a Python
+# program calling TableResult.wait() blocks even under -d) has nothing left to do.
+setsid "$FLINK" run -m "127.0.0.1:${FLINK_REST_PORT:-8081}" -d "${restore[@]}" \
+  -D "pipeline.jars=file://$CONNECTOR" \
+  -py "$ROOT/jobs/ad_click_aggregation.py" -pyfs "$ROOT/udfs" \
+  -pyexec "$PYTHON" -pyclientexec "$PYTHON" \
+  "${job_args[@]}" >"$OUT" 2>&1 </dev/null &
+client=$!
+job_id=""
+started=$SECONDS
+while kill -0 "$client" 2>/dev/null; do
+  job_id="$(grep -oE 'JobID [0-9a-f]{32}' "$OUT" | tail -n 1 | cut -d' ' -f2)" || true
+  if [[ -n "$job_id" ]]; then
+    sleep 1  # let a client that does return exit by itself
+    kill -TERM -- "-$client" 2>/dev/null || true
+    break
+  fi
+  if (( SECONDS - started > 300 )); then
+    kill -KILL -- "-$client" 2>/dev/null || true
+    echo "submit: no job id after 300 s:" >&2; cat "$OUT" >&2; exit 1
+  fi
+  sleep 0.5
+done
+rc=0
+wait "$client" || rc=$?
+job_id="$(grep -oE 'JobID [0-9a-f]{32}' "$OUT" | tail -n 1 | cut -d' ' -f2)" || true
+if [[ -z "$job_id" ]]; then
+  echo "submit: flink run failed (exit $rc):" >&2; cat "$OUT" >&2; exit 1
+fi
+echo "$job_id"
