@@ -9,6 +9,8 @@ PY := $(VENV)/bin/python
 #   make submit JOB_ARGS="--parallelism 1"    make topics TOPICS_ARGS="--prefix dev-"
 JOB_ARGS ?=
 TOPICS_ARGS ?=
+# e.g. make test PYTEST_ARGS="tests/test_flink_cluster.py -s"
+PYTEST_ARGS ?=
 
 .PHONY: help venv jars setup kafka-start kafka-stop topics flink-cluster flink-cluster-stop \
         submit test demo bench reconcile clean
@@ -62,7 +64,7 @@ submit: setup
 	scripts/submit-job.sh $(JOB_ARGS)
 
 test: setup
-	$(PY) -m pytest -x -q
+	$(PY) -m pytest -x -q $(PYTEST_ARGS)
 
 demo: setup
 	$(PY) -m adclick.demo
