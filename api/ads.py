@@ -5,6 +5,9 @@ a minute is complete once the job's window for it has fired, which is when it ap
 top_ads_minute, so the range ends right after max(minute) of that table. Ending there rather
 than at the wall clock keeps a count from creeping up while its minute is still open. With no
 complete minute yet the range ends at the current UTC minute. `from`/`to` name the range.
+
+Answers (and the latest complete minute) go through api.db.cached: the same question asked
+again within RESULT_CACHE_S gets the same answer without a query.
 """
 
 from datetime import datetime
@@ -35,7 +38,8 @@ def resolve_range(requested):
     """[start, end) of a RangeRequest, asking the store for its latest complete minute."""
     if requested.minutes is None:
         return requested.start, requested.end
-    latest = queries.latest_complete_minute(db.client(), db.database(), db.read_settings())
+    latest = db.cached(("latest_complete_minute",), lambda: queries.latest_complete_minute(
+        db.client(), db.database(), db.read_settings()))
     end = _current_minute() if latest is None else latest + params.MINUTE
     return end - requested.minutes * params.MINUTE, end
 
@@ -52,8 +56,10 @@ def aggregated_count(ad_id):
     ad_id = params.ad_id(ad_id)
     requested, filters = _parse(COUNT_PARAMETERS)
     start, end = resolve_range(requested)
-    count = queries.ad_click_count(db.client(), db.database(), ad_id, start, end,
-                                   filters.countries, filters.devices, db.read_settings())
+    count = db.cached(
+        ("count", ad_id, start, end, filters),
+        lambda: queries.ad_click_count(db.client(), db.database(), ad_id, start, end,
+                                       filters.countries, filters.devices, db.read_settings()))
     return jsonify({"ad_id": ad_id, "count": count,
                     "from": params.iso(start), "to": params.iso(end)})
 
@@ -64,7 +70,9 @@ def popular_ads():
     requested, filters = _parse(POPULAR_PARAMETERS)
     limit = params.integer(request.args, "count", params.POPULAR_DEFAULT, 1, params.POPULAR_MAX)
     start, end = resolve_range(requested)
-    rows = queries.popular_ads(db.client(), db.database(), start, end, limit,
-                               filters.countries, filters.devices, db.read_settings())
+    rows = db.cached(
+        ("popular", start, end, limit, filters),
+        lambda: queries.popular_ads(db.client(), db.database(), start, end, limit,
+                                    filters.countries, filters.devices, db.read_settings()))
     return jsonify({"from": params.iso(start), "to": params.iso(end),
                     "ads": [{"ad_id": ad_id, "count": count} for ad_id, count in rows]})

@@ -5,6 +5,7 @@ inserted rows (tests/api_fixtures.py), and every response is validated against t
 api/openapi.yaml documents for its path, method and status.
 """
 
+import threading
 import time
 from datetime import datetime
 from datetime import timezone
@@ -17,6 +18,7 @@ import yaml
 from adclick import queries
 from api import auth
 from api import create_app
+from api import db
 from api import errors
 from api import params
 from api.errors import ApiError
@@ -28,6 +30,8 @@ from tests.api_fixtures import T0
 from tests.api_fixtures import chdb_url  # noqa: F401 - a fixture
 from tests.api_fixtures import dedup
 from tests.api_fixtures import fresh_database
+from tests.api_fixtures import insert_complete_minutes
+from tests.api_fixtures import insert_counts
 from tests.api_fixtures import iso
 from tests.api_fixtures import load_dataset
 from tests.api_fixtures import truth_count
@@ -478,6 +482,63 @@ def test_unexpected_error_is_json_500_without_trace(app):
     response = app_.test_client().get("/boom")
     assert response.status_code == 500
     assert response.get_json() == {"error": "internal error"}
+
+
+# --- the result cache ----------------------------------------------------------------------------
+
+def test_answers_are_cached_briefly(chdb_url, openapi):  # noqa: F811
+    client = fresh_database(chdb_url, "t_api_cache")
+    insert_complete_minutes(client, "t_api_cache", [T0])
+    row = {"minute": T0, "ad_id": "ad-c", "country": "KR", "device": "mobile", "clicks": 5,
+           "late": 0, "click_id": "", "src_partition": 0, "src_offset": 1}
+    insert_counts(client, "t_api_cache", [row])
+    app = create_app({"CLICKHOUSE_URL": chdb_url, "DATABASE": "t_api_cache",
+                      "AUTH_REQUIRED": False, "RESULT_CACHE_S": 0.3, "RESULT_STALE_S": 0.6})
+    api = Api(app, None, openapi)
+    assert count_of(api, "ad-c")["count"] == 5
+    insert_counts(client, "t_api_cache", [dict(row, late=1, click_id="x", src_offset=2,
+                                               clicks=1)])
+    assert count_of(api, "ad-c")["count"] == 5  # the same question within 0.3 s
+    assert count_of(api, "ad-c", country="KR")["count"] == 6  # another question
+    time.sleep(0.35)
+    assert count_of(api, "ad-c")["count"] == 6
+    assert popular(api)["ads"] == [{"ad_id": "ad-c", "count": 6}]
+
+
+def test_result_cache_serves_stale_only_while_refreshing():
+    cache = db.ResultCache(ttl_s=0.2, max_stale_s=10)
+    calls = []
+
+    def compute(value):
+        calls.append(value)
+        return value
+
+    assert cache.get("k", lambda: compute(1)) == 1
+    assert cache.get("k", lambda: compute(2)) == 1 and calls == [1]
+    time.sleep(0.25)
+    started, release = threading.Event(), threading.Event()
+
+    def slow():
+        started.set()
+        release.wait(5)
+        return compute(3)
+
+    refresher = threading.Thread(target=lambda: cache.get("k", slow))
+    refresher.start()
+    started.wait(5)
+    assert cache.get("k", lambda: compute(4)) == 1  # stale while the refresh runs
+    release.set()
+    refresher.join(5)
+    assert cache.get("k", lambda: compute(5)) == 3 and calls == [1, 3]
+
+
+def test_result_cache_errors_and_off():
+    cache = db.ResultCache(ttl_s=0, max_stale_s=0)
+    assert [cache.get("k", lambda: n) for n in (1, 2)] == [1, 2]  # off: always computed
+    cache = db.ResultCache(ttl_s=10, max_stale_s=10)
+    with pytest.raises(ZeroDivisionError):
+        cache.get("k", lambda: 1 / 0)
+    assert cache.get("k", lambda: 7) == 7  # a failure is not cached
 
 
 # --- health and the OpenAPI document ---------------------------------------------------------
