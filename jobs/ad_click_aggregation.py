@@ -125,11 +125,6 @@ def configure(t_env, args):
              "RETAIN_ON_CANCELLATION")
     conf.set("table.exec.source.idle-timeout", f"{args.idle_timeout_ms} ms")
     conf.set("table.exec.state.ttl", f"{args.dedup_horizon_s} s")
-    # Optimize the shared views once for all sinks. Without it each sink's plan prunes columns
-    # differently, the planner cannot reuse the dedup, and the late-correction branch gets a
-    # second dedup and classifier with its own watermark: a click could then be counted on time
-    # by one and late by the other. tests/test_job_plan.py keeps this to one of each.
-    conf.set("table.optimizer.reuse-optimize-block-with-digest-enabled", "true")
     conf.set("python.executable", sys.executable)
     jars = sorted(CONNECTOR_JAR_DIR.glob("flink-sql-connector-kafka-*.jar"))
     if jars:  # under `flink run` the jar may come from --jarfile instead
@@ -195,6 +190,10 @@ SINK_COLUMNS = {
         ("clicks", DataTypes.BIGINT()),
         ("late", DataTypes.BOOLEAN()),
         ("click_id", DataTypes.STRING()),
+        ("user_id", DataTypes.STRING()),
+        ("ip", DataTypes.STRING()),
+        ("click_ts", DataTypes.BIGINT()),
+        ("watermark", DataTypes.TIMESTAMP_LTZ(3)),
     ],
     "top": [
         ("minute", DataTypes.TIMESTAMP_LTZ(3)),

@@ -136,11 +136,14 @@ def test_counts_and_top_equal_the_truth(pipeline, kafka_bootstrap, topic_prefix)
         truth.add(click)
     producer.flush()
 
-    # Phase 3: minute 2, then clicks two minutes on to every partition to move the watermark.
+    # Phase 3: minute 2, then a click early in minute 3 to every partition to move the
+    # watermark past minute 2. Partitions idle since phase 1 are read again in any order, so a
+    # partition's minute-2 clicks may arrive after another partition's closer has fired the
+    # window: they must still count, as late corrections (the jump stays inside the lateness).
     send_minutes([m2], 300, 10_000)
     for partition in range(4):
-        closer = dict(make_click(rng, partition, m2 + 3 * MINUTE_MS, "close"),
-                      click_id=f"close-{partition}")
+        closer = dict(make_click(rng, partition, m2 + MINUTE_MS, "close"),
+                      click_ts=m2 + MINUTE_MS + 5_000, click_id=f"close-{partition}")
         producer.send(topic, json.dumps(closer).encode(), partition=partition)
         truth.add(closer)
     producer.flush()
@@ -189,8 +192,8 @@ def test_counts_and_top_equal_the_truth(pipeline, kafka_bootstrap, topic_prefix)
         assert body["count"] == truth.count(minutes, ADS[0], countries, devices), params
         status, body = api.get("/v1/ads/popular_ads", count=10, **params)
         assert body["ads"] == truth.top(minutes, 10, countries, devices), params
-    # minutes=M: the most recent complete minutes are m0..m2 (later minutes have no clicks yet
-    # or are still open), so minutes=3 covers exactly those three.
+    # minutes=M: the most recent complete minutes are m0..m2 (minute 3 is still open), so
+    # minutes=3 covers exactly those three.
     status, body = api.get("/v1/ads/popular_ads", count=10, minutes=3)
     assert (body["from"], body["to"]) == (iso(m0), iso(m2 + MINUTE_MS))
     assert body["ads"] == truth.top(minutes, 10)

@@ -2,11 +2,18 @@
 
 -- Per-minute counts: one row per window key, plus one correction row per late click.
 -- ClickHouse sums them, so a late click adds to its minute exactly once.
+-- The correction rows carry the same columns as the too-late rows below on purpose: with equal
+-- projections the planner reuses ONE dedup and classifier for every sink. With different ones it
+-- plans a second dedup whose own watermark could class a click on time there and late here, and
+-- count it twice (tests/test_job_plan.py guards this).
 INSERT INTO counts_sink
-SELECT window_start, ad_id, country, device, clicks, FALSE, CAST(NULL AS STRING)
+SELECT window_start, ad_id, country, device, clicks, FALSE, CAST(NULL AS STRING),
+       CAST(NULL AS STRING), CAST(NULL AS STRING), CAST(NULL AS BIGINT),
+       CAST(NULL AS TIMESTAMP_LTZ(3))
 FROM minute_counts
 UNION ALL
-SELECT minute_start, ad_id, country, device, CAST(1 AS BIGINT), TRUE, click_id
+SELECT minute_start, ad_id, country, device, CAST(1 AS BIGINT), TRUE, click_id,
+       user_id, ip, click_ts_ms, watermark_ts
 FROM clicks_timed
 WHERE timeliness = 'late';
 
