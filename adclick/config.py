@@ -16,6 +16,15 @@ CLICKHOUSE_URL = os.environ.get("ADCLICK_CLICKHOUSE_URL", f"chdb://{STACK_DIR / 
 API_HOST = os.environ.get("ADCLICK_API_HOST", "127.0.0.1")
 API_PORT = int(os.environ.get("ADCLICK_API_PORT", "8000"))
 DATABASE = os.environ.get("ADCLICK_DATABASE", "adclick")
+DEMO_API_KEY_FILE = STACK_DIR / "api-key"  # written by `make demo` (adclick serve --api-key-file)
+
+
+def default_api_key():
+    """ADCLICK_API_KEY, else the key `make demo` created, so local tools work without setup."""
+    key = os.environ.get("ADCLICK_API_KEY")
+    if not key and DEMO_API_KEY_FILE.exists():
+        key = DEMO_API_KEY_FILE.read_text().strip()
+    return key or None
 
 
 class Topics:

@@ -73,7 +73,7 @@ def main(argv=None):
         started_kafka = True
     create_topics(config.KAFKA_BOOTSTRAP)
 
-    key_file = config.STACK_DIR / "api-key"
+    key_file = config.DEMO_API_KEY_FILE
     key_file.unlink(missing_ok=True)
     python = sys.executable
     print("starting the pipeline:", flush=True)

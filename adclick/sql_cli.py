@@ -39,8 +39,8 @@ def add_connection_arguments(parser):
     `adclick reconcile`, which runs its SQL the same way."""
     parser.add_argument("--api-url", default=os.environ.get("ADCLICK_API_URL", DEFAULT_API_URL),
                         help="the API (default: ADCLICK_API_URL or %(default)s)")
-    parser.add_argument("--api-key", default=os.environ.get("ADCLICK_API_KEY"),
-                        help="API key (default: ADCLICK_API_KEY)")
+    parser.add_argument("--api-key", default=config.default_api_key(),
+                        help="API key (default: ADCLICK_API_KEY, else the demo's key)")
     parser.add_argument("--timeout", type=float, default=60, help="seconds to wait for a result")
     parser.add_argument("--clickhouse-url",
                         help="query this ClickHouse server (http(s)://...) instead of the API")
