@@ -33,7 +33,7 @@ def create_app(test_config=None):
         MAX_MEMORY_USAGE=2 * 1024 ** 3,  # ClickHouse max_memory_usage (bytes) of every query
         MAX_RANGE_MINUTES=1440,
         RESULT_CACHE_S=1.0,  # how long an answer of API 1/2 is reused (0: never)
-        RESULT_STALE_S=5.0,  # an expired answer is served while one request recomputes it
+        RESULT_STALE_S=5.0,  # an expired answer is served while a thread recomputes it
         SQL_MAX_ROWS=10_000,
         SQL_MAX_QUERY_CHARS=100_000,
         # Request bodies (POST /v1/sql): room for SQL_MAX_QUERY_CHARS even if every character is

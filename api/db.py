@@ -20,8 +20,8 @@ an embedded chdb path can be open in one process only.
 poll the same few questions (top 100 over the last hour) many times a second, and one of them
 costs tens of milliseconds of ClickHouse CPU (grouping a million rows by ad), so each worker
 computes it once per period. An expired answer is still served, for at most RESULT_STALE_S,
-while a single request recomputes it: no request queues behind a recomputation, and none sees
-an answer older than that. The data itself changes about once a minute.
+while a background thread recomputes it: no request waits for a recomputation, and in practice
+an answer is at most RESULT_CACHE_S plus one query old. The data changes about once a minute.
 """
 
 import logging
@@ -41,7 +41,12 @@ CACHE_MAX_ENTRIES = 10_000
 
 
 class ResultCache:
-    """Answers by key for ttl_s, then served stale (max_stale_s) while one caller refreshes."""
+    """Answers by key: fresh for ttl_s, then served stale while a background thread refreshes.
+
+    Within max_stale_s of its computation an expired answer is returned at once and one thread
+    recomputes it, so no request waits for a recomputation; older than that (idle key, or
+    refreshes failing) the caller computes it and waits, as on a miss.
+    """
 
     def __init__(self, ttl_s, max_stale_s):
         self.ttl_s = ttl_s
@@ -50,29 +55,40 @@ class ResultCache:
         self._entries = {}  # key -> [value, computed_at, refreshing]
 
     def get(self, key, compute):
-        """The answer for key: cached, stale while another caller refreshes it, or computed."""
+        """The answer for key: fresh, stale while refreshed in the background, or computed."""
         if self.ttl_s <= 0:
             return compute()
-        now = time.monotonic()
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
-                age = now - entry[1]
-                if age < self.ttl_s or (entry[2] and age < self.max_stale_s):
+                age = time.monotonic() - entry[1]
+                if age < self.ttl_s:
                     return entry[0]
-                entry[2] = True  # this caller refreshes; others get the stale value meanwhile
+                if age < self.max_stale_s:
+                    if not entry[2]:
+                        entry[2] = True
+                        threading.Thread(target=self._refresh, args=(key, compute),
+                                         daemon=True).start()
+                    return entry[0]
+        value = compute()
+        self._store(key, value)
+        return value
+
+    def _refresh(self, key, compute):
         try:
-            value = compute()
-        except Exception:
+            self._store(key, compute())
+        except Exception as error:  # noqa: BLE001 - the next caller past max_stale_s sees it
+            log.warning("refreshing a cached answer failed: %s", error)
             with self._lock:
+                entry = self._entries.get(key)
                 if entry is not None:
                     entry[2] = False
-            raise
+
+    def _store(self, key, value):
         with self._lock:
-            if len(self._entries) >= CACHE_MAX_ENTRIES:
-                self._evict(now)
+            if key not in self._entries and len(self._entries) >= CACHE_MAX_ENTRIES:
+                self._evict(time.monotonic())
             self._entries[key] = [value, time.monotonic(), False]
-        return value
 
     def _evict(self, now):
         for key in [k for k, e in self._entries.items() if now - e[1] >= self.max_stale_s]:
@@ -192,5 +208,13 @@ def read_settings():
 
 
 def cached(key, compute):
-    """compute() through the current app's result cache (see ResultCache)."""
-    return get_store().cache.get(key, compute)
+    """compute() through the current app's result cache (see ResultCache).
+
+    compute runs in an app context of its own, so that a background refresh can use client().
+    """
+    app = current_app._get_current_object()
+
+    def in_app_context():
+        with app.app_context():
+            return compute()
+    return get_store().cache.get(key, in_app_context)
