@@ -40,12 +40,33 @@ RETRY_AFTER_S = 1.0  # after a failed connection, requests fail fast for this lo
 CACHE_MAX_ENTRIES = 10_000
 
 
+class _Computation:
+    """One caller's computation of a missing answer, awaited by the others."""
+
+    def __init__(self):
+        self._done = threading.Event()
+        self._value = None
+        self._error = None
+
+    def finish(self, value=None, error=None):
+        self._value, self._error = value, error
+        self._done.set()
+
+    def result(self):
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 class ResultCache:
     """Answers by key: fresh for ttl_s, then served stale while a background thread refreshes.
 
     Within max_stale_s of its computation an expired answer is returned at once and one thread
     recomputes it, so no request waits for a recomputation; older than that (idle key, or
-    refreshes failing) the caller computes it and waits, as on a miss.
+    refreshes failing) the caller computes it and waits, as on a miss. Concurrent misses of one
+    key share a single computation (and its failure), so a burst of identical questions on a
+    cold cache costs one query, not one each.
     """
 
     def __init__(self, ttl_s, max_stale_s):
@@ -53,6 +74,7 @@ class ResultCache:
         self.max_stale_s = max(max_stale_s, ttl_s)
         self._lock = threading.Lock()
         self._entries = {}  # key -> [value, computed_at, refreshing]
+        self._pending = {}  # key -> _Computation, while a caller computes a missing answer
 
     def get(self, key, compute):
         """The answer for key: fresh, stale while refreshed in the background, or computed."""
@@ -70,8 +92,23 @@ class ResultCache:
                         threading.Thread(target=self._refresh, args=(key, compute),
                                          daemon=True).start()
                     return entry[0]
-        value = compute()
+            computation = self._pending.get(key)
+            owner = computation is None
+            if owner:
+                computation = self._pending[key] = _Computation()
+        if not owner:
+            return computation.result()
+        try:
+            value = compute()
+        except BaseException as error:
+            with self._lock:
+                del self._pending[key]
+            computation.finish(error=error)
+            raise
         self._store(key, value)
+        with self._lock:
+            del self._pending[key]
+        computation.finish(value=value)
         return value
 
     def _refresh(self, key, compute):

@@ -532,6 +532,44 @@ def test_result_cache_refreshes_in_the_background():
     assert calls == [1, 3]
 
 
+def test_result_cache_coalesces_concurrent_misses():
+    cache = db.ResultCache(ttl_s=10, max_stale_s=10)
+    calls, started, release = [], threading.Event(), threading.Event()
+
+    def slow(value):
+        calls.append(value)
+        started.set()
+        release.wait(5)
+        if value == "fail":
+            raise ValueError("no")
+        return value
+
+    for outcome in ("ok", "fail"):
+        calls.clear()
+        started.clear()
+        release.clear()
+        answers = []
+
+        def ask(outcome=outcome):
+            try:
+                answers.append(cache.get(outcome, lambda: slow(outcome)))
+            except ValueError as error:
+                answers.append(str(error))
+
+        first = threading.Thread(target=ask)
+        first.start()
+        started.wait(5)
+        others = [threading.Thread(target=ask) for _ in range(3)]
+        for thread in others:
+            thread.start()
+        time.sleep(0.05)
+        release.set()
+        for thread in [first, *others]:
+            thread.join(5)
+        assert calls == [outcome]  # one computation for the four callers
+        assert answers == [outcome if outcome == "ok" else "no"] * 4
+
+
 def test_result_cache_too_stale_is_recomputed_and_errors_are_not_cached():
     cache = db.ResultCache(ttl_s=0.05, max_stale_s=0.1)
     assert cache.get("k", lambda: 1) == 1
