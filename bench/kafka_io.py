@@ -1,0 +1,233 @@
+"""Filling the input topic fast, and the Kafka read limit of one kafka-python consumer.
+
+The fill: click payloads are encoded in Python (templates drawn from adclick.generator's
+ClickFactory, so ads are Zipf-distributed and countries/devices weighted like the generator,
+with a unique click_id and a click_ts per message) and piped, one per line, to a small Java
+producer (kafka-clients from .stack/jars/kafka, run from source by the JDK's launcher):
+batch.size 1 MiB, linger.ms 20, compression none, acks=1, partitions round robin. kafka-python's
+producer is measured too, on a sample, because that is what adclick's own generator uses.
+"""
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+from kafka import KafkaAdminClient
+from kafka import KafkaConsumer
+from kafka import KafkaProducer
+from kafka import TopicPartition
+
+from adclick.generator import ClickFactory
+from bench.procs import REPO
+
+KAFKA_JARS = REPO / ".stack" / "jars" / "kafka"
+
+JAVA_PRODUCER = r"""
+import java.io.BufferedInputStream;
+import java.io.ByteArrayOutputStream;
+import java.io.InputStream;
+import java.util.Arrays;
+import java.util.Properties;
+import java.util.concurrent.atomic.AtomicLong;
+import org.apache.kafka.clients.producer.Callback;
+import org.apache.kafka.clients.producer.KafkaProducer;
+import org.apache.kafka.clients.producer.ProducerRecord;
+import org.apache.kafka.common.serialization.ByteArraySerializer;
+
+/** Reads newline-separated payloads on stdin and produces them round robin over partitions. */
+public class BulkProducer {
+  public static void main(String[] args) throws Exception {
+    String bootstrap = args[0];
+    String topic = args[1];
+    int partitions = Integer.parseInt(args[2]);
+    Properties props = new Properties();
+    props.put("bootstrap.servers", bootstrap);
+    props.put("acks", "1");
+    props.put("linger.ms", "20");
+    props.put("batch.size", String.valueOf(1 << 20));
+    props.put("buffer.memory", String.valueOf(256L << 20));
+    props.put("max.request.size", String.valueOf(16 << 20));
+    props.put("compression.type", "none");
+    props.put("enable.idempotence", "false");
+    props.put("key.serializer", ByteArraySerializer.class.getName());
+    props.put("value.serializer", ByteArraySerializer.class.getName());
+    AtomicLong errors = new AtomicLong();
+    Callback callback = (metadata, error) -> { if (error != null) errors.incrementAndGet(); };
+    long count = 0;
+    long started = 0;
+    try (KafkaProducer<byte[], byte[]> producer = new KafkaProducer<>(props)) {
+      InputStream in = new BufferedInputStream(System.in, 1 << 20);
+      byte[] buffer = new byte[1 << 20];
+      ByteArrayOutputStream line = new ByteArrayOutputStream(1024);
+      int read;
+      while ((read = in.read(buffer)) > 0) {
+        if (started == 0) started = System.nanoTime();
+        int from = 0;
+        for (int i = 0; i < read; i++) {
+          if (buffer[i] == '\n') {
+            byte[] value;
+            if (line.size() == 0) {
+              value = Arrays.copyOfRange(buffer, from, i);
+            } else {
+              line.write(buffer, from, i - from);
+              value = line.toByteArray();
+              line.reset();
+            }
+            producer.send(new ProducerRecord<>(topic, (int) (count % partitions), null, value),
+                          callback);
+            count++;
+            from = i + 1;
+          }
+        }
+        line.write(buffer, from, read - from);
+      }
+      producer.flush();
+    }
+    double seconds = (System.nanoTime() - started) / 1e9;
+    System.out.println("{\"records\": " + count + ", \"seconds\": " + seconds
+        + ", \"errors\": " + errors.get() + "}");
+  }
+}
+"""
+
+
+class Payloads:
+    """Valid click payloads, fast: per message only click_id and click_ts are formatted."""
+
+    def __init__(self, run_id, seed, skew=0.0, pool=100_000, ads=10_000):
+        factory = ClickFactory(seed=seed, skew=skew, ads=ads, run_id=run_id)
+        self.run_id = run_id
+        self.pool = []
+        for _ in range(pool):
+            c = factory.click(0)
+            self.pool.append((
+                f'","ad_id":"{c.ad_id}","click_ts":',
+                f',"user_id":"{c.user_id}","ip":"{c.ip}","country":"{c.country}",'
+                f'"device":"{c.device}"}}',
+                c.ad_id,
+            ))
+
+    def chunks(self, count, start_ts, span_ms, chunk=20_000):
+        """Newline-joined payloads; click_ts rises evenly from start_ts over span_ms."""
+        pool, size, run = self.pool, len(self.pool), self.run_id
+        for first in range(0, count, chunk):
+            last = min(count, first + chunk)
+            lines = []
+            append = lines.append
+            for i in range(first, last):
+                head, tail, _ad = pool[i % size]
+                append(f'{{"click_id":"{run}-{i}{head}{start_ts + i * span_ms // count}{tail}')
+            yield ("\n".join(lines) + "\n").encode()
+
+    def ad_of(self, i):
+        return self.pool[i % len(self.pool)][2]
+
+
+def java_producer_source(work_dir):
+    path = Path(work_dir) / "BulkProducer.java"
+    path.write_text(JAVA_PRODUCER)
+    return path
+
+
+def bulk_fill(bootstrap, topic, partitions, payloads, count, start_ts, span_ms, work_dir):
+    """Produce count payloads through the Java producer; returns rates (records/s)."""
+    source = java_producer_source(work_dir)
+    argv = ["java", "-Xmx1g", "-cp", f"{KAFKA_JARS}/*", str(source), bootstrap, topic,
+            str(partitions)]
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    first_write = None
+    for data in payloads.chunks(count, start_ts, span_ms):
+        if first_write is None:
+            first_write = time.monotonic()
+        proc.stdin.write(data)
+    proc.stdin.close()
+    out = proc.stdout.read().decode()
+    if proc.wait() != 0:
+        raise RuntimeError(f"bulk producer failed: {out}")
+    ended = time.monotonic()
+    stats = json.loads(out.strip().splitlines()[-1])
+    if stats["errors"] or stats["records"] != count:
+        raise RuntimeError(f"bulk producer: {stats}, expected {count} records")
+    return {
+        "records": count,
+        "seconds_total": round(ended - started, 2),
+        "seconds_producing": round(ended - first_write, 2),
+        "records_per_s": round(count / (ended - first_write)),
+        "producer": "Java KafkaProducer (kafka-clients 4.1.1) fed by Python-encoded payloads; "
+                    "batch.size=1MiB linger.ms=20 compression=none acks=1",
+    }
+
+
+def kafka_python_produce_rate(bootstrap, topic, payloads, count, start_ts):
+    """adclick's producer library on a sample: pre-encoded payloads, big batches, no compression."""
+    data = b"".join(payloads.chunks(count, start_ts, 60_000)).split(b"\n")[:count]
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=20,
+                             batch_size=1 << 20, compression_type=None, metrics_enabled=False,
+                             max_request_size=16 << 20)
+    try:
+        send = producer.send
+        started = time.monotonic()
+        for i, value in enumerate(data):
+            send(topic, value, partition=i & 3)
+        producer.flush()
+        elapsed = time.monotonic() - started
+    finally:
+        producer.close()
+    return {"records": count, "seconds": round(elapsed, 2), "records_per_s": round(count / elapsed)}
+
+
+def end_offsets(bootstrap, topic):
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        return {tp.partition: off for tp, off in consumer.end_offsets(partitions).items()}
+    finally:
+        consumer.close()
+
+
+def consume_rate(bootstrap, topic, limit, max_seconds=30.0):
+    """Records/s one kafka-python consumer reads from the start of topic (values as bytes).
+
+    The clock starts once the first record is in (connection, metadata and the first fetch
+    excluded) and stops at the last of `limit` records, or after max_seconds.
+    """
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                             group_id=None, auto_offset_reset="earliest",
+                             fetch_max_bytes=64 << 20, max_partition_fetch_bytes=16 << 20,
+                             max_poll_records=50_000, metrics_enabled=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        warmup_deadline = time.monotonic() + 30
+        while not consumer.poll(timeout_ms=1000, max_records=1):
+            if time.monotonic() > warmup_deadline:
+                raise RuntimeError(f"no records in {topic}")
+        started = time.monotonic()
+        deadline = started + max_seconds
+        got, nbytes = 0, 0
+        while got < limit - 1 and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=1000).values():
+                got += len(records)
+                nbytes += sum(len(r.value) for r in records)
+        elapsed = time.monotonic() - started
+    finally:
+        consumer.close()
+    return {"records": got, "seconds": round(elapsed, 2), "records_per_s": round(got / elapsed),
+            "mb_per_s": round(nbytes / elapsed / 1e6, 1),
+            "avg_payload_bytes": round(nbytes / max(got, 1), 1),
+            "method": "one KafkaConsumer (kafka-python), assign + seek_to_beginning, "
+                      "max_poll_records 50,000, fetch_max_bytes 64 MiB, values left as bytes"}
+
+
+def delete_topics(bootstrap, names):
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.delete_topics(list(names))
+    except Exception:  # noqa: BLE001 - best effort cleanup on a shared dev broker
+        pass
+    finally:
+        admin.close()

@@ -1,0 +1,393 @@
+"""`make bench`: measure adclick on this machine; write bench/out/report.json and chart.png.
+
+    python -m bench.run [--records N] [--freshness-minutes M] [--skip-freshness] [--skip-skew]
+
+Phases, one heavy thing at a time (the machine has 2 cores):
+  0. a Kafka broker of our own (scripts/kafka.sh, free ports, temp data dir), or the one named
+     by ADCLICK_BENCH_KAFKA (then left running, and only topics of a random prefix are used)
+  1. fill the input topic with N valid clicks (fill rate), and kafka-python's producer rate
+  2. physical limit: one kafka-python consumer reading the topic
+  3. engine limit: a plain Flink SQL windowed count over the topic (bench/engine_job.py)
+  4. the adclick job + `adclick serve` end to end over the same topic; then the loader alone
+     catching up on the output topics that run left (its rows/s)
+  5. the same with one ad taking half of all clicks (skew)
+  6. freshness under 2,000 live clicks/s (a warm-up minute, then 3 whole minutes)
+  7. peak RSS of every process (sampled all along), dedup state size per million click_ids
+The report is copied to docs/bench/report.json and docs/bench/chart.png.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from pathlib import Path
+
+from kafka import KafkaProducer
+
+from adclick import config
+from adclick.topics import create_topics
+from bench import chart
+from bench import engine_job
+from bench import kafka_io
+from bench import pipeline
+from bench.procs import PYTHON
+from bench.procs import REPO
+from bench.procs import Broker
+from bench.procs import MachineLoad
+from bench.procs import RssSampler
+from bench.procs import log
+
+OUT = REPO / "bench" / "out"
+DOCS = REPO / "docs" / "bench"
+MINUTE_MS = 60_000
+STATE_TARGET_IDS = 10_000_000
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--records", type=int, default=int(os.environ.get("BENCH_RECORDS", "500000")),
+                   help="clicks pre-filled for the throughput runs (default 500,000)")
+    p.add_argument("--event-minutes", type=int, default=5,
+                   help="event-time span of the pre-filled clicks, in minutes")
+    p.add_argument("--kafka-python-sample", type=int, default=100_000)
+    p.add_argument("--freshness-minutes", type=int, default=3,
+                   help="whole minutes of live traffic observed after the first (warm-up) one; "
+                        "the traffic lasts 3-4 minutes")
+    p.add_argument("--freshness-s", type=float, default=None,
+                   help="live traffic duration instead (default: from --freshness-minutes)")
+    p.add_argument("--freshness-rate", type=int, default=2000)
+    p.add_argument("--skip-freshness", action="store_true")
+    p.add_argument("--skip-skew", action="store_true")
+    p.add_argument("--no-docs", action="store_true", help="do not copy to docs/bench/")
+    return p.parse_args(argv)
+
+
+def machine_info():
+    model = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem_kb = int(f.readline().split()[1])
+    java = subprocess.run(["java", "-version"], capture_output=True, text=True,
+                          check=False).stderr
+    return {
+        "cpu_model": model, "cores": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1),
+        "kernel": platform.release(), "python": platform.python_version(),
+        "java": java.splitlines()[0] if java else None,
+        "note": "shared machine: other engineers' processes may run during the benchmark; "
+                "each phase records the whole machine's CPU use and load average",
+    }
+
+
+def send_closers(bootstrap, topic, ts):
+    """One click per partition, after everything else: moves every partition's watermark past
+    the filled minutes so all their windows close. Its own minute stays open (not counted)."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    for partition in range(4):
+        click = {"click_id": f"closer-{uuid.uuid4().hex[:8]}-{partition}", "ad_id": "ad-closer",
+                 "click_ts": ts, "user_id": "u-closer", "ip": "10.0.0.1", "country": "US",
+                 "device": "mobile"}
+        producer.send(topic, json.dumps(click).encode(), partition=partition)
+    producer.flush()
+    producer.close()
+
+
+def fill_topic(bootstrap, prefix, args, work, skew, seed):
+    topics = create_topics(bootstrap, prefix, 4)
+    payloads = kafka_io.Payloads(run_id=f"{prefix.rstrip('-')}", seed=seed, skew=skew)
+    now = int(time.time() * 1000)
+    span = args.event_minutes * MINUTE_MS
+    start = (now - 30 * MINUTE_MS) // MINUTE_MS * MINUTE_MS
+    log(f"filling {topics['clicks']} with {args.records:,} clicks (skew {skew})")
+    stats = kafka_io.bulk_fill(bootstrap, topics["clicks"], 4, payloads, args.records, start,
+                               span, work)
+    send_closers(bootstrap, topics["clicks"], start + span + 2 * MINUTE_MS)
+    hot = sum(1 for i in range(min(args.records, 100_000)) if payloads.ad_of(i) == "ad-000001")
+    stats["hot_ad_share"] = round(hot / min(args.records, 100_000), 3)
+    stats["event_minutes"] = args.event_minutes
+    stats["clicks_per_event_minute"] = args.records // args.event_minutes
+    return topics, payloads, stats
+
+
+def engine_limit(bootstrap, topic, empty_topic, work, sampler):
+    log_dir = work / "engine-flink-log"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    argv = [PYTHON, "-m", "bench.engine_job", "--bootstrap-servers", bootstrap, "--topic", topic,
+            "--empty-topic", empty_topic, "--adclick-parse"]
+    env = dict(os.environ, FLINK_LOG_DIR=str(log_dir))
+    machine = MachineLoad()
+    with open(work / "engine.log", "wb") as stderr:
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr)
+        sampler.watch("engine.flink_job", proc.pid)
+        try:
+            out, _ = proc.communicate(timeout=600)
+        finally:
+            sampler.unwatch("engine.flink_job")
+    if proc.returncode != 0:
+        raise RuntimeError(f"engine job failed; see {work / 'engine.log'}")
+    lines = [line for line in out.decode(errors="replace").splitlines()
+             if line.startswith(engine_job.RESULT_MARK)]
+    if not lines:
+        raise RuntimeError(f"no result line from the engine job: {out[-2000:]!r}")
+    result = json.loads(lines[-1][len(engine_job.RESULT_MARK):])
+    result["machine"] = machine.result()
+    return result
+
+
+def state_estimate(runs):
+    """Checkpointed state vs click_ids held, fitted over the checkpoints of the plain run."""
+    points = []
+    for ck in runs.get("checkpoints", []):
+        size = ck.get("checkpointed_size") or ck.get("state_size")
+        if ck.get("consumed_offsets_now") and size:
+            points.append((ck["consumed_offsets_now"], size))
+    if len(points) < 2:
+        return None
+    slope, intercept = pipeline.fit_slope(points)
+    ids = runs["expected_clicks"]
+    dedups = sum(v["name"].count("Deduplicate") for v in runs.get("plan", []))
+    return {
+        "deduplicate_operators_in_plan": dedups,
+        "points_ids_bytes": points,
+        "bytes_per_click_id": round(slope, 1),
+        "bytes_per_million_click_ids": round(slope * 1e6),
+        "fixed_bytes": round(intercept),
+        "measured_ids": ids,
+        "checkpoint_dir_bytes_at_measured_ids": runs.get("checkpoint_dir_bytes_end"),
+        "extrapolated_10m_ids_bytes": round(intercept + slope * STATE_TARGET_IDS),
+        "method": "full checkpoints of the job (MiniCluster: heap state backend, every "
+                  "checkpoint complete, not incremental) fitted linearly against the source "
+                  "offsets committed with them; the extrapolation to 10 M ids is linear, "
+                  "not measured. Besides the dedup keys the state holds the open windows "
+                  "(fitted as the fixed part together with operator overhead).",
+    }
+
+
+class Phases:
+    """Runs phases in order; a failed phase is recorded in the report and the rest go on."""
+
+    def __init__(self, report, sampler):
+        self.report = report
+        self.sampler = sampler
+        self.failed = []
+
+    def run(self, name, fn):
+        started = time.monotonic()
+        broker0 = self.sampler.cpu_seconds("kafka_broker")["total"]
+        log(f"--- {name}")
+        try:
+            fn()
+            return True
+        except Exception as error:  # noqa: BLE001 - recorded, the benchmark goes on
+            traceback.print_exc()
+            self.failed.append(name)
+            self.report.setdefault("errors", {})[name] = f"{type(error).__name__}: {error}"[:4000]
+            return False
+        finally:
+            self.report.setdefault("phase_wall_s", {})[name] = round(
+                time.monotonic() - started, 1)
+            self.report.setdefault("kafka_broker_cpu_s", {})[name] = round(
+                self.sampler.cpu_seconds("kafka_broker")["total"] - broker0, 1)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    started = time.monotonic()
+    OUT.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="adclick-bench-"))
+    report = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
+              "parameters": vars(args)}
+    broker = Broker(work, existing=os.environ.get("ADCLICK_BENCH_KAFKA"))
+    sampler = RssSampler(interval=0.5).start()
+    phases = Phases(report, sampler)
+    run_prefix = f"bench{uuid.uuid4().hex[:6]}-"
+    prefix = run_prefix + "a-"
+    created = []
+    state = {}
+
+    def start_kafka():
+        log(f"work dir {work}; starting Kafka" if not broker.existing
+            else f"using Kafka at {broker.existing}")
+        broker.start()
+        if broker.pid():
+            sampler.watch("kafka_broker", broker.pid())
+        report["kafka"] = {"bootstrap": broker.bootstrap, "own_broker": not broker.existing,
+                           "startup_s": round(getattr(broker, "startup_s", 0), 1)}
+
+    def fill():
+        created.extend(config.Topics.with_prefix(prefix).values())
+        topics, payloads, stats = fill_topic(broker.bootstrap, prefix, args, work, 0.0, 1)
+        state["topics"] = topics
+        scratch = create_topics(broker.bootstrap, run_prefix + "scratch-", 4)
+        created.extend(scratch.values())
+        state["scratch"] = scratch
+        stats["kafka_python_producer"] = kafka_io.kafka_python_produce_rate(
+            broker.bootstrap, scratch["clicks"], payloads, args.kafka_python_sample,
+            int(time.time() * 1000))
+        report["fill"] = stats
+        sample = b"".join(payloads.chunks(50_000, int(time.time() * 1000) - 60_000, 60_000))
+        report["loader_raw_validation"] = pipeline.raw_validation_rate(sample.split(b"\n")[:-1])
+        log(f"fill: {stats['records_per_s']:,}/s (Java producer), kafka-python producer "
+            f"{stats['kafka_python_producer']['records_per_s']:,}/s")
+
+    def consumer():
+        report["kafka_consumer"] = kafka_io.consume_rate(
+            broker.bootstrap, state["topics"]["clicks"], args.records)
+        log(f"kafka-python consumer: {report['kafka_consumer']['records_per_s']:,}/s")
+
+    def engine():
+        result = engine_limit(broker.bootstrap, state["topics"]["clicks"],
+                              state["scratch"]["top"], work, sampler)
+        records = args.records + 4
+        net = result["run"]["net_runtime_s"]
+        fixed = result["empty_run"]["net_runtime_s"]
+        result.update({
+            "records": records,
+            "records_per_s": round(records / net),
+            "records_per_s_minus_empty_run": round(records / (net - fixed))
+            if net - fixed > 0.5 * net else None,
+            "records_per_jvm_cpu_s": round(records / result["run"]["jvm_cpu_s"]),
+            "records_per_jvm_cpu_s_minus_empty_run": round(
+                records / (result["run"]["jvm_cpu_s"] - result["empty_run"]["jvm_cpu_s"]))
+            if result["run"]["jvm_cpu_s"] > 2 * result["empty_run"]["jvm_cpu_s"] else None,
+            "method": "records / JobExecutionResult.getNetRuntime() of the bounded job (job "
+                      "start to end on the MiniCluster, JVM start and planning excluded); "
+                      "second figure subtracts the net runtime of the same job over an empty "
+                      "topic run right after it in the same JVM (deploy, Kafka connect, "
+                      "finish); an empty run before it warmed the JVM up",
+        })
+        parse = result.pop("adclick_parse_run", None)
+        if parse:
+            parse.update({
+                "records": records,
+                "records_per_s": round(records / parse["net_runtime_s"]),
+                "records_per_s_minus_empty_run": round(records / (parse["net_runtime_s"] - fixed))
+                if parse["net_runtime_s"] - fixed > 0.5 * parse["net_runtime_s"] else None,
+                "records_per_jvm_cpu_s": round(records / parse["jvm_cpu_s"]),
+                "records_per_jvm_cpu_s_minus_empty_run": round(
+                    records / (parse["jvm_cpu_s"] - result["empty_run"]["jvm_cpu_s"]))
+                if parse["jvm_cpu_s"] > 2 * result["empty_run"]["jvm_cpu_s"] else None,
+                "method": "the adclick job's raw Kafka source (same schema, event-time regex and "
+                          "watermark) and sql/flink/10_parse.sql alone, valid clicks and rejects "
+                          "into blackhole sinks, bounded, same JVM as the plain job",
+            })
+            report["adclick_parse_only"] = parse
+        report["engine_limit"] = result
+        log(f"plain Flink SQL: {result['records_per_s']:,}/s "
+            f"({result['records_per_s_minus_empty_run']:,}/s without the fixed cost)")
+
+    def adclick():
+        plain = pipeline.throughput_run("adclick", work / "adclick", broker.bootstrap, prefix,
+                                        args.records, sampler)
+        report["adclick"] = plain
+        engine_result = report.get("engine_limit")
+        engine_rate = engine_result and (engine_result.get("records_per_s_minus_empty_run")
+                                         or engine_result.get("records_per_s"))
+        engine_cpu = engine_result and (
+            engine_result.get("records_per_jvm_cpu_s_minus_empty_run")
+            or engine_result.get("records_per_jvm_cpu_s"))
+        if engine_cpu and plain.get("clicks_per_flink_cpu_s"):
+            plain["ratio_per_cpu_s_to_engine"] = round(
+                plain["clicks_per_flink_cpu_s"] / engine_cpu, 3)
+        if engine_rate and plain.get("sustained_clicks_per_s"):
+            plain["ratio_sustained_to_engine"] = round(
+                plain["sustained_clicks_per_s"] / engine_rate, 3)
+        if engine_result:
+            plain["ratio_end_to_end_to_engine_raw"] = round(
+                plain["end_to_end_clicks_per_s"] / engine_result["records_per_s"], 3)
+        log(f"adclick: sustained {plain['sustained_clicks_per_s']}/s, end to end "
+            f"{plain['end_to_end_clicks_per_s']}/s")
+
+    def loader():
+        plain = report["adclick"]
+        report["loader_catchup"] = pipeline.loader_catchup(
+            work / "catchup", broker.bootstrap, prefix, plain["clickhouse_rows_inserted"], sampler)
+        log(f"loader catch-up: {report['loader_catchup']['rows_per_s']:,} rows/s")
+
+    def skewed():
+        skew_prefix = run_prefix + "s-"
+        created.extend(config.Topics.with_prefix(skew_prefix).values())
+        _topics, _, skew_fill = fill_topic(broker.bootstrap, skew_prefix, args, work, 0.5, 2)
+        skew = pipeline.throughput_run("adclick_skew", work / "skew", broker.bootstrap,
+                                       skew_prefix, args.records, sampler)
+        skew["fill"] = skew_fill
+        plain = report.get("adclick") or {}
+        if skew.get("sustained_clicks_per_s") and plain.get("sustained_clicks_per_s"):
+            skew["ratio_sustained_to_unskewed"] = round(
+                skew["sustained_clicks_per_s"] / plain["sustained_clicks_per_s"], 3)
+        if skew.get("clicks_per_flink_cpu_s") and plain.get("clicks_per_flink_cpu_s"):
+            skew["ratio_per_cpu_s_to_unskewed"] = round(
+                skew["clicks_per_flink_cpu_s"] / plain["clicks_per_flink_cpu_s"], 3)
+        if plain.get("end_to_end_clicks_per_s"):
+            skew["ratio_end_to_end_to_unskewed"] = round(
+                skew["end_to_end_clicks_per_s"] / plain["end_to_end_clicks_per_s"], 3)
+        report["adclick_skew"] = skew
+        log(f"skew: sustained {skew['sustained_clicks_per_s']}/s, end to end "
+            f"{skew['end_to_end_clicks_per_s']}/s")
+
+    def freshness():
+        fresh_prefix = run_prefix + "f-"
+        created.extend(config.Topics.with_prefix(fresh_prefix).values())
+        report["freshness"] = pipeline.freshness_run(
+            work / "freshness", broker.bootstrap, fresh_prefix, sampler,
+            rate=args.freshness_rate, duration_s=args.freshness_s,
+            minutes=args.freshness_minutes)
+        f = report["freshness"]
+        log(f"freshness: API 1 p50 {f['api1_p50_s']} s, p99 {f['api1_p99_s']} s over "
+            f"{f['minutes_observed']} minutes")
+
+    try:
+        if phases.run("kafka", start_kafka) and phases.run("fill", fill):
+            phases.run("kafka_consumer", consumer)
+            phases.run("engine_limit", engine)
+            if phases.run("adclick", adclick):
+                phases.run("loader_catchup", loader)
+            if not args.skip_skew:
+                phases.run("adclick_skew", skewed)
+        if not args.skip_freshness and "kafka" not in phases.failed:
+            phases.run("freshness", freshness)
+        report["peak_rss_mib"] = sampler.peaks_mib()
+        if report.get("adclick"):
+            report["state"] = state_estimate(report["adclick"])
+    finally:
+        sampler.stop()
+        if broker.existing:
+            kafka_io.delete_topics(broker.bootstrap, created)
+        else:
+            log("stopping Kafka")
+            broker.stop()
+        logs = OUT / "logs"
+        shutil.rmtree(logs, ignore_errors=True)
+        logs.mkdir(parents=True, exist_ok=True)
+        for path in work.rglob("*.log"):
+            if "logs" in path.relative_to(work).parts[:2]:
+                continue  # the broker's data (segment files are *.log too)
+            if path.stat().st_size < 50 * 2**20:
+                shutil.copy(path, logs / "-".join(path.relative_to(work).parts))
+        shutil.rmtree(work, ignore_errors=True)
+    report["bench_wall_s"] = round(time.monotonic() - started, 1)
+    (OUT / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    chart.draw(report, OUT / "chart.png")
+    log(f"wrote {OUT / 'report.json'} and {OUT / 'chart.png'} in {report['bench_wall_s']} s")
+    if not args.no_docs and not phases.failed:
+        DOCS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(OUT / "report.json", DOCS / "report.json")
+        shutil.copy(OUT / "chart.png", DOCS / "chart.png")
+    if phases.failed:
+        log(f"failed phases: {', '.join(phases.failed)} (see report.json 'errors')")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
