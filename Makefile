@@ -13,7 +13,7 @@ TOPICS_ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: help venv jars setup kafka-start kafka-stop topics flink-cluster flink-cluster-stop \
-        submit test demo bench reconcile clean
+        submit test demo bench bench-api reconcile clean
 
 help:
 	@echo "make venv                 create .venv and pip install -e '.[test,bench]'"
@@ -27,7 +27,8 @@ help:
 	@echo "make submit               submit the job to that cluster (JOB_ARGS=...)"
 	@echo "make test                 run all tests (they start what they need themselves)"
 	@echo "make demo                 run the whole pipeline in the foreground"
-	@echo "make bench                run the benchmarks"
+	@echo "make bench                run the pipeline benchmarks (docs/bench/report.json)"
+	@echo "make bench-api            API latency on a day of counts for 100,000 ads"
 	@echo "make reconcile            recount the raw clicks and compare with the stored counts"
 	@echo "make clean                stop everything, delete .stack (except the jars)"
 
@@ -71,6 +72,9 @@ demo: setup
 
 bench: setup
 	$(PY) -m bench.run
+
+bench-api: setup
+	$(PY) -m bench.api_bench
 
 reconcile: venv
 	$(VENV)/bin/adclick reconcile
