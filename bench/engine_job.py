@@ -104,18 +104,7 @@ def run_adclick_parse(t_env, args, topic):
     blackhole sinks. Isolates what parsing and validating costs per record."""
     job_args = job.parse_args(["--bootstrap-servers", args.bootstrap_servers])
     params = job.sql_parameters(job_args)
-    schema = (
-        Schema.new_builder()
-        .column("payload", DataTypes.BYTES())
-        .column_by_metadata("kafka_partition", DataTypes.INT(), "partition", True)
-        .column_by_metadata("kafka_offset", DataTypes.BIGINT(), "offset", True)
-        .column_by_metadata("kafka_timestamp", DataTypes.TIMESTAMP_LTZ(3), "timestamp", True)
-        .column_by_expression("proc_time", "PROCTIME()")
-        .column_by_expression("event_time", job.substitute(job.EVENT_TIME_EXPR, params))
-        .watermark("event_time",
-                   f"TIMESTAMPADD(MILLISECOND, -{int(job_args.watermark_delay_ms)}, event_time)")
-        .build()
-    )
+    schema = job.source_schema(job_args)
     builder = TableDescriptor.for_connector("kafka").schema(schema).format("raw")
     for key, value in {"topic": topic, "properties.bootstrap.servers": args.bootstrap_servers,
                        "properties.group.id": "bench-parse",
@@ -123,11 +112,8 @@ def run_adclick_parse(t_env, args, topic):
                        "scan.bounded.mode": "latest-offset"}.items():
         builder = builder.option(key, value)
     t_env.create_temporary_table("clicks_raw", builder.build())
-    text = job.substitute((job.SQL_DIR / "10_parse.sql").read_text(), params)
-    body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
-    for statement in body.split(";"):
-        if statement.strip():
-            t_env.execute_sql(statement)
+    for statement in job.sql_statements(params, [job.SQL_DIR / "10_parse.sql"]):
+        t_env.execute_sql(statement)
     t_env.execute_sql("CREATE TEMPORARY TABLE parsed_sink (click_id STRING, ad_id STRING, "
                       "country STRING, device STRING, event_time TIMESTAMP_LTZ(3)) "
                       "WITH ('connector' = 'blackhole')")

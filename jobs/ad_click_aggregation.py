@@ -102,9 +102,9 @@ def substitute(text, params):
     return re.sub(r"\$\{(\w+)\}", lambda match: str(int(params[match.group(1)])), text)
 
 
-def sql_statements(params):
-    """The statements of sql/flink/*.sql in file order, parameters substituted."""
-    for path in sorted(SQL_DIR.glob("*.sql")):
+def sql_statements(params, paths=None):
+    """The statements of sql/flink/*.sql (or of paths) in file order, parameters substituted."""
+    for path in paths or sorted(SQL_DIR.glob("*.sql")):
         text = substitute(path.read_text(), params)
         body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
         for statement in body.split(";"):
@@ -135,8 +135,9 @@ def kafka_options(args, topic):
     return {"topic": topic, "properties.bootstrap.servers": args.bootstrap_servers}
 
 
-def source_descriptor(args, topic):
-    schema = (
+def source_schema(args):
+    """The raw click source's columns, event time and watermark (the benchmark reuses it)."""
+    return (
         Schema.new_builder()
         .column("payload", DataTypes.BYTES())
         .column_by_metadata("kafka_partition", DataTypes.INT(), "partition", True)
@@ -148,7 +149,10 @@ def source_descriptor(args, topic):
                    f"TIMESTAMPADD(MILLISECOND, -{int(args.watermark_delay_ms)}, event_time)")
         .build()
     )
-    builder = TableDescriptor.for_connector("kafka").schema(schema).format("raw")
+
+
+def source_descriptor(args, topic):
+    builder = TableDescriptor.for_connector("kafka").schema(source_schema(args)).format("raw")
     options = kafka_options(args, topic)
     options.update({
         "properties.group.id": args.group_id,
