@@ -11,6 +11,7 @@ import collections
 import json
 import random
 import subprocess
+import threading
 import time
 from datetime import datetime
 from datetime import timezone
@@ -81,7 +82,7 @@ class Truth:
 @pytest.fixture
 def pipeline(tmp_path, kafka_bootstrap, topic_prefix):
     job = start_job(tmp_path, kafka_bootstrap, topic_prefix, tmp_path / "checkpoints",
-                    "--watermark-delay-ms", "2000", "--allowed-lateness-s", "60", "--top-n", "5")
+                    "--watermark-delay-ms", "2000", "--allowed-lateness-s", "300", "--top-n", "5")
     port = free_port()
     server = None
     try:
@@ -107,19 +108,40 @@ def test_counts_and_top_equal_the_truth(pipeline, kafka_bootstrap, topic_prefix)
     def send(click, raw=None):
         producer.send(topic, raw if raw is not None else json.dumps(click).encode())
 
+    # Live traffic never leaves a partition silent; neither does this test. While it waits, a
+    # click goes to every partition each second at the newest event time sent so far, so no
+    # partition turns idle and resumes behind the others (all counted, and in the truth).
+    frontier = {"ts": m0}
+    lock = threading.Lock()
+    stop_keepalive = threading.Event()
+
+    def keepalive():
+        serial = 0
+        while not stop_keepalive.wait(1):
+            with lock:
+                for partition in range(4):
+                    serial += 1
+                    click = dict(make_click(rng, serial, m0, "ka"), click_ts=frontier["ts"],
+                                 click_id=f"ka-{serial}")
+                    producer.send(topic, json.dumps(click).encode(), partition=partition)
+                    truth.add(click)
+                producer.flush()
+
     def send_minutes(minute_list, per_minute, serial0):
         clicks = [make_click(rng, serial0 + i, m, "on") for m in minute_list
                   for i in range(per_minute)]
         clicks = [dict(c, click_id=f"on-{serial0}-{i}") for i, c in enumerate(clicks)]
         # Arrival order: event time plus up to 1.5 s of jitter (inside the 2 s watermark delay).
         clicks.sort(key=lambda c: c["click_ts"] + rng.randrange(1500))
-        for click in clicks:
-            send(click)
-            truth.add(click)
-            sent.append(click)
-            if rng.random() < 0.05:  # a duplicate resent right away: counted once
+        with lock:
+            for click in clicks:
                 send(click)
-        producer.flush()
+                truth.add(click)
+                sent.append(click)
+                if rng.random() < 0.05:  # a duplicate resent right away: counted once
+                    send(click)
+            producer.flush()
+            frontier["ts"] = max(frontier["ts"], max(c["click_ts"] for c in clicks))
 
     def complete_minutes():
         return {row[0] for row in api.sql("SELECT toUnixTimestamp(minute) * 1000 "
@@ -127,6 +149,7 @@ def test_counts_and_top_equal_the_truth(pipeline, kafka_bootstrap, topic_prefix)
 
     # Phase 1: minutes 0 and 1, with malformed records of every kind mixed in.
     send_minutes([m0, m1], 300, 0)
+    threading.Thread(target=keepalive, daemon=True).start()
     rejected = [make_malformed(rng, kind, Click(**sent[i]), now=now)
                 for i, kind in enumerate(MALFORMED_KINDS * 2)]
     for bad in rejected:
@@ -136,23 +159,35 @@ def test_counts_and_top_equal_the_truth(pipeline, kafka_bootstrap, topic_prefix)
 
     # Phase 2: late clicks for minute 0 inside the allowed lateness: they correct minute 0.
     late = [dict(make_click(rng, i, m0, "late"), click_id=f"late-{i}") for i in range(25)]
-    for click in late:
-        send(click)
-        truth.add(click)
-    producer.flush()
+    with lock:
+        for click in late:
+            send(click)
+            truth.add(click)
+        producer.flush()
 
-    # Phase 3: minute 2, then a click early in minute 3 to every partition to move the
-    # watermark past minute 2. Partitions idle since phase 1 are read again in any order, so a
-    # partition's minute-2 clicks may arrive after another partition's closer has fired the
-    # window: they must still count, as late corrections (the jump stays inside the lateness).
+    def corrections_landed():
+        rows = api.sql("SELECT click_id FROM ad_click_counts FINAL WHERE late = 1")
+        return {c["click_id"] for c in late} <= {row[0] for row in rows}
+
+    # Let them land before minute 2 is sent: were they read after minute-2 clicks of another
+    # partition, the watermark would have passed their lateness and they would be too late.
+    wait_for(corrections_landed, 120, "the late clicks to correct minute 0", processes)
+
+    # Phase 3: minute 2, then a click to every partition 4.5 minutes on, to move the watermark
+    # past minute 2 and minute 0's allowed lateness (5 min). Partitions idle since phase 2 are
+    # read again in any order, so a partition's minute-2 clicks may arrive after another
+    # partition's closer has fired the window: they must still count, as late corrections
+    # (the jump stays inside the lateness).
     send_minutes([m2], 300, 10_000)
-    for partition in range(4):
-        closer = dict(make_click(rng, partition, m2 + MINUTE_MS, "close"),
-                      click_ts=m2 + MINUTE_MS + 5_000, click_id=f"close-{partition}")
-        producer.send(topic, json.dumps(closer).encode(), partition=partition)
-        truth.add(closer)
-    producer.flush()
-    wait_for(lambda: m2 in complete_minutes(), 120, "minute 2 to close", processes)
+    with lock:
+        for partition in range(4):
+            closer = dict(make_click(rng, partition, m2 + 4 * MINUTE_MS, "close"),
+                          click_ts=m2 + 4 * MINUTE_MS + 30_000, click_id=f"close-{partition}")
+            producer.send(topic, json.dumps(closer).encode(), partition=partition)
+            truth.add(closer)
+        producer.flush()
+        frontier["ts"] = m2 + 4 * MINUTE_MS + 30_000
+    wait_for(lambda: m2 in complete_minutes(), 180, "minute 2 to close", processes)
 
     # Phase 4: duplicates of minute-0 clicks resent minutes later, and clicks for minute 0 that
     # are now beyond the allowed lateness: neither may change any count.
@@ -162,7 +197,6 @@ def test_counts_and_top_equal_the_truth(pipeline, kafka_bootstrap, topic_prefix)
     for click in too_late:
         send(click)
     producer.flush()
-    producer.close()
 
     minutes = [m0, m1, m2]
 
@@ -197,8 +231,8 @@ def test_counts_and_top_equal_the_truth(pipeline, kafka_bootstrap, topic_prefix)
         assert body["count"] == truth.count(minutes, ADS[0], countries, devices), params
         status, body = api.get("/v1/ads/popular_ads", count=10, **params)
         assert body["ads"] == truth.top(minutes, 10, countries, devices), params
-    # minutes=M: the most recent complete minutes are m0..m2 (minute 3 is still open), so
-    # minutes=3 covers exactly those three.
+    # minutes=M: the most recent complete minutes are m0..m2 (minutes 3 to 5 have no clicks,
+    # minute 6 is still open), so minutes=3 covers exactly those three.
     status, body = api.get("/v1/ads/popular_ads", count=10, minutes=3)
     assert (body["from"], body["to"]) == (iso(m0), iso(m2 + MINUTE_MS))
     assert body["ads"] == truth.top(minutes, 10)
@@ -212,8 +246,7 @@ def test_counts_and_top_equal_the_truth(pipeline, kafka_bootstrap, topic_prefix)
     # The late clicks went through the correction path, the malformed ones to the dead letters.
     # (Other clicks may be corrections too: a partition read after another one moved the
     # watermark delivers its clicks late; they count all the same.)
-    corrections = api.sql("SELECT click_id FROM ad_click_counts FINAL WHERE late = 1")
-    assert {c["click_id"] for c in late} <= {row[0] for row in corrections}
+    assert corrections_landed()
     stored_bad = sorted((r[0], r[1]) for r in api.sql(
         "SELECT reason, payload_base64 FROM dead_letters FINAL"))
     assert stored_bad == sorted((bad.reason, base64.b64encode(bad.payload).decode())
@@ -236,6 +269,7 @@ def test_counts_and_top_equal_the_truth(pipeline, kafka_bootstrap, topic_prefix)
     injected.close()
     wait_for(lambda: reconcile().returncode == 1, 60, "reconcile to see the injected click",
              processes)
+    stop_keepalive.set()
     caught = reconcile()
     assert "MISMATCH in 1 (minute, ad) cells" in caught.stdout, caught.stdout
     assert f"{ADS[0]}: raw {truth.count([m1], ADS[0])}, counted " \
