@@ -32,6 +32,7 @@ from pyflink.table import TableDescriptor
 from pyflink.table import TableEnvironment
 
 from adclick import config
+from bench import procs
 from jobs import ad_click_aggregation as job
 
 CONNECTOR_JAR_DIR = config.STACK_DIR / "jars" / "flink"
@@ -67,18 +68,8 @@ GROUP BY window_start, window_end, ad_id"""
 
 def jvm_cpu_seconds():
     """CPU seconds used so far by this process's children (the gateway JVM with the job)."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[1]) == os.getpid():
-            total += int(fields[11]) + int(fields[12])
+    total = sum(int(fields[11]) + int(fields[12]) for _pid, fields in procs.proc_stats()
+                if int(fields[1]) == os.getpid())
     return total / os.sysconf("SC_CLK_TCK")
 
 

@@ -113,8 +113,8 @@ class Child:
         return self.popen.returncode
 
 
-def _children_map():
-    children = {}
+def proc_stats():
+    """(pid, fields of /proc/<pid>/stat after the command name) of every live process."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -123,8 +123,13 @@ def _children_map():
                 stat = f.read()
         except OSError:
             continue
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
+        yield int(entry), stat[stat.rindex(")") + 2:].split()
+
+
+def _children_map():
+    children = {}
+    for pid, fields in proc_stats():
+        children.setdefault(int(fields[1]), []).append(pid)
     return children
 
 
