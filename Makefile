@@ -17,7 +17,8 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make venv                 create .venv and pip install -e '.[test,bench]'"
-	@echo "make jars                 fetch the Kafka broker and Flink connector jars (Maven)"
+	@echo "make jars                 fetch the Kafka broker and Flink connector jars, build the"
+	@echo "                          job's click format (Maven)"
 	@echo "make setup                venv + jars"
 	@echo "make kafka-start          start the Kafka broker on 127.0.0.1:9092 (KRaft)"
 	@echo "make kafka-stop           stop it"
@@ -39,10 +40,17 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[test,bench]'
 	touch $@
 
-jars: .stack/jars/.installed
+FORMAT_JAR := .stack/jars/flink/adclick-flink.jar
+FORMAT_SOURCES := udfs/java/pom.xml $(shell find udfs/java/src -type f)
+
+jars: .stack/jars/.installed $(FORMAT_JAR)
 .stack/jars/.installed: deps/pom.xml
 	mvn -q -B -f deps/pom.xml package
 	touch $@
+
+# adclick's own JVM code: the 'adclick-click' format that parses clicks in the Flink source.
+$(FORMAT_JAR): $(FORMAT_SOURCES)
+	mvn -q -B -f udfs/java/pom.xml package
 
 setup: venv jars
 

@@ -1,8 +1,10 @@
 """The click event contract in Python: the Flink job's validation, rule for rule.
 
-sql/flink/10_parse.sql is the reference. The loader of the raw-clicks table and the tests must
-accept and reject exactly what the job does, with the same reason codes checked in the same
-order, or counts in ClickHouse and in the job's output would disagree for the same input.
+The job validates in its source format, udfs/java/src/main/java/adclick/flink/ClickParser.java,
+which is the reference. The loader of the raw-clicks table and the tests must accept and reject
+exactly what the job does, with the same reason codes checked in the same order, or counts in
+ClickHouse and in the job's output would disagree for the same input
+(tests/test_contract_parity.py feeds both the same payloads).
 """
 
 import json
@@ -15,29 +17,25 @@ from adclick import config
 REASONS = (
     "oversized",
     "not_json_object",
+    "duplicate_field",
     "bad_click_id",
     "bad_ad_id",
     "bad_click_ts",
     "click_ts_too_old",
     "click_ts_in_future",
-    "ambiguous_click_ts",
     "bad_user_id",
     "bad_ip",
     "bad_country",
     "bad_device",
 )
 
-# Each pattern is the SQL one without the ["..."] wrapper that JSON_QUERY adds around a string.
 # fullmatch, not match: Python's $ would also accept a trailing newline.
 _ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _USER_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 _IP = re.compile(r"[0-9A-Fa-f.:]{2,45}")
 _COUNTRY = re.compile(r"[A-Z]{2}")
 _MAX_TS_DIGITS = 15
-_LEADING_SPACE = re.compile(r"[ \t\n\r]*")
-# The job's event_time comes from this regular expression over the raw text, not from the parsed
-# JSON (jobs/ad_click_aggregation.py, RAW_CLICK_TS). Java's \s is ASCII whitespace only.
-_RAW_CLICK_TS = re.compile(r'"click_ts"[ \t\n\x0b\f\r]*:[ \t\n\x0b\f\r]*(-?[0-9]{1,15})')
+MAX_DEPTH = 64  # nesting of objects and arrays, the top-level object being 1
 
 
 class Click(NamedTuple):
@@ -53,33 +51,51 @@ class Click(NamedTuple):
 
 
 def _reject_constant(name):
-    # Jackson, like the JSON standard, has no NaN or Infinity; Python's json would accept them.
+    # JSON has no NaN or Infinity; Python's json would accept them.
     raise ValueError(f"not JSON: {name}")
 
 
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+class _Object(dict):
+    """A decoded JSON object that remembers whether one of its keys was repeated."""
+
+    repeated = False
 
 
-def _parse_object(body):
-    """The JSON object at the start of body, or None: what IS JSON OBJECT and JSON_QUERY see.
+def _object(pairs):
+    obj = _Object(pairs)
+    obj.repeated = len(obj) != len(pairs)
+    return obj
 
-    The job's JSON functions (Jackson) read the first JSON value and ignore whatever follows it,
-    so '{...} trailing' is a JSON object there; Python's json.loads would reject it.
-    """
+
+def _depth(value):
+    """Nesting depth of a decoded JSON value (a scalar is 0), without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_DEPTH:
+            break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _parse_object(data):
+    """The JSON object that is all of data (strict UTF-8, RFC 8259), or None."""
     try:
-        obj, _ = _DECODER.raw_decode(body, _LEADING_SPACE.match(body).end())
-    except (ValueError, RecursionError):
+        obj = json.loads(data.decode("utf-8"), parse_constant=_reject_constant,
+                         object_pairs_hook=_object)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
         return None
-    return obj if isinstance(obj, dict) else None
-
-
-def _field(obj, name):
-    """obj[name], or None when absent.
-
-    The SQL reads fields with JSON_QUERY ... WITH UNCONDITIONAL ARRAY WRAPPER, so an array
-    value is wrapped again ([["x"]]) and fails every pattern, as a non-scalar does here.
-    """
-    return obj.get(name)
+    if not isinstance(obj, dict) or _depth(obj) > MAX_DEPTH:
+        return None
+    return obj
 
 
 def _is_string(value, pattern):
@@ -87,71 +103,53 @@ def _is_string(value, pattern):
 
 
 def _is_click_ts(value):
-    # bool is an int subclass in Python, but true/false are not JSON numbers; floats and
-    # exponents (1.0, 1e3) are not integers in the SQL either, since their text has a dot or E.
+    # bool is an int subclass in Python, but true/false are not JSON numbers; 1.0 and 1e3 are
+    # floats here, and not integers for the job either.
     return type(value) is int and len(str(abs(value))) <= _MAX_TS_DIGITS
-
-
-def _raw_event_ms(body, now_s, max_future_ms):
-    """The job's event_time in ms: the first raw "click_ts" match, or 0 when absent or absurd."""
-    match = _RAW_CLICK_TS.search(body)
-    if match is None:
-        return 0
-    raw = int(match.group(1))
-    if config.MIN_CLICK_TS_MS <= raw <= now_s * 1000 + max_future_ms:
-        return raw
-    return 0
 
 
 def validate(payload, now_ms=None):
     """(Click, None) for a valid payload, else (None, reason) with reason one of REASONS.
 
-    now_ms stands for the job's clock (default: now). Like the job's UNIX_TIMESTAMP() it is
-    truncated to whole seconds before MAX_FUTURE_SECONDS is added. A None payload (a Kafka
-    tombstone) is not a JSON object, as in the SQL.
+    now_ms stands for the job's clock (default: now). A None payload (a Kafka tombstone) is not
+    a JSON object; a str payload is taken as its UTF-8 bytes.
     """
     if now_ms is None:
         now_ms = int(time.time() * 1000)
     if payload is None:
         return None, "not_json_object"
-    if isinstance(payload, str):
-        body = payload
-    else:
-        body = bytes(payload).decode("utf-8", errors="replace")
-    if len(body) > config.MAX_PAYLOAD_CHARS:
+    data = payload.encode("utf-8", errors="surrogatepass") if isinstance(payload, str) \
+        else bytes(payload)
+    if len(data) > config.MAX_PAYLOAD_BYTES:
         return None, "oversized"
-    obj = _parse_object(body)
+    obj = _parse_object(data)
     if obj is None:
         return None, "not_json_object"
-    click_id = _field(obj, "click_id")
+    if obj.repeated:
+        return None, "duplicate_field"
+    click_id = obj.get("click_id")
     if not _is_string(click_id, _ID):
         return None, "bad_click_id"
-    ad_id = _field(obj, "ad_id")
+    ad_id = obj.get("ad_id")
     if not _is_string(ad_id, _ID):
         return None, "bad_ad_id"
-    click_ts = _field(obj, "click_ts")
+    click_ts = obj.get("click_ts")
     if not _is_click_ts(click_ts):
         return None, "bad_click_ts"
     if click_ts < config.MIN_CLICK_TS_MS:
         return None, "click_ts_too_old"
-    now_s = now_ms // 1000
-    max_future_ms = config.MAX_FUTURE_SECONDS * 1000
-    if click_ts > now_s * 1000 + max_future_ms:
+    if click_ts > now_ms + config.MAX_FUTURE_SECONDS * 1000:
         return None, "click_ts_in_future"
-    # The job watermarks on a regex reading of click_ts; a payload where that reading differs
-    # from the parsed field (a nested or repeated "click_ts" key, an escaped key) is rejected.
-    if _raw_event_ms(body, now_s, max_future_ms) != click_ts:
-        return None, "ambiguous_click_ts"
-    user_id = _field(obj, "user_id")
+    user_id = obj.get("user_id")
     if not _is_string(user_id, _USER_ID):
         return None, "bad_user_id"
-    ip = _field(obj, "ip")
+    ip = obj.get("ip")
     if not _is_string(ip, _IP):
         return None, "bad_ip"
-    country = _field(obj, "country")
+    country = obj.get("country")
     if not _is_string(country, _COUNTRY):
         return None, "bad_country"
-    device = _field(obj, "device")
+    device = obj.get("device")
     if not isinstance(device, str) or device not in config.DEVICES:
         return None, "bad_device"
     return Click(click_id, ad_id, click_ts, user_id, ip, country, device), None

@@ -160,7 +160,7 @@ def make_malformed(rng, kind, base, now=None):
         fields["click_ts"] = rng.randrange(0, config.MIN_CLICK_TS_MS)
         payload = _dumps(fields)
     elif kind == "oversized":
-        fields["note"] = "x" * (config.MAX_PAYLOAD_CHARS + rng.randint(1, 1000))
+        fields["note"] = "x" * (config.MAX_PAYLOAD_BYTES + rng.randint(1, 1000))
         payload = _dumps(fields)
     elif kind == "unknown_device":
         fields["device"] = rng.choice(["smart-tv", "Mobile", "console", ""])

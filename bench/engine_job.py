@@ -13,9 +13,9 @@ the job's start on the MiniCluster to its end), which excludes the JVM and Pytho
 the planning. When --empty-topic is given, the same job runs on that empty topic before (to
 warm the JVM up) and after the real run in the same JVM: the net runtime of the second empty
 run is the fixed per-job cost (deploying tasks, connecting to Kafka, finishing), reported and
-subtracted in a second rate. With --adclick-parse, the adclick job's own source and
-parse/validate views (sql/flink/10_parse.sql) then run alone over the same topic into
-blackhole sinks, in the same JVM: the cost of the job's first operator chain by itself.
+subtracted in a second rate. With --adclick-parse, the adclick job's own source (its
+'adclick-click' format parses and validates) and sql/flink/10_parse.sql then run alone over the
+same topic into blackhole sinks, in the same JVM: the cost of the job's first operator chain.
 Prints one JSON object on stdout, on the line that starts with RESULT_MARK.
 """
 
@@ -31,11 +31,9 @@ from pyflink.table import Schema
 from pyflink.table import TableDescriptor
 from pyflink.table import TableEnvironment
 
-from adclick import config
 from bench import procs
 from jobs import ad_click_aggregation as job
 
-CONNECTOR_JAR_DIR = config.STACK_DIR / "jars" / "flink"
 RESULT_MARK = "BENCH_ENGINE_RESULT "
 
 SOURCE = """
@@ -90,13 +88,14 @@ def run_job(t_env, args, topic, name):
 
 
 def run_adclick_parse(t_env, args, topic):
-    """Only the adclick job's first operator chain, bounded: its raw source (same schema, event
-    time expression and watermark) and sql/flink/10_parse.sql, valid clicks and rejects into
-    blackhole sinks. Isolates what parsing and validating costs per record."""
+    """Only the adclick job's first operator chain, bounded: its source (same schema, format
+    and watermark) and sql/flink/10_parse.sql, valid clicks and rejects into blackhole sinks.
+    Isolates what parsing and validating costs per record."""
     job_args = job.parse_args(["--bootstrap-servers", args.bootstrap_servers])
     params = job.sql_parameters(job_args)
     schema = job.source_schema(job_args)
-    builder = TableDescriptor.for_connector("kafka").schema(schema).format("raw")
+    builder = TableDescriptor.for_connector("kafka").schema(schema)
+    builder = builder.format(job.click_format(job_args))
     for key, value in {"topic": topic, "properties.bootstrap.servers": args.bootstrap_servers,
                        "properties.group.id": "bench-parse",
                        "scan.startup.mode": "earliest-offset",
@@ -114,8 +113,7 @@ def run_adclick_parse(t_env, args, topic):
     statements.add_insert_sql("INSERT INTO parsed_sink SELECT click_id, ad_id, country, device, "
                               "event_time FROM clicks_valid")
     statements.add_insert_sql("INSERT INTO rejects_sink SELECT reject_reason, "
-                              "TO_BASE64(payload) FROM clicks_checked "
-                              "WHERE reject_reason IS NOT NULL")
+                              "TO_BASE64(payload) FROM clicks_rejected")
     cpu0 = jvm_cpu_seconds()
     submitted = time.monotonic()
     result = statements.execute()
@@ -140,7 +138,7 @@ def main(argv=None):
     conf = t_env.get_config()
     conf.set("table.local-time-zone", "UTC")
     conf.set("parallelism.default", str(args.parallelism))
-    jars = sorted(CONNECTOR_JAR_DIR.glob("flink-sql-connector-kafka-*.jar"))
+    jars = job.job_jars()
     conf.set("pipeline.jars", ";".join(jar.as_uri() for jar in jars))
     conf.set("table.optimizer.reuse-optimize-block-with-digest-enabled", "true")
     out = {"parallelism": args.parallelism, "connector_jar": jars[0].name}

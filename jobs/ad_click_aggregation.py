@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pyflink.table import DataTypes
 from pyflink.table import EnvironmentSettings
+from pyflink.table import FormatDescriptor
 from pyflink.table import Schema
 from pyflink.table import TableDescriptor
 from pyflink.table import TableEnvironment
@@ -31,21 +32,9 @@ from udfs.top_n import TOP_ENTRY  # noqa: E402
 from udfs.top_n import merge_top_n  # noqa: E402
 
 SQL_DIR = ROOT / "sql" / "flink"
-CONNECTOR_JAR_DIR = config.STACK_DIR / "jars" / "flink"
+JAR_DIR = config.STACK_DIR / "jars" / "flink"
+CLICK_FORMAT = "adclick-click"  # udfs/java: parses and validates clicks in the source
 JOB_NAME = "adclick: ad click aggregation"
-
-# event_time comes from a cheap regular expression over the raw bytes, because a watermark can
-# only be declared on a source column. Timestamps outside [2000, now + max_future] become 0 so
-# that an absurd timestamp cannot push the watermark (validation rejects those clicks anyway).
-RAW_CLICK_TS = (
-    "CAST(REGEXP_EXTRACT(CAST(payload AS STRING), '\"click_ts\"\\s*:\\s*(-?[0-9]{1,15})', 1)"
-    " AS BIGINT)"
-)
-EVENT_TIME_EXPR = (
-    f"TO_TIMESTAMP_LTZ(CASE WHEN {RAW_CLICK_TS} BETWEEN ${{min_click_ts_ms}}"
-    f" AND UNIX_TIMESTAMP() * 1000 + ${{max_future_ms}} THEN {RAW_CLICK_TS} ELSE 0 END, 3)"
-)
-
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -68,7 +57,7 @@ def parse_args(argv=None):
     p.add_argument("--top-n", type=int, default=config.TOP_N)
     p.add_argument("--top-n-buckets", type=int, default=4,
                    help="parallel local top-N partitions merged by the global top-N")
-    p.add_argument("--max-payload-chars", type=int, default=config.MAX_PAYLOAD_CHARS)
+    p.add_argument("--max-payload-bytes", type=int, default=config.MAX_PAYLOAD_BYTES)
     p.add_argument("--max-future-s", type=int, default=config.MAX_FUTURE_SECONDS)
     p.add_argument("--startup-mode", default="group-offsets",
                    choices=["group-offsets", "earliest-offset", "latest-offset"],
@@ -76,7 +65,7 @@ def parse_args(argv=None):
                         " back to earliest")
     args = p.parse_args(argv)
     for name in ("parallelism", "checkpoint_interval_ms", "top_n", "top_n_buckets",
-                 "max_payload_chars", "dedup_horizon_s", "idle_timeout_ms"):
+                 "max_payload_bytes", "dedup_horizon_s", "idle_timeout_ms"):
         if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
     for name in ("watermark_delay_ms", "allowed_lateness_s", "max_future_s"):
@@ -88,9 +77,6 @@ def parse_args(argv=None):
 def sql_parameters(args):
     """Integers substituted into sql/flink/*.sql (validated ints only, never free text)."""
     return {
-        "max_payload_chars": int(args.max_payload_chars),
-        "min_click_ts_ms": int(config.MIN_CLICK_TS_MS),
-        "max_future_ms": int(args.max_future_s) * 1000,
         "allowed_lateness_s": int(args.allowed_lateness_s),
         "top_n": int(args.top_n),
         "top_n_buckets": int(args.top_n_buckets),
@@ -126,9 +112,22 @@ def configure(t_env, args):
     conf.set("table.exec.source.idle-timeout", f"{args.idle_timeout_ms} ms")
     conf.set("table.exec.state.ttl", f"{args.dedup_horizon_s} s")
     conf.set("python.executable", sys.executable)
-    jars = sorted(CONNECTOR_JAR_DIR.glob("flink-sql-connector-kafka-*.jar"))
-    if jars:  # under `flink run` the jar may come from --jarfile instead
+    # Flink SQL operators do not keep references to their input rows, so chained operators can
+    # hand rows on without copying each one.
+    conf.set("pipeline.object-reuse", "true")
+    jars = job_jars()
+    if len(jars) == 2:
         conf.set("pipeline.jars", ";".join(jar.as_uri() for jar in jars))
+    else:  # `flink run -D pipeline.jars=...` may still provide them
+        logging.warning("the Kafka connector or adclick-flink.jar is missing in %s (run `make"
+                        " jars`); relying on pipeline.jars given to flink run", JAR_DIR)
+
+
+def job_jars():
+    """The Kafka connector and adclick's format, as `make jars` leaves them (those found)."""
+    connectors = sorted(JAR_DIR.glob("flink-sql-connector-kafka-*.jar"))
+    click_format = JAR_DIR / "adclick-flink.jar"
+    return connectors[-1:] + ([click_format] if click_format.exists() else [])
 
 
 def kafka_options(args, topic):
@@ -136,23 +135,43 @@ def kafka_options(args, topic):
 
 
 def source_schema(args):
-    """The raw click source's columns, event time and watermark (the benchmark reuses it)."""
+    """The click source's columns, event time and watermark (the benchmark reuses it).
+
+    The 'adclick-click' format (udfs/java) parses each record once and fills the click columns,
+    or only reject_reason and payload (the original bytes) for a record that breaks the
+    contract. A rejected record has no click_ts, so its event time is 0 and cannot move the
+    watermark.
+    """
+    schema = Schema.new_builder()
+    for column, data_type in CLICK_COLUMNS:
+        schema = schema.column(column, data_type)
     return (
-        Schema.new_builder()
-        .column("payload", DataTypes.BYTES())
+        schema
         .column_by_metadata("kafka_partition", DataTypes.INT(), "partition", True)
         .column_by_metadata("kafka_offset", DataTypes.BIGINT(), "offset", True)
         .column_by_metadata("kafka_timestamp", DataTypes.TIMESTAMP_LTZ(3), "timestamp", True)
         .column_by_expression("proc_time", "PROCTIME()")
-        .column_by_expression("event_time", substitute(EVENT_TIME_EXPR, sql_parameters(args)))
+        .column_by_expression("event_time", "TO_TIMESTAMP_LTZ(COALESCE(click_ts, 0), 3)")
         .watermark("event_time",
                    f"TIMESTAMPADD(MILLISECOND, -{int(args.watermark_delay_ms)}, event_time)")
         .build()
     )
 
 
+def click_format(args):
+    """The contract's limits, handed to the 'adclick-click' format."""
+    return (
+        FormatDescriptor.for_format(CLICK_FORMAT)
+        .option("max-payload-bytes", str(int(args.max_payload_bytes)))
+        .option("min-click-ts-ms", str(int(config.MIN_CLICK_TS_MS)))
+        .option("max-future-ms", str(int(args.max_future_s) * 1000))
+        .build()
+    )
+
+
 def source_descriptor(args, topic):
-    builder = TableDescriptor.for_connector("kafka").schema(source_schema(args)).format("raw")
+    builder = TableDescriptor.for_connector("kafka").schema(source_schema(args))
+    builder = builder.format(click_format(args))
     options = kafka_options(args, topic)
     options.update({
         "properties.group.id": args.group_id,
@@ -184,6 +203,19 @@ def sink_descriptor(args, topic, name, columns):
         builder = builder.option(key, value)
     return builder.build()
 
+
+# What the 'adclick-click' format fills (udfs/java/.../ClickColumns.java).
+CLICK_COLUMNS = [
+    ("click_id", DataTypes.STRING()),
+    ("ad_id", DataTypes.STRING()),
+    ("click_ts", DataTypes.BIGINT()),
+    ("user_id", DataTypes.STRING()),
+    ("ip", DataTypes.STRING()),
+    ("country", DataTypes.STRING()),
+    ("device", DataTypes.STRING()),
+    ("reject_reason", DataTypes.STRING()),
+    ("payload", DataTypes.BYTES()),
+]
 
 SINK_COLUMNS = {
     "counts": [

@@ -24,12 +24,15 @@ while (( $# )); do
   esac
 done
 
-# The job puts the Kafka connector into pipeline.jars when it finds it under ADCLICK_STACK_DIR;
+# The job puts the Kafka connector and its click format (adclick-flink.jar) into pipeline.jars
+# when it finds them under ADCLICK_STACK_DIR;
 # -D pipeline.jars is the fallback when that variable points elsewhere. udfs/ is shipped with
 # -pyfs so the TaskManager's Python workers can unpickle the top-N UDAF even when the project
 # is not pip-installed into the venv.
 CONNECTOR="$(ls "$ROOT"/.stack/jars/flink/flink-sql-connector-kafka-*.jar 2>/dev/null | head -n 1)"
-[[ -n "$CONNECTOR" ]] || { echo "submit: Kafka connector jar missing (run make jars)" >&2; exit 1; }
+FORMAT="$ROOT/.stack/jars/flink/adclick-flink.jar"
+[[ -n "$CONNECTOR" && -f "$FORMAT" ]] ||
+  { echo "submit: Kafka connector or adclick-flink.jar missing (run make jars)" >&2; exit 1; }
 
 OUT="$(mktemp)"
 trap 'rm -f "$OUT"' EXIT
@@ -38,7 +41,7 @@ trap 'rm -f "$OUT"' EXIT
 # the job lives on the cluster, and a client that still waits for the job to finish (a Python
 # program calling TableResult.wait() blocks even under -d) has nothing left to do.
 setsid "$FLINK" run -m "127.0.0.1:${FLINK_REST_PORT:-8081}" -d "${restore[@]}" \
-  -D "pipeline.jars=file://$CONNECTOR" \
+  -D "pipeline.jars=file://$CONNECTOR;file://$FORMAT" \
   -py "$ROOT/jobs/ad_click_aggregation.py" -pyfs "$ROOT/udfs" \
   -pyexec "$PYTHON" -pyclientexec "$PYTHON" \
   "${job_args[@]}" >"$OUT" 2>&1 </dev/null &

@@ -1,8 +1,9 @@
 """The job's plan keeps the invariants its exactly-once argument rests on.
 
 Planned (not run) from the real SQL: every sink must hang off ONE deduplication, or a click
-could be classed on time by one copy and late by another and be counted twice; the windowed count must
-be split into local and global phases, so a hot ad is pre-counted before the shuffle.
+could be classed on time by one copy and late by another and be counted twice; the windowed
+count must be split into local and global phases, so a hot ad is pre-counted before the shuffle;
+each record is parsed once, by the source's format, not again by SQL functions.
 """
 
 import re
@@ -35,3 +36,8 @@ def test_window_counts_are_two_phase(execution_plan):
     assert "LocalWindowAggregate(groupBy=[ad_id, country, device]" in execution_plan
     assert "GlobalWindowAggregate(groupBy=[ad_id, country, device]" in execution_plan
 
+
+
+def test_each_record_is_parsed_once_by_the_source(execution_plan):
+    assert len(re.findall(r"\bTableSourceScan\(", execution_plan)) == 1
+    assert "JSON_" not in execution_plan and "REGEXP" not in execution_plan

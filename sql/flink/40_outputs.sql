@@ -34,5 +34,4 @@ WHERE timeliness = 'too_late';
 -- Malformed input: the reason and the original bytes.
 INSERT INTO dlq_sink
 SELECT reject_reason, TO_BASE64(payload), kafka_partition, kafka_offset, kafka_timestamp
-FROM clicks_checked
-WHERE reject_reason IS NOT NULL;
+FROM clicks_rejected;

@@ -1,0 +1,149 @@
+"""The job's parser (Java, in the source format) and adclick.contract (Python) agree.
+
+The job counts what udfs/java/.../ClickParser.java accepts; the raw-clicks loader and the
+reconciliation count what adclick/contract.py accepts. Both run here over the same payloads:
+the generator's valid and malformed clicks, hand-picked edge cases and thousands of random
+mutations, and must give the same reason, or the same fields, for every one.
+"""
+
+import base64
+import json
+import random
+import subprocess
+
+import pytest
+
+from adclick import config
+from adclick import contract
+from adclick import generator
+from adclick.contract import Click
+
+JAR = config.STACK_DIR / "jars" / "flink" / "adclick-flink.jar"
+NOW = 1_800_000_000_000
+
+# Pieces a mutation splices in: JSON syntax, escapes, numbers and bytes that are not UTF-8.
+FRAGMENTS = [
+    b"{", b"}", b"[", b"]", b'"', b":", b",", b"\\", b"\\u", b"\\u0041", b"\\ud83d\\ude00",
+    b"\\ud83d", b"\\n", b"\\/", b"\\x", b"0", b"-", b".", b"e", b"E+", b"01", b"1.5", b"1e3",
+    b"-0", b"true", b"false", b"null", b"NaN", b"Infinity", b" ", b"\t", b"\r\n", b"\x00",
+    b"\x1f", b"\x7f", b"\xc3\xa9", b"\xf0\x9f\x98\x80", b"\xff", b"\xc0\xaf", b"\xed\xa0\x80",
+    b"\xe2\x82", b"\xef\xbb\xbf", b'"click_ts":', b'"ad_id":"x",', b'"click_id":"a"',
+]
+
+# Values a field may be given, of every JSON type and on both sides of each rule's edges.
+VALUES = [
+    None, True, False, 0, -1, 7, NOW, NOW + 3_600_000, NOW + 3_600_001, 10**15 - 1, 10**15,
+    config.MIN_CLICK_TS_MS - 1, config.MIN_CLICK_TS_MS, 1.5, 1e3, float(NOW), "", "x", "x" * 64,
+    "x" * 65, "x" * 128, "x" * 129, "a@b", "a b", "KR", "kr", "K", "KRR", "é", "😀", "10.0.0.1",
+    "::1", "g::1", "f" * 45, "f" * 46, "mobile", "desktop", "tablet", "other", "tv", "Mobile",
+    str(NOW), [], ["mobile"], [NOW], {}, {"click_ts": 5}, "\ud83d", "a\u0000b", "a\nb",
+]
+
+
+def java_reasons():
+    out = subprocess.run(["java", "-cp", str(JAR), "adclick.flink.ClickParser", "--reasons"],
+                         capture_output=True, text=True, check=True, timeout=60)
+    return tuple(out.stdout.strip().split(","))
+
+
+def java_validate(items):
+    """[(now_ms, payload bytes or None)] -> what ClickParser.main prints, one str per item."""
+    lines = [f"{now} {'-' if data is None else base64.b64encode(data).decode()}"
+             for now, data in items]
+    out = subprocess.run(
+        ["java", "-cp", str(JAR), "adclick.flink.ClickParser", str(config.MAX_PAYLOAD_BYTES),
+         str(config.MIN_CLICK_TS_MS), str(config.MAX_FUTURE_SECONDS * 1000)],
+        input="\n".join(lines) + "\n", capture_output=True, text=True, check=True, timeout=300)
+    results = out.stdout.split("\n")[:-1]
+    assert len(results) == len(items), out.stderr[-2000:]
+    return results
+
+
+def python_validate(now, data):
+    click, why = contract.validate(data, now_ms=now)
+    if why is not None:
+        return why
+    return "\t".join(["ok", click.click_id, click.ad_id, str(click.click_ts), click.user_id,
+                      click.ip, click.country, click.device])
+
+
+def dumps(fields):
+    return json.dumps(fields, ensure_ascii=False).encode("utf-8", errors="surrogatepass")
+
+
+def mutate(rng, data):
+    data = bytearray(data)
+    for _ in range(rng.randint(1, 3)):
+        action = rng.randrange(4)
+        at = rng.randint(0, len(data))
+        if action == 0 and data:  # delete a few bytes
+            del data[at:at + rng.randint(1, 4)]
+        elif action == 1:  # splice in a fragment
+            data[at:at] = rng.choice(FRAGMENTS)
+        elif action == 2 and data:  # flip a byte
+            data[min(at, len(data) - 1)] = rng.randrange(256)
+        else:  # cut the end off
+            del data[at:]
+    return bytes(data)
+
+
+def corpus():
+    rng = random.Random(20261125)
+    factory = generator.ClickFactory(seed=3, ads=1_000)
+    valid = [factory.click(NOW - rng.randrange(600_000)) for _ in range(300)]
+    items = [(NOW, contract.encode(click)) for click in valid]
+    for kind in generator.MALFORMED_KINDS:
+        for click in valid[:60]:
+            items.append((NOW, generator.make_malformed(rng, kind, click, now=NOW).payload))
+    for click in valid[:200]:  # each field set to each kind of value, or removed
+        for field in Click._fields:
+            fields = click._asdict()
+            if rng.random() < 0.1:
+                del fields[field]
+            else:
+                fields[field] = rng.choice(VALUES)
+            items.append((NOW, dumps(fields)))
+    for click in valid[:100]:  # extra fields, escapes, nesting, repeats, whitespace
+        fields = click._asdict()
+        text = dumps(fields)
+        items += [
+            (NOW, dumps(dict(fields, note=rng.choice(VALUES), meta={"a": [1, {"b": None}]}))),
+            (NOW, text.replace(b'"ad_id"', b'"ad\\u005fid"')),
+            (NOW, text.replace(b'"device"', b'"dev\\u0069ce"')
+             .replace(b'"mobile"', b'"m\\u006fbile"')),
+            (NOW, text[:-1] + b', "click_id": "dup"}'),
+            (NOW, text[:-1] + b', "x": 1, "x": 2}'),
+            (NOW, text[:-1] + b', "n": {"x": 1, "x": 2}}'),
+            (NOW, b" \r\n\t" + text + b" \n"),
+            (NOW, text + b"\n\x00"),
+            (NOW, text[:-1] + b', "deep": ' + b"[" * 63 + b"]" * 63 + b"}"),
+            (NOW, text[:-1] + b', "deep": ' + b"[" * 64 + b"]" * 64 + b"}"),
+            (NOW, text[:-1] + b', "pad": "' + b"\xc3\xa9" * rng.randint(1900, 2100) + b'"}'),
+        ]
+    seeds = [data for _, data in items]
+    for _ in range(20_000):
+        items.append((NOW, mutate(rng, rng.choice(seeds))))
+    items += [(NOW, None), (NOW, b""), (NOW, b"{}"), (NOW, b"[]"), (NOW, b"\xef\xbb\xbf{}")]
+    return items
+
+
+@pytest.fixture(scope="module")
+def java_available():
+    if not JAR.exists():
+        pytest.fail(f"{JAR} is missing: run `make jars`")
+
+
+def test_reason_codes_and_their_order_are_the_same(java_available):
+    assert java_reasons() == contract.REASONS
+
+
+def test_java_and_python_agree_on_every_payload(java_available):
+    items = corpus()
+    java = java_validate(items)
+    python = [python_validate(now, data) for now, data in items]
+    disagreements = [(data, j, p) for (_, data), j, p in zip(items, java, python) if j != p]
+    assert not disagreements, f"{len(disagreements)} disagreements, e.g. {disagreements[:5]}"
+    # The corpus exercises every reason and plenty of valid clicks.
+    seen = {result.split("\t")[0] for result in python}
+    assert seen == set(contract.REASONS) | {"ok"}
+    assert sum(result.startswith("ok") for result in python) > 500
