@@ -52,8 +52,8 @@ STATE_TARGET_IDS = 10_000_000
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--records", type=int, default=int(os.environ.get("BENCH_RECORDS", "500000")),
-                   help="clicks pre-filled for the throughput runs (default 500,000)")
+    p.add_argument("--records", type=int, default=int(os.environ.get("BENCH_RECORDS", "2000000")),
+                   help="clicks pre-filled for the throughput runs (default 2,000,000)")
     p.add_argument("--event-minutes", type=int, default=5,
                    help="event-time span of the pre-filled clicks, in minutes")
     p.add_argument("--kafka-python-sample", type=int, default=100_000)
