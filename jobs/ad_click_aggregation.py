@@ -63,8 +63,11 @@ def parse_args(argv=None):
                    help="how long after its window fired a click still corrects its minute")
     p.add_argument("--dedup-horizon-s", type=int, default=config.DEDUP_HORIZON_SECONDS,
                    help="how long a click_id is remembered to drop its duplicates")
-    p.add_argument("--idle-timeout-ms", type=int, default=10000,
-                   help="a partition silent this long stops holding the watermark back")
+    p.add_argument("--idle-timeout-ms", type=int, default=0,
+                   help="0 (default): off, a silent partition holds the watermark back. N > 0:"
+                        " a partition silent for N ms stops holding it back, but after every"
+                        " partition has been silent that long, on-time clicks can be lost"
+                        " (docs/ARCHITECTURE.md, idle partitions)")
     p.add_argument("--top-n", type=int, default=config.TOP_N)
     p.add_argument("--top-n-buckets", type=int, default=4,
                    help="parallel local top-N partitions merged by the global top-N")
@@ -76,10 +79,10 @@ def parse_args(argv=None):
                         " back to earliest")
     args = p.parse_args(argv)
     for name in ("parallelism", "checkpoint_interval_ms", "top_n", "top_n_buckets",
-                 "max_payload_chars", "dedup_horizon_s", "idle_timeout_ms"):
+                 "max_payload_chars", "dedup_horizon_s"):
         if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
-    for name in ("watermark_delay_ms", "allowed_lateness_s", "max_future_s"):
+    for name in ("watermark_delay_ms", "allowed_lateness_s", "max_future_s", "idle_timeout_ms"):
         if getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must not be negative")
     return args
@@ -123,6 +126,8 @@ def configure(t_env, args):
     conf.set("execution.checkpointing.dir", args.checkpoint_dir)
     conf.set("execution.checkpointing.externalized-checkpoint-retention",
              "RETAIN_ON_CANCELLATION")
+    # Off by default (0 ms): idleness lets the window run ahead of the classifier and drop
+    # on-time clicks once every partition has been silent (docs/ARCHITECTURE.md).
     conf.set("table.exec.source.idle-timeout", f"{args.idle_timeout_ms} ms")
     conf.set("table.exec.state.ttl", f"{args.dedup_horizon_s} s")
     conf.set("python.executable", sys.executable)

@@ -55,8 +55,7 @@ def start_job(log_dir, bootstrap, prefix, checkpoint_dir, *extra):
     argv = [PYTHON, "-m", "jobs.ad_click_aggregation",
             "--bootstrap-servers", bootstrap, "--topic-prefix", prefix,
             "--group-id", prefix + "job", "--checkpoint-interval-ms", "2000",
-            "--checkpoint-dir", Path(checkpoint_dir).as_uri(), "--parallelism", "2",
-            "--idle-timeout-ms", "3000", *extra]
+            "--checkpoint-dir", Path(checkpoint_dir).as_uri(), "--parallelism", "2", *extra]
     return Process("job", argv, log_dir)
 
 

@@ -53,8 +53,7 @@ def test_faults_and_upgrade_lose_and_double_nothing(tmp_path, kafka_bootstrap, k
                                                     topic_prefix, flink_cluster):
     job_flags = ["--bootstrap-servers", kafka_bootstrap, "--topic-prefix", topic_prefix,
                  "--group-id", topic_prefix + "job", "--checkpoint-interval-ms", "2000",
-                 "--watermark-delay-ms", "1000", "--allowed-lateness-s", "120",
-                 "--idle-timeout-ms", "3000", "--top-n", "5"]
+                 "--watermark-delay-ms", "1000", "--allowed-lateness-s", "120", "--top-n", "5"]
     job_id = job_id_of(run(SUBMIT, *job_flags))
     port = free_port()
     store = tmp_path / "store"
