@@ -34,6 +34,10 @@ from udfs.top_n import merge_top_n  # noqa: E402
 SQL_DIR = ROOT / "sql" / "flink"
 JAR_DIR = config.STACK_DIR / "jars" / "flink"
 CLICK_FORMAT = "adclick-click"  # udfs/java: parses and validates clicks in the source
+# Rows a second of each subtask of the job's clock source: it must tick well within the idle
+# timeout, or the clock itself would be idle.
+CLOCK_TICKS_PER_SECOND = 4
+MIN_IDLE_TIMEOUT_MS = 1000
 JOB_NAME = "adclick: ad click aggregation"
 
 def parse_args(argv=None):
@@ -71,6 +75,9 @@ def parse_args(argv=None):
     for name in ("watermark_delay_ms", "allowed_lateness_s", "max_future_s"):
         if getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must not be negative")
+    if args.idle_timeout_ms < MIN_IDLE_TIMEOUT_MS:
+        p.error(f"--idle-timeout-ms must be at least {MIN_IDLE_TIMEOUT_MS} (the job's clock"
+                " source ticks every 250 ms)")
     return args
 
 
@@ -185,6 +192,38 @@ def source_descriptor(args, topic):
     return builder.build()
 
 
+def clock_descriptor(args):
+    """The job's clock: a tiny source, merged with the clicks before the dedup, whose watermark
+    is the wall clock minus the watermark delay (it never carries a row past its filter).
+
+    It is never idle, so no operator after the dedup ever sees an idle input: otherwise, once
+    every partition had been silent for the idle timeout, the dedup subtasks went idle and woke
+    up at different moments, and a window fired on one subtask's watermark dropped as late what
+    another had classed on time (docs/ARCHITECTURE.md, idle partitions). It also makes time
+    pass while the whole input is silent, and keeps the watermark from running ahead of the
+    clock on a producer's fast clock.
+    """
+    lag_ms = int(args.watermark_delay_ms)
+    schema = (
+        Schema.new_builder()
+        .column("beat", DataTypes.INT())
+        .column_by_expression("proc_time", "PROCTIME()")
+        .column_by_expression(
+            "event_time", f"TIMESTAMPADD(MILLISECOND, -{lag_ms}, CURRENT_TIMESTAMP)")
+        .watermark("event_time", "event_time")
+        .build()
+    )
+    return (
+        TableDescriptor.for_connector("datagen")
+        .schema(schema)
+        .option("rows-per-second", str(CLOCK_TICKS_PER_SECOND * args.parallelism))
+        .option("fields.beat.kind", "random")
+        .option("fields.beat.min", "0")
+        .option("fields.beat.max", "0")
+        .build()
+    )
+
+
 def sink_descriptor(args, topic, name, columns):
     schema = Schema.new_builder()
     for column, data_type in columns:
@@ -260,6 +299,7 @@ def build_pipeline(t_env, args):
     """Register source, sinks and views; return the statement set of all outputs."""
     topics = config.Topics.with_prefix(args.topic_prefix)
     t_env.create_temporary_table("clicks_raw", source_descriptor(args, topics["clicks"]))
+    t_env.create_temporary_table("job_clock", clock_descriptor(args))
     for name, columns in SINK_COLUMNS.items():
         t_env.create_temporary_table(
             f"{name}_sink", sink_descriptor(args, topics[name], name, columns))

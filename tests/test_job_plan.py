@@ -39,5 +39,14 @@ def test_window_counts_are_two_phase(execution_plan):
 
 
 def test_each_record_is_parsed_once_by_the_source(execution_plan):
-    assert len(re.findall(r"\bTableSourceScan\(", execution_plan)) == 1
+    assert len(re.findall(r"\bTableSourceScan\(table=\[\[\w+, \w+, clicks_raw\b",
+                          execution_plan)) == 1
     assert "JSON_" not in execution_plan and "REGEXP" not in execution_plan
+
+
+def test_the_job_clock_reaches_the_dedup_but_none_of_its_rows_do(execution_plan):
+    # The clock's watermark and never-idle status must reach the dedup (docs/ARCHITECTURE.md,
+    # idle partitions); its filter must not have been folded away.
+    assert re.search(r"TableSourceScan\(table=\[\[\w+, \w+, job_clock\b", execution_plan)
+    assert "where=[(beat < 0)]" in execution_plan
+    assert re.search(r"Union\(all=\[true\]", execution_plan)
