@@ -108,9 +108,10 @@ def test_counts_and_top_equal_the_truth(pipeline, kafka_bootstrap, topic_prefix)
     def send(click, raw=None):
         producer.send(topic, raw if raw is not None else json.dumps(click).encode())
 
-    # Live traffic never leaves a partition silent; neither does this test. While it waits, a
-    # click goes to every partition each second at the newest event time sent so far, so no
-    # partition turns idle and resumes behind the others (all counted, and in the truth).
+    # This test replays minutes of 20 minutes ago. Were every partition silent for the idle
+    # timeout, the job's clock would move the watermark to the present and the later phases
+    # would be too late. So while it waits, a click goes to every partition each second at the
+    # newest event time sent so far (all counted, and in the truth), as live traffic would.
     frontier = {"ts": m0}
     lock = threading.Lock()
     stop_keepalive = threading.Event()
