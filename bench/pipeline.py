@@ -8,6 +8,7 @@ benchmark reads ClickHouse only through the API (/v1/sql and API 1), as users do
 """
 
 import json
+import math
 import statistics
 import time
 import urllib.error
@@ -117,7 +118,8 @@ def summarize_busy(samples):
     for sample in samples:
         for name, values in sample.items():
             for metric, v in values.items():
-                if "avg" in v:
+                # A source whose thread does not report busy time (the job's clock) gives NaN.
+                if "avg" in v and not math.isnan(float(v["avg"])):
                     key = (name, metric.replace("TimeMsPerSecond", ""))
                     sums[key] = sums.get(key, 0.0) + float(v["avg"])
                     counts[key] = counts.get(key, 0) + 1
