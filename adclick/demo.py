@@ -15,6 +15,8 @@ import sys
 import threading
 import time
 import urllib.request
+from datetime import datetime
+from datetime import timezone
 
 from adclick import config
 from adclick.topics import create_topics
@@ -40,8 +42,10 @@ def kafka_is_up(bootstrap):
         return False
 
 
-def first_answer(api, key, stop):
-    """Wait until popular_ads returns ads; returns the seconds waited or None if stopped."""
+def first_answer(api, key, stop, since):
+    """Wait until popular_ads returns ads of a minute that ended after `since` (a store kept
+    from an earlier run may already hold older minutes); returns (seconds waited, answer) or
+    None if stopped."""
     started = time.time()
     request = urllib.request.Request(f"{api}/v1/ads/popular_ads?count=5&minutes=5",
                                      headers={"Authorization": f"Bearer {key}"})
@@ -49,7 +53,9 @@ def first_answer(api, key, stop):
         try:
             with urllib.request.urlopen(request, timeout=5) as response:
                 body = json.loads(response.read())
-            if body.get("ads"):
+            ended = datetime.strptime(body.get("to") or "1970-01-01T00:00:00Z",
+                                      "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+            if body.get("ads") and ended.timestamp() > since:
                 return time.time() - started, body
         except OSError:
             pass
@@ -102,7 +108,7 @@ def main(argv=None):
               f"Flink:    the job runs on a local MiniCluster (log: {LOG_DIR / 'job.log'})\n"
               "Waiting for the first complete minute (a minute closes when the watermark "
               "passes it) ...", flush=True)
-        answered = first_answer(api, key, stop)
+        answered = first_answer(api, key, stop, began)
         if answered:
             _waited, body = answered
             print(f"first answer {time.time() - began:.0f} s after start: top ads of "

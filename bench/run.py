@@ -277,9 +277,9 @@ def main(argv=None):
                 "records_per_jvm_cpu_s_minus_empty_run": round(
                     records / (parse["jvm_cpu_s"] - result["empty_run"]["jvm_cpu_s"]))
                 if parse["jvm_cpu_s"] > 2 * result["empty_run"]["jvm_cpu_s"] else None,
-                "method": "the adclick job's raw Kafka source (same schema, event-time regex and "
-                          "watermark) and sql/flink/10_parse.sql alone, valid clicks and rejects "
-                          "into blackhole sinks, bounded, same JVM as the plain job",
+                "method": "the adclick job's Kafka source (same schema, 'adclick-click' format "
+                          "and watermark) and sql/flink/10_parse.sql alone, valid clicks and "
+                          "rejects into blackhole sinks, bounded, same JVM as the plain job",
             })
             report["adclick_parse_only"] = parse
         report["engine_limit"] = result
