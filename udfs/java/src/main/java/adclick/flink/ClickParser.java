@@ -6,6 +6,7 @@ import java.nio.charset.StandardCharsets;
 import java.util.Base64;
 import java.util.HashSet;
 import java.util.Set;
+import java.util.function.IntPredicate;
 
 /**
  * The click event contract: one pass over a payload's bytes that validates it and extracts the
@@ -118,10 +119,10 @@ public final class ClickParser {
     if (duplicate) {
       return "duplicate_field";
     }
-    if (!isToken(values[CLICK_ID], 1, 64, false)) {
+    if (!isStringOf(values[CLICK_ID], 1, 64, ClickParser::isIdChar)) {
       return "bad_click_id";
     }
-    if (!isToken(values[AD_ID], 1, 64, false)) {
+    if (!isStringOf(values[AD_ID], 1, 64, ClickParser::isIdChar)) {
       return "bad_ad_id";
     }
     if (!(values[CLICK_TS] instanceof Long)) {
@@ -134,13 +135,13 @@ public final class ClickParser {
     if (ts > nowMs + maxFutureMs) {
       return "click_ts_in_future";
     }
-    if (!isToken(values[USER_ID], 1, 128, true)) {
+    if (!isStringOf(values[USER_ID], 1, 128, ClickParser::isUserIdChar)) {
       return "bad_user_id";
     }
-    if (!isIp(values[IP])) {
+    if (!isStringOf(values[IP], 2, 45, ClickParser::isIpChar)) {
       return "bad_ip";
     }
-    if (!isCountry(values[COUNTRY])) {
+    if (!isStringOf(values[COUNTRY], 2, 2, ClickParser::isUpper)) {
       return "bad_country";
     }
     if (!isDevice(values[DEVICE])) {
@@ -158,7 +159,8 @@ public final class ClickParser {
 
   // ---- field rules -------------------------------------------------------------------------
 
-  private static boolean isToken(Object value, int min, int max, boolean allowAt) {
+  /** A String of min to max chars, each one `allowed`. */
+  private static boolean isStringOf(Object value, int min, int max, IntPredicate allowed) {
     if (!(value instanceof String)) {
       return false;
     }
@@ -167,42 +169,35 @@ public final class ClickParser {
       return false;
     }
     for (int i = 0; i < s.length(); i++) {
-      char c = s.charAt(i);
-      boolean ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')
-          || c == '_' || c == '.' || c == ':' || c == '-' || (allowAt && c == '@');
-      if (!ok) {
+      if (!allowed.test(s.charAt(i))) {
         return false;
       }
     }
     return true;
   }
 
-  private static boolean isIp(Object value) {
-    if (!(value instanceof String)) {
-      return false;
-    }
-    String s = (String) value;
-    if (s.length() < 2 || s.length() > 45) {
-      return false;
-    }
-    for (int i = 0; i < s.length(); i++) {
-      char c = s.charAt(i);
-      boolean ok = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')
-          || c == '.' || c == ':';
-      if (!ok) {
-        return false;
-      }
-    }
-    return true;
+  private static boolean isUpper(int c) {
+    return c >= 'A' && c <= 'Z';
   }
 
-  private static boolean isCountry(Object value) {
-    if (!(value instanceof String)) {
-      return false;
-    }
-    String s = (String) value;
-    return s.length() == 2 && s.charAt(0) >= 'A' && s.charAt(0) <= 'Z'
-        && s.charAt(1) >= 'A' && s.charAt(1) <= 'Z';
+  private static boolean isDigit(int c) {
+    return c >= '0' && c <= '9';
+  }
+
+  /** [A-Za-z0-9_.:-] */
+  private static boolean isIdChar(int c) {
+    return isUpper(c) || (c >= 'a' && c <= 'z') || isDigit(c)
+        || c == '_' || c == '.' || c == ':' || c == '-';
+  }
+
+  /** [A-Za-z0-9_.:@-] */
+  private static boolean isUserIdChar(int c) {
+    return isIdChar(c) || c == '@';
+  }
+
+  /** [0-9A-Fa-f.:] */
+  private static boolean isIpChar(int c) {
+    return isDigit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F') || c == '.' || c == ':';
   }
 
   private static boolean isDevice(Object value) {
