@@ -254,6 +254,9 @@ CLICK_COLUMNS = [
     ("device", DataTypes.STRING()),
     ("reject_reason", DataTypes.STRING()),
     ("payload", DataTypes.BYTES()),
+    # The dedup key: a 128-bit fingerprint of click_id (udfs/java/.../ClickKey.java).
+    ("click_key_hi", DataTypes.BIGINT()),
+    ("click_key_lo", DataTypes.BIGINT()),
 ]
 
 SINK_COLUMNS = {

@@ -7,6 +7,7 @@ mutations, and must give the same reason, or the same fields, for every one.
 """
 
 import base64
+import hashlib
 import json
 import random
 import subprocess
@@ -147,3 +148,29 @@ def test_java_and_python_agree_on_every_payload(java_available):
     seen = {result.split("\t")[0] for result in python}
     assert seen == set(contract.REASONS) | {"ok"}
     assert sum(result.startswith("ok") for result in python) > 500
+
+
+def java_click_keys(click_ids):
+    out = subprocess.run(["java", "-cp", str(JAR), "adclick.flink.ClickKey"],
+                         input="\n".join(click_ids) + "\n", capture_output=True, text=True,
+                         check=True, timeout=60)
+    return [tuple(int(part) for part in line.split()) for line in out.stdout.splitlines()]
+
+
+def test_the_dedup_key_is_the_md5_of_the_click_id():
+    # The job's dedup state is keyed by this fingerprint, so it must not change between
+    # releases (a savepoint's keys would no longer match) and must tell click_ids apart.
+    rng = random.Random(5)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-"
+    factory = generator.ClickFactory(seed=5, ads=10)
+    click_ids = [factory.click(NOW).click_id for _ in range(200)]
+    click_ids += ["x", "x" * 64, "a-1", "a-2", "1-a", "2-a"]
+    click_ids += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 64)))
+                  for _ in range(2000)]
+    expected = []
+    for click_id in click_ids:
+        digest = hashlib.md5(click_id.encode("ascii")).digest()
+        expected.append((int.from_bytes(digest[:8], "big", signed=True),
+                         int.from_bytes(digest[8:], "big", signed=True)))
+    assert java_click_keys(click_ids) == expected
+    assert len(set(expected)) == len(set(click_ids))

@@ -32,6 +32,12 @@ def test_one_dedup_feeds_every_sink(execution_plan):
     assert len(re.findall(r"\bSink\(table=", execution_plan)) == 4
 
 
+def test_the_dedup_is_keyed_by_the_click_id_fingerprint(execution_plan):
+    # Two BIGINTs from the source format (ClickKey.java), not the click_id string: the keyed
+    # state's cost per click (measured in docs/SCALING.md).
+    assert "Deduplicate(keep=[FirstRow], key=[click_key_hi, click_key_lo]" in execution_plan
+
+
 def test_window_counts_are_two_phase(execution_plan):
     assert "LocalWindowAggregate(groupBy=[ad_id, country, device]" in execution_plan
     assert "GlobalWindowAggregate(groupBy=[ad_id, country, device]" in execution_plan

@@ -3,7 +3,7 @@
 -- its reason and original bytes. Here the two are told apart.
 CREATE TEMPORARY VIEW clicks_valid AS
 SELECT click_id, ad_id, click_ts AS click_ts_ms, user_id, ip, country, device, proc_time,
-       event_time
+       event_time, click_key_hi, click_key_lo
 FROM clicks_raw
 WHERE reject_reason IS NULL;
 

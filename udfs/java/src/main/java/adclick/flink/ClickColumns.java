@@ -10,10 +10,10 @@ final class ClickColumns {
 
   static final String[] NAMES = {
     "click_id", "ad_id", "click_ts", "user_id", "ip", "country", "device", "reject_reason",
-    "payload",
+    "payload", "click_key_hi", "click_key_lo",
   };
   static final int CLICK_ID = 0, AD_ID = 1, CLICK_TS = 2, USER_ID = 3, IP = 4, COUNTRY = 5,
-      DEVICE = 6, REJECT_REASON = 7, PAYLOAD = 8;
+      DEVICE = 6, REJECT_REASON = 7, PAYLOAD = 8, CLICK_KEY_HI = 9, CLICK_KEY_LO = 10;
 
   private ClickColumns() {}
 
@@ -28,7 +28,9 @@ final class ClickColumns {
     for (int i = 0; i < slots.length; i++) {
       slots[i] = indexOf(names.get(i));
       LogicalTypeRoot root = types.get(i).getLogicalType().getTypeRoot();
-      LogicalTypeRoot wanted = slots[i] == CLICK_TS ? LogicalTypeRoot.BIGINT
+      boolean bigint = slots[i] == CLICK_TS || slots[i] == CLICK_KEY_HI
+          || slots[i] == CLICK_KEY_LO;
+      LogicalTypeRoot wanted = bigint ? LogicalTypeRoot.BIGINT
           : slots[i] == PAYLOAD ? LogicalTypeRoot.VARBINARY : LogicalTypeRoot.VARCHAR;
       if (root != wanted) {
         throw new ValidationException(String.format(

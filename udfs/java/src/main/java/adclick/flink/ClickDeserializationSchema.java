@@ -20,7 +20,9 @@ final class ClickDeserializationSchema implements DeserializationSchema<RowData>
   private final int maxPayloadBytes;
   private final long minClickTsMs;
   private final long maxFutureMs;
+  private final boolean keyed;  // does the table ask for click_key_hi / click_key_lo?
   private transient ClickParser parser;
+  private transient ClickKey key;
 
   ClickDeserializationSchema(int[] slots, TypeInformation<RowData> producedType,
       int maxPayloadBytes, long minClickTsMs, long maxFutureMs) {
@@ -29,11 +31,17 @@ final class ClickDeserializationSchema implements DeserializationSchema<RowData>
     this.maxPayloadBytes = maxPayloadBytes;
     this.minClickTsMs = minClickTsMs;
     this.maxFutureMs = maxFutureMs;
+    boolean keyed = false;
+    for (int slot : slots) {
+      keyed |= slot == ClickColumns.CLICK_KEY_HI || slot == ClickColumns.CLICK_KEY_LO;
+    }
+    this.keyed = keyed;
   }
 
   @Override
   public void open(InitializationContext context) {
     parser = new ClickParser(maxPayloadBytes, minClickTsMs, maxFutureMs);
+    key = new ClickKey();
   }
 
   @Override
@@ -42,6 +50,9 @@ final class ClickDeserializationSchema implements DeserializationSchema<RowData>
       open(null);
     }
     String reason = parser.parse(message, System.currentTimeMillis());
+    if (reason == null && keyed) {
+      key.of(parser.clickId);
+    }
     GenericRowData row = new GenericRowData(slots.length);
     for (int i = 0; i < slots.length; i++) {
       row.setField(i, reason == null ? clickField(slots[i]) : rejectField(slots[i], message));
@@ -58,6 +69,8 @@ final class ClickDeserializationSchema implements DeserializationSchema<RowData>
       case ClickColumns.IP: return StringData.fromString(parser.ip);
       case ClickColumns.COUNTRY: return StringData.fromString(parser.country);
       case ClickColumns.DEVICE: return StringData.fromString(parser.device);
+      case ClickColumns.CLICK_KEY_HI: return key.hi;
+      case ClickColumns.CLICK_KEY_LO: return key.lo;
       default: return null;  // reject_reason, payload
     }
   }
