@@ -110,7 +110,9 @@ def summary(ax, r):
         f"{f.get('after_watermark_p50_s')} / {f.get('after_watermark_p99_s')}", " s")
     if s:
         add("job state per M click_ids", round(s["bytes_per_million_click_ids"] / MIB, 1), " MiB")
-        add("10 M click_ids (extrapolated)", round(s["extrapolated_10m_ids_bytes"] / MIB), " MiB")
+        if s.get("bytes_at_measured_ids"):
+            add(f"state at {s['measured_ids'] / 1e6:g} M click_ids",
+                round(s["bytes_at_measured_ids"] / MIB), " MiB (last checkpoint)")
     ck = plain.get("largest_checkpoint") or {}
     if ck.get("bytes"):
         add("largest checkpoint", f"{ck['bytes'] / MIB:.0f} MiB in {ck['end_to_end_ms']} ms", "")
@@ -213,26 +215,15 @@ def state(ax, r):
     points = s["points_ids_bytes"]
     ax.scatter([p[0] / 1e6 for p in points], [p[1] / MIB for p in points], color="#4C72B0",
                label="completed checkpoints (measured)", zorder=3)
-    xs = [0, 10]
-    ax.plot(xs, [(s["fixed_bytes"] + s["bytes_per_click_id"] * x * 1e6) / MIB for x in xs],
+    top = max(p[0] for p in points) / 1e6
+    ax.plot([0, top], [s["fixed_bytes"] / MIB,
+                       (s["fixed_bytes"] + s["bytes_per_click_id"] * top * 1e6) / MIB],
             color="#C44E52", linestyle="--",
             label=f"linear fit: {s['bytes_per_million_click_ids'] / MIB:,.0f} MiB per M ids")
-    ax.scatter([10], [s["extrapolated_10m_ids_bytes"] / MIB], color="#C44E52", marker="x",
-               s=60, label=f"10 M ids, extrapolated: {s['extrapolated_10m_ids_bytes'] / MIB:,.0f}"
-                           " MiB", zorder=3)
     if s.get("checkpoint_dir_bytes_at_measured_ids"):
         ax.scatter([s["measured_ids"] / 1e6], [s["checkpoint_dir_bytes_at_measured_ids"] / MIB],
                    color="#55A868", marker="s", label="checkpoint dir on disk at the end",
                    zorder=3)
-    inset = ax.inset_axes([0.55, 0.1, 0.4, 0.35])
-    inset.scatter([p[0] / 1e6 for p in points], [p[1] / MIB for p in points], color="#4C72B0",
-                  s=12)
-    top = max(p[0] for p in points) / 1e6
-    inset.plot([0, top], [s["fixed_bytes"] / MIB,
-                          (s["fixed_bytes"] + s["bytes_per_click_id"] * top * 1e6) / MIB],
-               color="#C44E52", linestyle="--")
-    inset.set_title("measured range", fontsize=8)
-    inset.tick_params(labelsize=7)
     ax.set_xlabel("million distinct click_ids in the job")
     ax.set_ylabel("MiB")
     ax.set_title("Checkpointed job state vs click_ids")
