@@ -63,6 +63,10 @@ def parse_args(argv=None):
                    help="parallel local top-N partitions merged by the global top-N")
     p.add_argument("--max-payload-bytes", type=int, default=config.MAX_PAYLOAD_BYTES)
     p.add_argument("--max-future-s", type=int, default=config.MAX_FUTURE_SECONDS)
+    p.add_argument("--state-backend", choices=["hashmap", "rocksdb"], default=None,
+                   help="keyed state on the JVM heap or in RocksDB (with incremental "
+                        "checkpoints); default: the cluster's (flink-conf/ sets rocksdb), or the "
+                        "heap in a local run")
     p.add_argument("--startup-mode", default="group-offsets",
                    choices=["group-offsets", "earliest-offset", "latest-offset"],
                    help="where a fresh start (no checkpoint) begins reading; group offsets fall"
@@ -118,6 +122,10 @@ def configure(t_env, args):
              "RETAIN_ON_CANCELLATION")
     conf.set("table.exec.source.idle-timeout", f"{args.idle_timeout_ms} ms")
     conf.set("table.exec.state.ttl", f"{args.dedup_horizon_s} s")
+    if args.state_backend:
+        conf.set("state.backend.type", args.state_backend)
+        conf.set("execution.checkpointing.incremental",
+                 "true" if args.state_backend == "rocksdb" else "false")
     conf.set("python.executable", sys.executable)
     # Flink SQL operators do not keep references to their input rows, so chained operators can
     # hand rows on without copying each one.

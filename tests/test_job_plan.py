@@ -56,3 +56,19 @@ def test_the_job_clock_reaches_the_dedup_but_none_of_its_rows_do(execution_plan)
     assert re.search(r"TableSourceScan\(table=\[\[\w+, \w+, job_clock\b", execution_plan)
     assert "where=[(beat < 0)]" in execution_plan
     assert re.search(r"Union\(all=\[true\]", execution_plan)
+
+
+@pytest.mark.parametrize("backend, incremental", [("rocksdb", "true"), ("hashmap", "false")])
+def test_state_backend_flag_sets_the_backend_and_incremental_checkpoints(backend, incremental):
+    args = job.parse_args(["--state-backend", backend])
+    t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
+    job.configure(t_env, args)
+    conf = t_env.get_config()
+    assert conf.get("state.backend.type", None) == backend
+    assert conf.get("execution.checkpointing.incremental", None) == incremental
+
+
+def test_without_the_flag_the_cluster_decides_the_state_backend():
+    t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
+    job.configure(t_env, job.parse_args([]))
+    assert t_env.get_config().get("state.backend.type", None) is None
