@@ -8,7 +8,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 MIB = 2**20
 KINDS = (("jvm", "JVM", "#4C72B0"), ("python", "Python", "#DD8452"),
@@ -35,7 +36,8 @@ def throughput(ax, r):
     rows.append(("Flink plain SQL, net runtime (2)", engine.get("records_per_s"), "#4C72B0"))
     rows.append(("Flink plain SQL, minus fixed cost (2)",
                  engine.get("records_per_s_minus_empty_run"), "#4C72B0"))
-    for key, label in (("adclick", "adclick"), ("adclick_skew", "adclick, skew 50%")):
+    for key, label in (("adclick", "adclick"), ("adclick_skew", "adclick, skew 50%"),
+                       ("adclick_rocksdb", "adclick, RocksDB")):
         run = r.get(key) or {}
         rows.append((f"{label}: sustained (3/5)", run.get("sustained_clicks_per_s"), "#C44E52"))
         rows.append((f"{label}: to ClickHouse (3/5)", run.get("end_to_end_clicks_per_s"),
@@ -64,6 +66,8 @@ def per_cpu(ax, r):
         ("adclick job", (r.get("adclick") or {}).get("clicks_per_flink_cpu_s"), "#C44E52"),
         ("adclick job, skew 50%", (r.get("adclick_skew") or {}).get("clicks_per_flink_cpu_s"),
          "#C44E52"),
+        ("adclick job, RocksDB state",
+         (r.get("adclick_rocksdb") or {}).get("clicks_per_flink_cpu_s"), "#C44E52"),
     ]
     loader = r.get("loader_catchup") or {}
     if loader.get("server_cpu_s"):
@@ -77,6 +81,7 @@ def per_cpu(ax, r):
                    color=[row[2] for row in rows][::-1])
     values = [row[1] for row in rows] or [1]
     ax.set_xlim(0, max(values) * 1.35)  # linear: the values span less than a decade now
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v / 1000:,.0f}k"))
     _bar_labels(ax, bars, lambda v: f"{v:,.0f}")
     ax.set_title("Per CPU-second (one core), contention-proof")
     ax.set_xlabel("records per CPU-second of the process(es) doing the work")
@@ -100,6 +105,8 @@ def summary(ax, r):
     add("adclick sustained", plain.get("sustained_clicks_per_s"), " clicks/s (2 cores)")
     add("  / plain Flink SQL", plain.get("ratio_sustained_to_engine"), " (wall)")
     add("  / plain Flink SQL", plain.get("ratio_per_cpu_s_to_engine"), " (per CPU-s)")
+    rocks = r.get("adclick_rocksdb") or {}
+    add("RocksDB state / heap", rocks.get("ratio_sustained_clicks_per_s_to_heap"), " (wall)")
     add("skew 50% / unskewed", skew.get("ratio_sustained_to_unskewed"), " (wall)")
     add("skew 50% / unskewed", skew.get("ratio_per_cpu_s_to_unskewed"), " (per CPU-s)")
     add("clicks per Flink CPU-s", plain.get("clicks_per_flink_cpu_s"), "")

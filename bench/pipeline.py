@@ -151,10 +151,11 @@ def fit_slope(points):
     return slope, my - slope * mx
 
 
-def throughput_run(name, work, bootstrap, prefix, expected, sampler, timeout_s=420):
+def throughput_run(name, work, bootstrap, prefix, expected, sampler, timeout_s=1500, extra=()):
     """Run job + server over a pre-filled topic until ClickHouse holds every expected click.
 
     expected: unique valid clicks in minutes the closers close (the whole fill).
+    extra: more arguments for the job.
     """
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -167,7 +168,7 @@ def throughput_run(name, work, bootstrap, prefix, expected, sampler, timeout_s=4
         server, api = start_server(work, bootstrap, prefix, raw=False)
         sampler.watch(f"{name}.server", server.pid)
         launched = time.time()
-        job, rest = start_job(work, bootstrap, prefix)
+        job, rest = start_job(work, bootstrap, prefix, *extra)
         sampler.watch(f"{name}.flink_job", job.pid)
         info = rest.wait_job(check=job.check)
         t_start = info["start-time"] / 1000.0
