@@ -178,8 +178,9 @@ def state_estimate(runs):
         "checkpoint_dir_bytes_at_measured_ids": runs.get("checkpoint_dir_bytes_end"),
         "method": "full checkpoints of the job (MiniCluster: heap state backend, every "
                   "checkpoint complete, not incremental); bytes_at_measured_ids is the last "
-                  "one, taken after the source had committed every id; bytes_per_click_id is "
-                  "the slope fitted over all of them against the offsets committed with them. "
+                  "one seen, ids_at_that_checkpoint the source offsets committed when it was "
+                  "seen (a checkpoint commits the offsets it covers, so it holds at least "
+                  "those ids); bytes_per_click_id is the slope fitted over all of them. "
                   "Besides the dedup keys the state holds the open windows (fitted as the "
                   "fixed part together with operator overhead).",
     }
