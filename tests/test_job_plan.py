@@ -66,6 +66,9 @@ def test_state_backend_flag_sets_the_backend_and_incremental_checkpoints(backend
     conf = t_env.get_config()
     assert conf.get("state.backend.type", None) == backend
     assert conf.get("execution.checkpointing.incremental", None) == incremental
+    # RocksDB gets memory in a local run (the MiniCluster's default is 64 MiB per slot).
+    managed = conf.get("taskmanager.memory.managed.size", None)
+    assert managed == (f"{512 * args.parallelism}m" if backend == "rocksdb" else None)
 
 
 def test_without_the_flag_the_cluster_decides_the_state_backend():
