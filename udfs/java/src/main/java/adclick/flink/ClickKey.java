@@ -1,5 +1,7 @@
 package adclick.flink;
 
+import java.io.BufferedReader;
+import java.io.InputStreamReader;
 import java.nio.charset.StandardCharsets;
 import java.security.MessageDigest;
 import java.security.NoSuchAlgorithmException;
@@ -44,11 +46,14 @@ final class ClickKey {
     return value;
   }
 
-  /** Prints the fingerprint of each line of stdin as "hi lo" (the Python twin's parity check). */
+  /**
+   * Prints the fingerprint of each line of stdin as "hi lo": tests/test_contract_parity.py
+   * checks it against Python's hashlib.
+   */
   public static void main(String[] args) throws Exception {
     ClickKey key = new ClickKey();
-    java.io.BufferedReader in = new java.io.BufferedReader(
-        new java.io.InputStreamReader(System.in, StandardCharsets.US_ASCII));
+    BufferedReader in = new BufferedReader(
+        new InputStreamReader(System.in, StandardCharsets.US_ASCII));
     StringBuilder out = new StringBuilder();
     for (String line; (line = in.readLine()) != null; ) {
       key.of(line);
