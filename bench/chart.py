@@ -8,7 +8,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 MIB = 2**20
@@ -106,7 +106,7 @@ def summary(ax, r):
     add("  / plain Flink SQL", plain.get("ratio_sustained_to_engine"), " (wall)")
     add("  / plain Flink SQL", plain.get("ratio_per_cpu_s_to_engine"), " (per CPU-s)")
     rocks = r.get("adclick_rocksdb") or {}
-    add("RocksDB state / heap", rocks.get("ratio_sustained_clicks_per_s_to_heap"), " (wall)")
+    add("RocksDB state / heap", rocks.get("ratio_sustained_to_heap"), " (wall)")
     add("skew 50% / unskewed", skew.get("ratio_sustained_to_unskewed"), " (wall)")
     add("skew 50% / unskewed", skew.get("ratio_per_cpu_s_to_unskewed"), " (per CPU-s)")
     add("clicks per Flink CPU-s", plain.get("clicks_per_flink_cpu_s"), "")

@@ -108,21 +108,20 @@ def send_closers(bootstrap, topic, ts):
     producer.close()
 
 
-def fill_topic(bootstrap, prefix, args, work, skew, seed, records=None):
-    records = records or args.records
+def fill_topic(bootstrap, prefix, args, work, skew, seed):
     topics = create_topics(bootstrap, prefix, 4)
     payloads = kafka_io.Payloads(run_id=f"{prefix.rstrip('-')}", seed=seed, skew=skew)
     now = int(time.time() * 1000)
     span = args.event_minutes * MINUTE_MS
     start = (now - 30 * MINUTE_MS) // MINUTE_MS * MINUTE_MS
-    log(f"filling {topics['clicks']} with {records:,} clicks (skew {skew})")
-    stats = kafka_io.bulk_fill(bootstrap, topics["clicks"], 4, payloads, records, start,
+    log(f"filling {topics['clicks']} with {args.records:,} clicks (skew {skew})")
+    stats = kafka_io.bulk_fill(bootstrap, topics["clicks"], 4, payloads, args.records, start,
                                span, work)
     send_closers(bootstrap, topics["clicks"], start + span + 2 * MINUTE_MS)
-    hot = sum(1 for i in range(min(records, 100_000)) if payloads.ad_of(i) == "ad-000001")
-    stats["hot_ad_share"] = round(hot / min(records, 100_000), 3)
+    hot = sum(1 for i in range(min(args.records, 100_000)) if payloads.ad_of(i) == "ad-000001")
+    stats["hot_ad_share"] = round(hot / min(args.records, 100_000), 3)
     stats["event_minutes"] = args.event_minutes
-    stats["clicks_per_event_minute"] = records // args.event_minutes
+    stats["clicks_per_event_minute"] = args.records // args.event_minutes
     return topics, payloads, stats
 
 
@@ -184,6 +183,16 @@ def state_estimate(runs):
                   "Besides the dedup keys the state holds the open windows (fitted as the "
                   "fixed part together with operator overhead).",
     }
+
+
+RATIOS = (("sustained_clicks_per_s", "sustained"), ("clicks_per_flink_cpu_s", "per_cpu_s"),
+          ("end_to_end_clicks_per_s", "end_to_end"))
+
+
+def ratios(run, base, against):
+    """run's rates over base's, as ratio_<measure>_to_<against> (those both have)."""
+    return {f"ratio_{short}_to_{against}": round(run[key] / base[key], 3)
+            for key, short in RATIOS if run.get(key) and base.get(key)}
 
 
 class Phases:
@@ -327,44 +336,28 @@ def main(argv=None):
             work / "catchup", broker.bootstrap, prefix, plain["clickhouse_rows_inserted"], sampler)
         log(f"loader catch-up: {report['loader_catchup']['rows_per_s']:,} rows/s")
 
+    def variant(name, letter, skew, seed, against, extra=()):
+        """Run (3) again on a fill of its own (another skew, or other job arguments) and compare
+        it with (3)."""
+        variant_prefix = run_prefix + letter + "-"
+        created.extend(config.Topics.with_prefix(variant_prefix).values())
+        _topics, _, fill_stats = fill_topic(broker.bootstrap, variant_prefix, args, work, skew,
+                                            seed)
+        run = pipeline.throughput_run(name, work / name, broker.bootstrap, variant_prefix,
+                                      args.records, sampler, extra=extra)
+        run["fill"] = fill_stats
+        run.update(ratios(run, report.get("adclick") or {}, against))
+        report[name] = run
+        log(f"{name}: sustained {run['sustained_clicks_per_s']}/s, end to end "
+            f"{run['end_to_end_clicks_per_s']}/s")
+
     def skewed():
-        skew_prefix = run_prefix + "s-"
-        created.extend(config.Topics.with_prefix(skew_prefix).values())
-        _topics, _, skew_fill = fill_topic(broker.bootstrap, skew_prefix, args, work, 0.5, 2)
-        skew = pipeline.throughput_run("adclick_skew", work / "skew", broker.bootstrap,
-                                       skew_prefix, args.records, sampler)
-        skew["fill"] = skew_fill
-        plain = report.get("adclick") or {}
-        if skew.get("sustained_clicks_per_s") and plain.get("sustained_clicks_per_s"):
-            skew["ratio_sustained_to_unskewed"] = round(
-                skew["sustained_clicks_per_s"] / plain["sustained_clicks_per_s"], 3)
-        if skew.get("clicks_per_flink_cpu_s") and plain.get("clicks_per_flink_cpu_s"):
-            skew["ratio_per_cpu_s_to_unskewed"] = round(
-                skew["clicks_per_flink_cpu_s"] / plain["clicks_per_flink_cpu_s"], 3)
-        if plain.get("end_to_end_clicks_per_s"):
-            skew["ratio_end_to_end_to_unskewed"] = round(
-                skew["end_to_end_clicks_per_s"] / plain["end_to_end_clicks_per_s"], 3)
-        report["adclick_skew"] = skew
-        log(f"skew: sustained {skew['sustained_clicks_per_s']}/s, end to end "
-            f"{skew['end_to_end_clicks_per_s']}/s")
+        variant("adclick_skew", "s", 0.5, 2, "unskewed")
 
     def rocksdb():
         # The cluster's configuration (flink-conf/) keeps state in RocksDB; the other runs use
-        # the local MiniCluster's heap. Same input, the job told to use RocksDB.
-        rocks_prefix = run_prefix + "r-"
-        created.extend(config.Topics.with_prefix(rocks_prefix).values())
-        _topics, _, rocks_fill = fill_topic(broker.bootstrap, rocks_prefix, args, work, 0.0, 4)
-        rocks = pipeline.throughput_run("adclick_rocksdb", work / "rocksdb", broker.bootstrap,
-                                        rocks_prefix, args.records, sampler,
-                                        extra=("--state-backend", "rocksdb"))
-        rocks["fill"] = rocks_fill
-        plain = report.get("adclick") or {}
-        for key in ("sustained_clicks_per_s", "clicks_per_flink_cpu_s", "end_to_end_clicks_per_s"):
-            if rocks.get(key) and plain.get(key):
-                rocks[f"ratio_{key}_to_heap"] = round(rocks[key] / plain[key], 3)
-        report["adclick_rocksdb"] = rocks
-        log(f"rocksdb: sustained {rocks['sustained_clicks_per_s']}/s, end to end "
-            f"{rocks['end_to_end_clicks_per_s']}/s")
+        # the local MiniCluster's heap. Same kind of input, the job told to use RocksDB.
+        variant("adclick_rocksdb", "r", 0.0, 4, "heap", extra=("--state-backend", "rocksdb"))
 
     def freshness():
         fresh_prefix = run_prefix + "f-"
