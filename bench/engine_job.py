@@ -1,7 +1,7 @@
 """The engine limit: a plain Flink SQL windowed count over the same topic, bounded.
 
     python -m bench.engine_job --bootstrap-servers H:P --topic T [--empty-topic E]
-                               [--adclick-parse]
+                               [--with-dedup] [--adclick-stages --checkpoint-dir URI]
 
 Same connector jar as the adclick job, parallelism 2, 'json' format with all seven click fields
 declared, event time from click_ts with a 5 s bounded-out-of-orderness watermark, a 1-minute
@@ -13,9 +13,14 @@ the job's start on the MiniCluster to its end), which excludes the JVM and Pytho
 the planning. When --empty-topic is given, the same job runs on that empty topic before (to
 warm the JVM up) and after the real run in the same JVM: the net runtime of the second empty
 run is the fixed per-job cost (deploying tasks, connecting to Kafka, finishing), reported and
-subtracted in a second rate. With --adclick-parse, the adclick job's own source (its
-'adclick-click' format parses and validates) and sql/flink/10_parse.sql then run alone over the
-same topic into blackhole sinks, in the same JVM: the cost of the job's first operator chain.
+subtracted in a second rate. With --with-dedup, the same count then runs over the first row of
+each click_id (UNIQUE_CLICKS), the engine's limit with adclick's deduplication duty.
+
+With --adclick-stages, the adclick job then runs over the same topic, bounded, in the same JVM,
+into blackhole sinks, with the job's own settings (exactly-once checkpoints every 5 s, heap
+state): its first operator chain alone (the 'adclick-click' format and sql/flink/10_parse.sql),
+the whole job without its deduplication, and the whole job. The three say what each part of
+the job costs against the same engine limit.
 Prints one JSON object on stdout, on the line that starts with RESULT_MARK.
 """
 
@@ -25,12 +30,12 @@ import os
 import sys
 import time
 
-from pyflink.table import DataTypes
 from pyflink.table import EnvironmentSettings
 from pyflink.table import Schema
 from pyflink.table import TableDescriptor
 from pyflink.table import TableEnvironment
 
+from adclick import config
 from bench import procs
 from jobs import ad_click_aggregation as job
 
@@ -41,6 +46,7 @@ CREATE TEMPORARY TABLE {name} (
   click_id STRING, ad_id STRING, click_ts BIGINT, user_id STRING, ip STRING,
   country STRING, device STRING,
   event_time AS TO_TIMESTAMP_LTZ(click_ts, 3),
+  proc_time AS PROCTIME(),
   WATERMARK FOR event_time AS event_time - INTERVAL '5' SECOND
 ) WITH (
   'connector' = 'kafka',
@@ -63,6 +69,17 @@ SELECT window_start, ad_id, COUNT(*) AS clicks
 FROM TABLE(TUMBLE(TABLE {source}, DESCRIPTOR(event_time), INTERVAL '1' MINUTE))
 GROUP BY window_start, window_end, ad_id"""
 
+# The same count over the first row of each click_id, as plain Flink SQL writes a dedup (keyed
+# by the string, first row on processing time, state kept for the dedup horizon): what this
+# engine can do with the same duty as adclick's, without adclick's other work.
+# A view, because a window TVF takes a table by name, not a subquery.
+UNIQUE_CLICKS = """
+CREATE TEMPORARY VIEW {source}_unique AS
+SELECT ad_id, event_time FROM (
+  SELECT *, ROW_NUMBER() OVER (PARTITION BY click_id ORDER BY proc_time ASC) AS row_num
+  FROM {source})
+WHERE row_num = 1"""
+
 
 def jvm_cpu_seconds():
     """CPU seconds used so far by this process's children (the gateway JVM with the job)."""
@@ -71,57 +88,94 @@ def jvm_cpu_seconds():
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def run_job(t_env, args, topic, name):
-    t_env.execute_sql(SOURCE.format(name=f"src_{name}", topic=topic,
-                                    bootstrap=args.bootstrap_servers))
-    t_env.execute_sql(SINK.format(name=f"sink_{name}"))
+def timed(execute):
+    """Run execute() (it submits one bounded job and returns its TableResult) and time the job."""
     cpu0 = jvm_cpu_seconds()
     submitted = time.monotonic()
-    result = t_env.execute_sql(QUERY.format(sink=f"sink_{name}", source=f"src_{name}"))
-    client = result.get_job_client()
+    client = execute().get_job_client()
     execution = client.get_job_execution_result().result()
-    ended = time.monotonic()
     return {"net_runtime_s": execution.get_net_runtime() / 1000.0,
-            "submit_to_end_s": round(ended - submitted, 3),
+            "submit_to_end_s": round(time.monotonic() - submitted, 3),
             "jvm_cpu_s": round(jvm_cpu_seconds() - cpu0, 2),
             "job_id": str(client.get_job_id())}
 
 
-def run_adclick_parse(t_env, args, topic):
-    """Only the adclick job's first operator chain, bounded: its source (same schema, format
-    and watermark) and sql/flink/10_parse.sql, valid clicks and rejects into blackhole sinks.
-    Isolates what parsing and validating costs per record."""
-    job_args = job.parse_args(["--bootstrap-servers", args.bootstrap_servers])
-    params = job.sql_parameters(job_args)
-    schema = job.source_schema(job_args)
-    builder = TableDescriptor.for_connector("kafka").schema(schema)
+def run_job(t_env, args, topic, name, dedup=False):
+    source = f"src_{name}"
+    t_env.execute_sql(SOURCE.format(name=source, topic=topic, bootstrap=args.bootstrap_servers))
+    t_env.execute_sql(SINK.format(name=f"sink_{name}"))
+    if dedup:
+        t_env.execute_sql(UNIQUE_CLICKS.format(source=source))
+        source += "_unique"
+    return timed(lambda: t_env.execute_sql(QUERY.format(sink=f"sink_{name}", source=source)))
+
+
+def adclick_env(args, stage):
+    """A fresh table environment (same JVM) with the adclick job's settings and its bounded
+    source: the same schema, 'adclick-click' format and watermark, from the earliest to the
+    latest offset."""
+    job_args = job.parse_args(["--bootstrap-servers", args.bootstrap_servers,
+                               "--parallelism", str(args.parallelism),
+                               "--checkpoint-dir", f"{args.checkpoint_dir}/{stage}"])
+    t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
+    job.configure(t_env, job_args)
+    builder = TableDescriptor.for_connector("kafka").schema(job.source_schema(job_args))
     builder = builder.format(job.click_format(job_args))
-    for key, value in {"topic": topic, "properties.bootstrap.servers": args.bootstrap_servers,
-                       "properties.group.id": "bench-parse",
+    for key, value in {"topic": args.topic, "properties.bootstrap.servers": args.bootstrap_servers,
+                       "properties.group.id": f"bench-{stage}",
                        "scan.startup.mode": "earliest-offset",
                        "scan.bounded.mode": "latest-offset"}.items():
         builder = builder.option(key, value)
     t_env.create_temporary_table("clicks_raw", builder.build())
-    for statement in job.sql_statements(params, [job.SQL_DIR / "10_parse.sql"]):
-        t_env.execute_sql(statement)
+    return t_env, job_args
+
+
+def run_adclick_parse(args):
+    """Only the adclick job's first operator chain: its source and sql/flink/10_parse.sql,
+    valid clicks and rejects into blackhole sinks. What parsing and validating cost."""
+    t_env, job_args = adclick_env(args, "parse")
     t_env.execute_sql("CREATE TEMPORARY TABLE parsed_sink (click_id STRING, ad_id STRING, "
                       "country STRING, device STRING, event_time TIMESTAMP_LTZ(3)) "
                       "WITH ('connector' = 'blackhole')")
     t_env.execute_sql("CREATE TEMPORARY TABLE rejects_sink (reason STRING, payload STRING) "
                       "WITH ('connector' = 'blackhole')")
-    statements = t_env.create_statement_set()
-    statements.add_insert_sql("INSERT INTO parsed_sink SELECT click_id, ad_id, country, device, "
-                              "event_time FROM clicks_valid")
-    statements.add_insert_sql("INSERT INTO rejects_sink SELECT reject_reason, "
-                              "TO_BASE64(payload) FROM clicks_rejected")
-    cpu0 = jvm_cpu_seconds()
-    submitted = time.monotonic()
-    result = statements.execute()
-    client = result.get_job_client()
-    execution = client.get_job_execution_result().result()
-    return {"net_runtime_s": execution.get_net_runtime() / 1000.0,
-            "submit_to_end_s": round(time.monotonic() - submitted, 3),
-            "jvm_cpu_s": round(jvm_cpu_seconds() - cpu0, 2)}
+    statements = job.sql_statements(job.sql_parameters(job_args), [job.SQL_DIR / "10_parse.sql"])
+    inserts = job.statement_set(t_env, statements)
+    inserts.add_insert_sql("INSERT INTO parsed_sink SELECT click_id, ad_id, country, device, "
+                           "event_time FROM clicks_valid")
+    inserts.add_insert_sql("INSERT INTO rejects_sink SELECT reject_reason, "
+                           "TO_BASE64(payload) FROM clicks_rejected")
+    return timed(inserts.execute)
+
+
+# Stands in for the dedup view of sql/flink/20_dedup_and_lateness.sql: every valid click
+# passes, as if each were the first of its click_id.
+WITHOUT_DEDUP = ("CREATE TEMPORARY VIEW clicks_unique AS SELECT click_id, ad_id, click_ts_ms, "
+                 "user_id, ip, country, device, event_time FROM clicks_valid")
+
+
+def run_adclick_job(args, dedup=True):
+    """The whole adclick job (sql/flink/*.sql), bounded, its four sinks replaced by blackhole
+    ones; with dedup=False its deduplication is replaced by WITHOUT_DEDUP."""
+    stage = "job" if dedup else "job-without-dedup"
+    t_env, job_args = adclick_env(args, stage)
+    t_env.create_temporary_table("job_clock", job.clock_descriptor(job_args, rows=16))
+    for name, columns in job.SINK_COLUMNS.items():
+        schema = Schema.new_builder()
+        for column, data_type in columns:
+            schema = schema.column(column, data_type)
+        t_env.create_temporary_table(
+            f"{name}_sink",
+            TableDescriptor.for_connector("blackhole").schema(schema.build()).build())
+    t_env.create_temporary_function("merge_top_n", job.merge_top_n(job_args.top_n))
+    statements = list(job.sql_statements(job.sql_parameters(job_args)))
+    if not dedup:
+        dedup_views = [i for i, s in enumerate(statements)
+                       if s.startswith("CREATE TEMPORARY VIEW clicks_unique ")]
+        if len(dedup_views) != 1:
+            raise RuntimeError("sql/flink/ no longer has one 'clicks_unique' view to replace")
+        statements[dedup_views[0]] = WITHOUT_DEDUP
+    return timed(job.statement_set(t_env, statements).execute)
 
 
 def main(argv=None):
@@ -130,9 +184,16 @@ def main(argv=None):
     p.add_argument("--topic", required=True)
     p.add_argument("--empty-topic", default=None)
     p.add_argument("--parallelism", type=int, default=2)
-    p.add_argument("--adclick-parse", action="store_true",
-                   help="also run the adclick job's parse/validate chain alone over the topic")
+    p.add_argument("--with-dedup", action="store_true",
+                   help="also run the plain count over the first row of each click_id")
+    p.add_argument("--adclick-stages", action="store_true",
+                   help="also run the adclick job's parse chain alone, the job without its "
+                        "dedup, and the whole job, over the topic into blackhole sinks")
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="where the adclick stages checkpoint (a file:// URI)")
     args = p.parse_args(argv)
+    if args.adclick_stages and not args.checkpoint_dir:
+        p.error("--adclick-stages needs --checkpoint-dir")
     process_started = time.monotonic()
     t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
     conf = t_env.get_config()
@@ -147,8 +208,15 @@ def main(argv=None):
     out["run"] = run_job(t_env, args, args.topic, "full")
     if args.empty_topic:
         out["empty_run"] = run_job(t_env, args, args.empty_topic, "empty")
-    if args.adclick_parse:
-        out["adclick_parse_run"] = run_adclick_parse(t_env, args, args.topic)
+    if args.with_dedup:
+        conf.set("table.exec.state.ttl", f"{config.DEDUP_HORIZON_SECONDS} s")
+        out["dedup_run"] = run_job(t_env, args, args.topic, "dedup", dedup=True)
+    if args.adclick_stages:
+        out["adclick_stages"] = {
+            "parse_only": run_adclick_parse(args),
+            "without_dedup": run_adclick_job(args, dedup=False),
+            "whole_job": run_adclick_job(args),
+        }
     out["process_s"] = round(time.monotonic() - process_started, 3)
     # The gateway JVM shares this stdout and may write to it too: the result line is marked.
     print(RESULT_MARK + json.dumps(out), flush=True)

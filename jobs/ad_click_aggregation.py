@@ -211,7 +211,7 @@ def source_descriptor(args, topic):
     return builder.build()
 
 
-def clock_descriptor(args):
+def clock_descriptor(args, rows=None):
     """The job's clock: a tiny source, merged with the clicks before the dedup, whose watermark
     is the wall clock minus the watermark delay (it never carries a row past its filter).
 
@@ -232,15 +232,17 @@ def clock_descriptor(args):
         .watermark("event_time", "event_time")
         .build()
     )
-    return (
+    builder = (
         TableDescriptor.for_connector("datagen")
         .schema(schema)
         .option("rows-per-second", str(CLOCK_TICKS_PER_SECOND * args.parallelism))
         .option("fields.beat.kind", "random")
         .option("fields.beat.min", "0")
         .option("fields.beat.max", "0")
-        .build()
     )
+    if rows is not None:  # a bounded run (the benchmark's): the clock ends too
+        builder = builder.option("number-of-rows", str(int(rows)))
+    return builder.build()
 
 
 def sink_descriptor(args, topic, name, columns):
@@ -326,13 +328,18 @@ def build_pipeline(t_env, args):
         t_env.create_temporary_table(
             f"{name}_sink", sink_descriptor(args, topics[name], name, columns))
     t_env.create_temporary_function("merge_top_n", merge_top_n(args.top_n))
-    statements = t_env.create_statement_set()
-    for statement in sql_statements(sql_parameters(args)):
+    return statement_set(t_env, sql_statements(sql_parameters(args)))
+
+
+def statement_set(t_env, statements):
+    """Create the views; return the INSERTs as one statement set (one job)."""
+    inserts = t_env.create_statement_set()
+    for statement in statements:
         if statement.upper().startswith("INSERT"):
-            statements.add_insert_sql(statement)
+            inserts.add_insert_sql(statement)
         else:
             t_env.execute_sql(statement)
-    return statements
+    return inserts
 
 
 def main(argv=None):
