@@ -351,7 +351,15 @@ def main(argv=None):
     job_client = result.get_job_client()
     if job_client is not None:
         logging.info("submitted %s as job %s", JOB_NAME, job_client.get_job_id())
-        result.wait()
+        if follows_the_job(t_env):
+            result.wait()
+
+
+def follows_the_job(t_env):
+    """Whether this program should wait for the job to end: yes in a local run (the MiniCluster
+    lives in this process) and under an attached `flink run`; no under `flink run -d`, where the
+    client's work ends once the job is submitted (a streaming job never ends by itself)."""
+    return t_env.get_config().get("execution.attached", "true").strip().lower() != "false"
 
 
 if __name__ == "__main__":

@@ -38,8 +38,8 @@ OUT="$(mktemp)"
 trap 'rm -f "$OUT"' EXIT
 # The client runs in a session of its own (its pid is its process group) so that it can be ended
 # together with the Python process it spawns: once "Job has been submitted with JobID" is out,
-# the job lives on the cluster, and a client that still waits for the job to finish (a Python
-# program calling TableResult.wait() blocks even under -d) has nothing left to do.
+# the job lives on the cluster. Under -d the job's program returns by itself (it only waits for
+# the job when attached); a client that still lingers has nothing left to do.
 setsid "$FLINK" run -m "127.0.0.1:${FLINK_REST_PORT:-8081}" -d "${restore[@]}" \
   -D "pipeline.jars=file://$CONNECTOR;file://$FORMAT" \
   -py "$ROOT/jobs/ad_click_aggregation.py" -pyfs "$ROOT/udfs" \

@@ -75,3 +75,13 @@ def test_without_the_flag_the_cluster_decides_the_state_backend():
     t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
     job.configure(t_env, job.parse_args([]))
     assert t_env.get_config().get("state.backend.type", None) is None
+
+
+@pytest.mark.parametrize("attached, waits", [(None, True), ("true", True), ("false", False)])
+def test_the_program_waits_for_the_job_unless_detached(attached, waits):
+    # `flink run -d` sets execution.attached=false: the program must return once the job is
+    # submitted, or the detached client hangs on a streaming job that never ends.
+    t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
+    if attached is not None:
+        t_env.get_config().set("execution.attached", attached)
+    assert job.follows_the_job(t_env) is waits
