@@ -141,7 +141,8 @@ def summary(ax, r):
     if s:
         add("job state per M click_ids", round(s["bytes_per_million_click_ids"] / MIB, 1), " MiB")
         if s.get("bytes_at_measured_ids"):
-            add(f"state at >= {s['ids_at_that_checkpoint'] / 1e6:.1f} M click_ids",
+            at = "" if s.get("that_checkpoint_holds_all_ids") else ">= "
+            add(f"state at {at}{s['ids_at_that_checkpoint'] / 1e6:.1f} M click_ids",
                 round(s["bytes_at_measured_ids"] / MIB), " MiB (last checkpoint)")
     ck = plain.get("largest_checkpoint") or {}
     if ck.get("bytes"):

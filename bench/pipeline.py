@@ -110,6 +110,20 @@ def latest_checkpoint(rest):
     }
 
 
+def checkpoint_after(rest, t_wall, timeout_s):
+    """The first completed checkpoint triggered at or after t_wall (epoch seconds), or None."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            latest = latest_checkpoint(rest)
+        except (urllib.error.URLError, OSError):
+            latest = None
+        if latest and latest["trigger_ms"] >= t_wall * 1000:
+            return latest
+        time.sleep(1)
+    return None
+
+
 def summarize_busy(samples):
     """Per vertex: busy / back-pressured / idle ms per second, averaged over subtasks, samples."""
     if not samples:
@@ -238,6 +252,14 @@ def throughput_run(name, work, bootstrap, prefix, expected, sampler, timeout_s=1
         if t_done is None:
             raise RuntimeError(f"{name}: ClickHouse has {ch_total} of {expected} clicks after "
                                f"{timeout_s} s")
+        final = checkpoint_after(rest, t_done, timeout_s=30)
+        if final:
+            # Triggered after every click was counted, so after every click was consumed: its
+            # barrier follows all of them and it holds every click_id. (The offsets sampled
+            # with the checkpoints before it can lag: Kafka gets them after the checkpoint.)
+            final.update(dir_bytes=dir_size(work / "checkpoints"), consumed_offsets_now=expected,
+                         after_all_input=True)
+            checkpoints.append(final)
         # Sustained rate: slope of committed source offsets between 10% and 90% of the input
         # (offsets are committed at each checkpoint, every 5 s).
         middle = [(t, c) for t, c in progress if 0.1 * expected <= c <= 0.9 * expected]
