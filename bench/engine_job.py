@@ -31,7 +31,6 @@ import sys
 import time
 
 from pyflink.table import EnvironmentSettings
-from pyflink.table import Schema
 from pyflink.table import TableDescriptor
 from pyflink.table import TableEnvironment
 
@@ -161,12 +160,8 @@ def run_adclick_job(args, dedup=True):
     t_env, job_args = adclick_env(args, stage)
     t_env.create_temporary_table("job_clock", job.clock_descriptor(job_args, rows=16))
     for name, columns in job.SINK_COLUMNS.items():
-        schema = Schema.new_builder()
-        for column, data_type in columns:
-            schema = schema.column(column, data_type)
-        t_env.create_temporary_table(
-            f"{name}_sink",
-            TableDescriptor.for_connector("blackhole").schema(schema.build()).build())
+        t_env.create_temporary_table(f"{name}_sink", TableDescriptor.for_connector("blackhole")
+                                     .schema(job.sink_schema(columns)).build())
     t_env.create_temporary_function("merge_top_n", job.merge_top_n(job_args.top_n))
     statements = list(job.sql_statements(job.sql_parameters(job_args)))
     if not dedup:

@@ -245,13 +245,18 @@ def clock_descriptor(args, rows=None):
     return builder.build()
 
 
-def sink_descriptor(args, topic, name, columns):
+def sink_schema(columns):
+    """A sink's schema from its (column, type) pairs (SINK_COLUMNS)."""
     schema = Schema.new_builder()
     for column, data_type in columns:
         schema = schema.column(column, data_type)
+    return schema.build()
+
+
+def sink_descriptor(args, topic, name, columns):
     builder = (
         TableDescriptor.for_connector("kafka")
-        .schema(schema.build())
+        .schema(sink_schema(columns))
         .format("json")
         .option("json.timestamp-format.standard", "ISO-8601")
         .option("sink.delivery-guarantee", "exactly-once")
