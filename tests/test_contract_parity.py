@@ -157,7 +157,7 @@ def java_click_keys(click_ids):
     return [tuple(int(part) for part in line.split()) for line in out.stdout.splitlines()]
 
 
-def test_the_dedup_key_is_the_md5_of_the_click_id():
+def test_the_dedup_key_is_the_md5_of_the_click_id(java_available):
     # The job's dedup state is keyed by this fingerprint, so it must not change between
     # releases (a savepoint's keys would no longer match) and must tell click_ids apart.
     rng = random.Random(5)
