@@ -10,6 +10,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK_DIR = Path(os.environ.get("ADCLICK_STACK_DIR", ROOT / ".stack"))
+# Where `make jars` puts the Kafka broker, the Flink connector and adclick's format: part of the
+# checkout's build, so not moved by ADCLICK_STACK_DIR (which moves a run's data and logs).
+JARS_DIR = ROOT / ".stack" / "jars"
 
 KAFKA_BOOTSTRAP = os.environ.get("ADCLICK_KAFKA", "127.0.0.1:9092")
 CLICKHOUSE_URL = os.environ.get("ADCLICK_CLICKHOUSE_URL", f"chdb://{STACK_DIR / 'chdb'}")

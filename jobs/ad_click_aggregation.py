@@ -11,28 +11,38 @@ Submit to a cluster:        flink run -py jobs/ad_click_aggregation.py -pyexec <
 """
 
 import argparse
+import json
 import logging
 import re
+import signal
 import sys
+import threading
+import time
+import urllib.request
 from pathlib import Path
 
+from py4j.protocol import Py4JJavaError
+from pyflink.common.completable_future import CompletableFuture
+from pyflink.java_gateway import get_gateway
 from pyflink.table import DataTypes
 from pyflink.table import EnvironmentSettings
 from pyflink.table import FormatDescriptor
 from pyflink.table import Schema
 from pyflink.table import TableDescriptor
 from pyflink.table import TableEnvironment
+from pyflink.util.exceptions import JavaException
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `flink run -py` starts this file as a script
     sys.path.insert(0, str(ROOT))
 
 from adclick import config  # noqa: E402
+from adclick import job_state  # noqa: E402
 from udfs.top_n import TOP_ENTRY  # noqa: E402
 from udfs.top_n import merge_top_n  # noqa: E402
 
 SQL_DIR = ROOT / "sql" / "flink"
-JAR_DIR = config.STACK_DIR / "jars" / "flink"
+JAR_DIR = config.JARS_DIR / "flink"
 CLICK_FORMAT = "adclick-click"  # udfs/java: parses and validates clicks in the source
 # Rows a second of each subtask of the job's clock source: it must tick well within the idle
 # timeout, or the clock itself would be idle.
@@ -42,6 +52,7 @@ MIN_IDLE_TIMEOUT_MS = 1000
 # cluster slot the same).
 LOCAL_MANAGED_MIB_PER_SLOT = 512
 JOB_NAME = "adclick: ad click aggregation"
+TERMINAL_JOB_STATES = {"FINISHED", "CANCELED", "FAILED", "SUSPENDED"}
 
 
 def parse_args(argv=None):
@@ -71,13 +82,31 @@ def parse_args(argv=None):
                    help="keyed state on the JVM heap or in RocksDB (with incremental "
                         "checkpoints); default: the cluster's (flink-conf/ sets rocksdb), or the "
                         "heap in a local run")
+    p.add_argument("--fresh", action="store_true",
+                   help="start empty instead of resuming this pipeline's newest savepoint or"
+                        " checkpoint (its state folder is moved aside, not deleted); the minutes"
+                        " open in that state and its dedup memory are lost")
+    p.add_argument("--from-savepoint", default=None, metavar="PATH",
+                   help="restore this savepoint or checkpoint instead of the newest one (only"
+                        " safe with the newest: older ones republish what came after them)")
+    p.add_argument("--stop-timeout-s", type=int, default=45,
+                   help="on SIGTERM or Ctrl-C, how long stopping with a savepoint may take before"
+                        " this process exits anyway (the next start then resumes the newest"
+                        " checkpoint)")
+    p.add_argument("--sql-dir", type=Path, default=SQL_DIR,
+                   help="the job's statements, run in file name order (a changed copy of"
+                        " sql/flink/ restores the state of the statements it keeps)")
     p.add_argument("--startup-mode", default="group-offsets",
                    choices=["group-offsets", "earliest-offset", "latest-offset"],
                    help="where a fresh start (no checkpoint) begins reading; group offsets fall"
                         " back to earliest")
     args = p.parse_args(argv)
+    if args.fresh and args.from_savepoint:
+        p.error("--fresh and --from-savepoint exclude each other")
+    if not any(args.sql_dir.glob("*.sql")):
+        p.error(f"--sql-dir: no *.sql files in {args.sql_dir}")
     for name in ("parallelism", "checkpoint_interval_ms", "top_n", "top_n_buckets",
-                 "max_payload_bytes", "dedup_horizon_s", "idle_timeout_ms"):
+                 "max_payload_bytes", "dedup_horizon_s", "idle_timeout_ms", "stop_timeout_s"):
         if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
     for name in ("watermark_delay_ms", "allowed_lateness_s", "max_future_s"):
@@ -113,17 +142,37 @@ def sql_statements(params, paths=None):
                 yield statement.strip()
 
 
+def pipeline_name(args):
+    """One pipeline: its topics and consumer group. Its state, its lock and its job name."""
+    return job_state.pipeline_name(args.topic_prefix, args.group_id)
+
+
+def state_uri(args):
+    """The pipeline's state folder: its retained checkpoints and its savepoints."""
+    return job_state.state_uri(args.checkpoint_dir, pipeline_name(args))
+
+
 def configure(t_env, args):
     """Job-level settings; cluster-level ones live in flink-conf/config.yaml."""
     conf = t_env.get_config()
-    conf.set("pipeline.name", JOB_NAME)
+    # The pipeline in the name: scripts and the job itself find a running copy by it.
+    conf.set("pipeline.name", f"{JOB_NAME} [{pipeline_name(args)}]")
     conf.set("table.local-time-zone", "UTC")
     conf.set("parallelism.default", str(args.parallelism))
     conf.set("execution.checkpointing.interval", f"{args.checkpoint_interval_ms} ms")
     conf.set("execution.checkpointing.mode", "EXACTLY_ONCE")
-    conf.set("execution.checkpointing.dir", args.checkpoint_dir)
+    conf.set("execution.checkpointing.dir", state_uri(args))
+    conf.set("execution.checkpointing.savepoint-dir",
+             f"{state_uri(args)}/{job_state.SAVEPOINTS}")
+    # Kept when the job is cancelled or its cluster goes away: every start resumes the newest.
     conf.set("execution.checkpointing.externalized-checkpoint-retention",
              "RETAIN_ON_CANCELLATION")
+    # Every operator gets an explicit uid from its plan node ("<id>_<kind>"), instead of a hash
+    # of the whole graph that changes when a sink is added anywhere: state saved before a
+    # change to the SQL maps onto the operators that did not change. The ids are numbered in
+    # the order of sql/flink/*.sql, so an added statement belongs after the existing ones
+    # (tests/test_cluster_restarts.py restores a savepoint across such a change).
+    conf.set("table.exec.uid.generation", "ALWAYS")
     conf.set("table.exec.source.idle-timeout", f"{args.idle_timeout_ms} ms")
     conf.set("table.exec.state.ttl", f"{args.dedup_horizon_s} s")
     if args.state_backend:
@@ -333,7 +382,8 @@ def build_pipeline(t_env, args):
         t_env.create_temporary_table(
             f"{name}_sink", sink_descriptor(args, topics[name], name, columns))
     t_env.create_temporary_function("merge_top_n", merge_top_n(args.top_n))
-    return statement_set(t_env, sql_statements(sql_parameters(args)))
+    paths = sorted(Path(args.sql_dir).glob("*.sql"))
+    return statement_set(t_env, sql_statements(sql_parameters(args), paths))
 
 
 def statement_set(t_env, statements):
@@ -350,14 +400,143 @@ def statement_set(t_env, statements):
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # From the start: a stop asked for while the job is being submitted still takes a savepoint.
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
     t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
     configure(t_env, args)
-    result = build_pipeline(t_env, args).execute()
-    job_client = result.get_job_client()
-    if job_client is not None:
-        logging.info("submitted %s as job %s", JOB_NAME, job_client.get_job_id())
-        if follows_the_job(t_env):
-            result.wait()
+    local = t_env.get_config().get("execution.target", "local") == "local"
+    state = job_state.PipelineState(state_uri(args))
+    try:
+        if local:
+            # Held by this run's JVM until it ends (a killed run's JVM may still be ending).
+            state.lock(wait_s=args.stop_timeout_s + 15)
+        else:
+            refuse_a_second_copy(t_env)
+    except job_state.PipelineBusy as busy:
+        sys.exit(f"adclick: not started: {busy}")
+    restore_from(t_env, args, state)
+    recovery = t_env.get_config().get("execution.state-recovery.path", "")
+    try:
+        job_client = build_pipeline(t_env, args).execute().get_job_client()
+        announce(f"submitted job {job_client.get_job_id()}")
+        wait_until_running(job_client)
+    except (Py4JJavaError, JavaException) as error:
+        if not recovery:
+            raise
+        sys.exit(f"adclick: cannot restore {recovery}: {root_cause(error)}\nNothing runs. "
+                 "Repair that state, or start empty on purpose with --fresh (the minutes it "
+                 "holds open and its dedup memory are then lost).")
+    if follows_the_job(t_env):
+        follow(job_client, state, stopping, args.stop_timeout_s)
+
+
+def announce(message):
+    """Say it on the terminal and in the log (both are what a person reads after a start)."""
+    print(f"adclick: {message}", flush=True)
+    logging.info(message)
+
+
+def restore_from(t_env, args, state):
+    """Point the job at the state it must resume: given (`flink run -s` or --from-savepoint),
+    else the pipeline's newest; --fresh sets the old state aside and starts empty."""
+    conf = t_env.get_config()
+    given = args.from_savepoint or conf.get("execution.state-recovery.path", "")
+    if args.fresh:
+        moved = state.set_aside()
+        announce("starting empty (--fresh)" + (f"; earlier state kept in {moved}" if moved else ""))
+        return
+    if given:
+        conf.set("execution.state-recovery.path", given)
+        announce(f"restoring the given state {given}")
+        return
+    newest = state.newest()
+    if newest is None:
+        announce(f"starting empty: no savepoint or checkpoint yet in {state.uri}")
+        return
+    conf.set("execution.state-recovery.path", newest.path)
+    # The job takes the state over and deletes it once a newer checkpoint subsumes it, so
+    # restarts do not pile up full copies of the state.
+    conf.set("execution.state-recovery.claim-mode", "CLAIM")
+    announce(f"resuming from the newest {newest.describe()}")
+
+
+def refuse_a_second_copy(t_env):
+    """On a cluster: a second copy of the pipeline would publish every count twice."""
+    conf = t_env.get_config()
+    address = conf.get("rest.address", "localhost")
+    port = conf.get("rest.port", "8081")
+    name = conf.get("pipeline.name", "")
+    try:
+        with urllib.request.urlopen(f"http://{address}:{port}/jobs/overview", timeout=10) as r:
+            jobs = json.loads(r.read())["jobs"]
+    except OSError as error:
+        logging.warning("could not list the cluster's jobs (%s); not checking for a copy", error)
+        return
+    for job in jobs:
+        if job["name"] == name and job["state"] not in TERMINAL_JOB_STATES:
+            raise job_state.PipelineBusy(f"job {job['jid']} of this pipeline is {job['state']}")
+
+
+def wait_until_running(job_client, timeout_s=180):
+    """Return once the job runs; raise its failure (a state it could not restore, say), which a
+    detached submission would otherwise never show."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = job_client.get_job_status().result()
+        if status.name == "RUNNING":
+            announce("running")
+            return
+        if status.is_globally_terminal_state():
+            job_client.get_job_execution_result().result()  # raises the failure's cause
+            raise RuntimeError(f"the job ended at once: {status.name}")
+        time.sleep(0.5)
+    logging.warning("the job is not running after %d s; not waiting longer", timeout_s)
+
+
+def follow(job_client, state, stopping, stop_timeout_s):
+    """Wait for the job; once `stopping` is set (SIGTERM, Ctrl-C) stop it with a savepoint,
+    bounded in time."""
+    while not stopping.wait(1):
+        status = job_client.get_job_status().result()
+        if status.is_globally_terminal_state():
+            announce(f"job ended: {status.name}")
+            sys.exit(0 if status.name == "FINISHED" else 1)
+    announce(f"stopping with a savepoint into {state.savepoint_dir} ...")
+    future = stop_with_savepoint(job_client, state.savepoint_dir)
+    deadline = time.monotonic() + stop_timeout_s
+    while not future.done() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if not future.done():
+        announce(f"no savepoint after {stop_timeout_s} s; exiting (the next start resumes the"
+                 " newest checkpoint)")
+        sys.exit(1)
+    try:
+        announce(f"stopped with savepoint {future.result()}")
+    except Py4JJavaError as error:
+        announce(f"stop with savepoint failed ({root_cause(error)}); the next start resumes the"
+                 " newest checkpoint")
+        sys.exit(1)
+
+
+def stop_with_savepoint(job_client, directory):
+    """Stop the job with a savepoint (sources first, then the final savepoint commits the sinks'
+    transactions); windows are not fired early, their state goes into the savepoint.
+
+    PyFlink 2.2's JobClient.stop_with_savepoint calls a Java overload that no longer exists
+    (one without the savepoint format), so the Java client is called directly.
+    """
+    canonical = get_gateway().jvm.org.apache.flink.core.execution.SavepointFormatType.CANONICAL
+    return CompletableFuture(
+        job_client._j_job_client.stopWithSavepoint(False, directory, canonical), str)
+
+
+def root_cause(error):
+    """The innermost cause of a Java error, one line: what went wrong, without the stack."""
+    lines = str(error).splitlines()
+    causes = [line[len("Caused by: "):] for line in lines if line.startswith("Caused by: ")]
+    return causes[-1] if causes else next((line for line in lines if line.strip()), "")
 
 
 def follows_the_job(t_env):

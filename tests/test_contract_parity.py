@@ -19,7 +19,7 @@ from adclick import contract
 from adclick import generator
 from adclick.contract import Click
 
-JAR = config.STACK_DIR / "jars" / "flink" / "adclick-flink.jar"
+JAR = config.JARS_DIR / "flink" / "adclick-flink.jar"
 NOW = 1_800_000_000_000
 
 # Pieces a mutation splices in: JSON syntax, escapes, numbers and bytes that are not UTF-8.

@@ -1,0 +1,139 @@
+"""Where the Flink job's state lives, which state a start resumes, and one instance per pipeline.
+
+Every start of the job resumes the newest completed savepoint or retained checkpoint of its
+own pipeline (the same topics and consumer group), so a stop, a crash or a restart never loses
+the minutes that were open or the dedup memory. Starting empty is asked for (`--fresh`).
+
+Only the NEWEST state is ever safe: the sinks' Kafka transactions of every completed checkpoint
+are committed, so restoring an older one would publish the clicks after it a second time. A
+state that cannot be read is therefore an error, never a reason to fall back to an older one.
+
+Layout under the job's --checkpoint-dir (any Flink file system: file://, s3://, ...):
+
+    <pipeline>/<job id>/chk-<n>/_metadata          retained checkpoints (Flink writes them)
+    <pipeline>/savepoints/savepoint-<...>/_metadata savepoints (a clean stop takes one)
+    <pipeline>.lock                                 held by a local run while it lives
+"""
+
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from datetime import timezone
+
+from pyflink.java_gateway import get_gateway
+
+JOB_ID = re.compile(r"[0-9a-f]{32}")
+SAVEPOINTS = "savepoints"
+METADATA = "_metadata"
+
+
+class PipelineBusy(Exception):
+    """Another run of the same pipeline is alive (see PipelineState.lock)."""
+
+
+def pipeline_name(topic_prefix, group_id):
+    """A folder name for one pipeline: its topics (by prefix) and its consumer group."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{topic_prefix}{group_id}")
+
+
+def state_uri(checkpoint_dir, name):
+    """The state folder of pipeline `name` under the job's --checkpoint-dir."""
+    return f"{checkpoint_dir.rstrip('/')}/{name}"
+
+
+@dataclass(frozen=True)
+class SavedState:
+    """One completed checkpoint or savepoint: its directory, kind and completion time."""
+
+    path: str
+    kind: str  # "checkpoint" or "savepoint"
+    completed_ms: int
+
+    def describe(self):
+        when = datetime.fromtimestamp(self.completed_ms / 1000, tz=timezone.utc)
+        return f"{self.kind} {self.path} (completed {when:%Y-%m-%d %H:%M:%S} UTC)"
+
+
+class PipelineState:
+    """The state folder of one pipeline, read and written through Flink's own file systems."""
+
+    def __init__(self, uri):
+        self.uri = uri
+        jvm = get_gateway().jvm
+        self._jvm = jvm
+        self._root = jvm.org.apache.flink.core.fs.Path(self.uri)
+        self._fs = self._root.getFileSystem()
+
+    @property
+    def savepoint_dir(self):
+        return f"{self.uri}/{SAVEPOINTS}"
+
+    def _children(self, path):
+        if not self._fs.exists(path):
+            return []
+        return [status for status in self._fs.listStatus(path) or [] if status.isDir()]
+
+    def saved_states(self):
+        """Every completed checkpoint and savepoint of this pipeline, oldest first."""
+        found = []
+        for folder in self._children(self._root):
+            name = folder.getPath().getName()
+            if name == SAVEPOINTS:
+                kind, prefix = "savepoint", "savepoint-"
+            elif JOB_ID.fullmatch(name):
+                kind, prefix = "checkpoint", "chk-"
+            else:
+                continue
+            for state in self._children(folder.getPath()):
+                if not state.getPath().getName().startswith(prefix):
+                    continue
+                # Flink writes _metadata last: without it the checkpoint never completed.
+                metadata = self._jvm.org.apache.flink.core.fs.Path(state.getPath(), METADATA)
+                if self._fs.exists(metadata):
+                    status = self._fs.getFileStatus(metadata)
+                    found.append(SavedState(str(state.getPath()), kind,
+                                            status.getModificationTime()))
+        return sorted(found, key=lambda state: (state.completed_ms, state.path))
+
+    def newest(self):
+        """The state a start must resume, or None when the pipeline has never checkpointed."""
+        states = self.saved_states()
+        return states[-1] if states else None
+
+    def set_aside(self):
+        """Move the whole state folder aside (kept, never deleted) for a start from empty;
+        returns where it went, or None when there was nothing."""
+        if not self._fs.exists(self._root):
+            return None
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        target = self._jvm.org.apache.flink.core.fs.Path(f"{self.uri}.before-fresh-{stamp}")
+        if not self._fs.rename(self._root, target):
+            raise RuntimeError(f"could not move {self.uri} aside to {target}")
+        return str(target)
+
+    def lock(self, wait_s):
+        """Hold this pipeline's lock for as long as this JVM lives; fail after wait_s.
+
+        A second local run of the same pipeline would read every partition again and publish
+        every count twice; and a run killed a moment ago may still be ending (its JVM can
+        finish a checkpoint after its Python process died). The lock is taken by the JVM, so it
+        is held exactly as long as the job can still run. Only for local (file://) folders.
+        """
+        if not self.uri.startswith("file:"):
+            return None
+        # Beside the state folder, not in it: --fresh moves the folder aside while locked.
+        local = self._jvm.java.io.File(self._jvm.java.net.URI(f"{self.uri}.lock"))
+        local.getParentFile().mkdirs()
+        channel = self._jvm.java.io.RandomAccessFile(local, "rw").getChannel()
+        deadline = time.monotonic() + wait_s
+        while True:
+            held = channel.tryLock()
+            if held is not None:
+                self._held = held  # referenced here, or the JVM could collect and release it
+                return held
+            if time.monotonic() >= deadline:
+                raise PipelineBusy(
+                    f"another run of this pipeline holds {local.getPath()} (still running, or "
+                    f"still ending after {wait_s} s); two runs would count every click twice")
+            time.sleep(0.5)
