@@ -11,6 +11,8 @@ JOB_ARGS ?=
 TOPICS_ARGS ?=
 # e.g. make test PYTEST_ARGS="tests/test_flink_cluster.py -s"
 PYTEST_ARGS ?=
+# e.g. make demo DEMO_ARGS=--fresh (start the job empty instead of resuming its state)
+DEMO_ARGS ?=
 
 .PHONY: help venv jars setup kafka-start kafka-stop topics flink-cluster flink-cluster-stop \
         submit test demo bench bench-api reconcile clean
@@ -27,7 +29,8 @@ help:
 	@echo "make flink-cluster-stop   stop it"
 	@echo "make submit               submit the job to that cluster (JOB_ARGS=...)"
 	@echo "make test                 run all tests (they start what they need themselves)"
-	@echo "make demo                 run the whole pipeline in the foreground"
+	@echo "make demo                 run the whole pipeline in the foreground; a restart"
+	@echo "                          resumes the job's state (DEMO_ARGS=--fresh starts empty)"
 	@echo "make bench                run the pipeline benchmarks (docs/bench/report.json)"
 	@echo "make bench-api            API latency on a day of counts for 100,000 ads"
 	@echo "make reconcile            recount the raw clicks and compare with the stored counts"
@@ -76,7 +79,7 @@ test: setup
 	$(PY) -m pytest -x -q $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) -m adclick.demo
+	$(PY) -m adclick.demo $(DEMO_ARGS)
 
 bench: setup
 	$(PY) -m bench.run

@@ -3,8 +3,9 @@
 Starts the Kafka broker (unless one is already running), creates the topics, runs the Flink job
 on a local MiniCluster, the store-owning server (loader + API on the embedded ClickHouse) and the
 click generator; prints the URLs, the API key and a sample curl, and reports when the first
-answer is ready. Ctrl-C or SIGTERM stops everything it started, in reverse order. Needs no
-terminal, so it also runs unattended.
+answer is ready. Ctrl-C or SIGTERM stops everything it started, in reverse order; the job stops
+with a savepoint, and the next start resumes it (or its newest checkpoint after a crash), so
+stopping and starting keeps every count. Needs no terminal, so it also runs unattended.
 """
 
 import argparse
@@ -32,6 +33,27 @@ def start(name, argv):
     return subprocess.Popen(argv, cwd=config.ROOT, stdout=log, stderr=subprocess.STDOUT)
 
 
+class JobAnnouncements:
+    """Relays the job's own announcements ("adclick: resuming from ...", its stop) from its log
+    to this terminal, so a person sees which state each start resumed."""
+
+    def __init__(self, path):
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+
+    def relay(self):
+        if not self.path.exists():
+            return
+        with open(self.path, "rb") as log:
+            log.seek(self.offset)
+            text = log.read()
+        complete = text[:text.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        for line in complete.decode(errors="replace").splitlines():
+            if line.startswith("adclick: "):
+                print(f"  job: {line[len('adclick: '):]}", flush=True)
+
+
 def kafka_is_up(bootstrap):
     from kafka import KafkaAdminClient
 
@@ -42,14 +64,15 @@ def kafka_is_up(bootstrap):
         return False
 
 
-def first_answer(api, key, stop, since):
+def first_answer(api, key, stop, since, while_waiting):
     """Wait until popular_ads returns ads of a minute that ended after `since` (a store kept
-    from an earlier run may already hold older minutes); returns (seconds waited, answer) or
-    None if stopped."""
+    from an earlier run may already hold older minutes), calling while_waiting() every poll;
+    returns (seconds waited, answer) or None if stopped."""
     started = time.time()
     request = urllib.request.Request(f"{api}/v1/ads/popular_ads?count=5&minutes=5",
                                      headers={"Authorization": f"Bearer {key}"})
     while not stop.wait(2):
+        while_waiting()
         try:
             with urllib.request.urlopen(request, timeout=5) as response:
                 body = json.loads(response.read())
@@ -64,9 +87,15 @@ def first_answer(api, key, stop, since):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rate", type=int, default=500, help="generated clicks per second")
+    parser.add_argument("--rate", type=int, default=500,
+                        help="generated clicks per second (0: no generator, bring your own)")
     parser.add_argument("--port", type=int, default=config.API_PORT)
+    parser.add_argument("--fresh", action="store_true",
+                        help="start the job empty instead of resuming its saved state (the open"
+                             " minutes and the dedup memory of the last run are then lost)")
     args = parser.parse_args(argv)
+    if args.rate < 0:
+        parser.error("--rate must not be negative")
     began = time.time()
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -83,22 +112,37 @@ def main(argv=None):
     key_file.unlink(missing_ok=True)
     python = sys.executable
     print("starting the pipeline:", flush=True)
+    announcements = JobAnnouncements(LOG_DIR / "job.log")
+    # Stopped in reverse order: the generator first, then the job (with a savepoint), then the
+    # server, which has loaded what the job committed by then (and resumes the rest next time).
     children = [
         ("server", start("server", [python, "-m", "adclick.cli", "serve", "--port",
                                     str(args.port), "--api-key-file", str(key_file)])),
-        ("job", start("job", [python, "-m", "jobs.ad_click_aggregation"])),
-        ("generator", start("generator", [
-            python, "-m", "adclick.generator", "--rate", str(args.rate), "--duplicates", "0.01",
-            "--out-of-order-ms", "2000", "--malformed", "0.001"])),
+        ("job", start("job", [python, "-m", "jobs.ad_click_aggregation",
+                              *(["--fresh"] if args.fresh else [])])),
     ]
+    if args.rate:
+        children.append(("generator", start("generator", [
+            python, "-m", "adclick.generator", "--rate", str(args.rate), "--duplicates", "0.01",
+            "--out-of-order-ms", "2000", "--malformed", "0.001"])))
     api = f"http://{config.API_HOST}:{args.port}"
+    exited = []
+
+    def watch():
+        """Relay the job's announcements; stop everything once any child has exited."""
+        announcements.relay()
+        for name, child in children:
+            if child.poll() is not None and not exited:
+                exited.append(name)
+                print(f"{name} exited with {child.returncode}; stopping (see "
+                      f"{LOG_DIR / (name + '.log')})", flush=True)
+                stop.set()
+
     try:
         while not (key_file.exists() and key_file.read_text().strip()) and not stop.wait(0.5):
-            for name, child in children:
-                if child.poll() is not None:
-                    raise SystemExit(f"{name} exited early; see {LOG_DIR / (name + '.log')}")
+            watch()
         if stop.is_set():
-            return 0
+            return 1 if exited else 0
         key = key_file.read_text().strip()
         print(f"\nAPI:      {api}\nAPI key: {key}\n"
               f"Try:      curl -H 'Authorization: Bearer {key}' "
@@ -108,17 +152,15 @@ def main(argv=None):
               f"Flink:    the job runs on a local MiniCluster (log: {LOG_DIR / 'job.log'})\n"
               "Waiting for the first complete minute (a minute closes when the watermark "
               "passes it) ...", flush=True)
-        answered = first_answer(api, key, stop, began)
+        answered = first_answer(api, key, stop, began, watch)
         if answered:
             _waited, body = answered
             print(f"first answer {time.time() - began:.0f} s after start: top ads of "
                   f"[{body['from']}, {body['to']}): {body['ads'][:3]} ...", flush=True)
             print("running; Ctrl-C (or SIGTERM) stops everything", flush=True)
         while not stop.wait(1):
-            for name, child in children:
-                if child.poll() is not None:
-                    print(f"{name} exited with {child.returncode}; stopping", flush=True)
-                    stop.set()
+            watch()
+        return 1 if exited else 0
     finally:
         print("stopping ...", flush=True)
         for name, child in reversed(children):
@@ -128,10 +170,10 @@ def main(argv=None):
                     child.wait(60)
                 except subprocess.TimeoutExpired:
                     child.kill()
+        announcements.relay()
         if started_kafka:
             subprocess.run([str(KAFKA_SCRIPT), "stop"])
         print("stopped", flush=True)
-    return 0
 
 
 if __name__ == "__main__":
