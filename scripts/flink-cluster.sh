@@ -2,7 +2,13 @@
 # A standalone Flink session cluster (one JobManager, one TaskManager with 4 slots) run from the
 # Flink distribution shipped inside the apache-flink wheel, so Flink and PyFlink versions match.
 #
-#   scripts/flink-cluster.sh start|stop|status|taskmanager-kill|taskmanager-start|conf
+#   scripts/flink-cluster.sh start|stop|status|conf
+#   scripts/flink-cluster.sh taskmanager-kill|taskmanager-start|jobmanager-kill   (fault tests)
+#
+# `stop` first stops every running job with a savepoint (into the job's own savepoint folder),
+# so the next `scripts/submit-job.sh` of the same pipeline resumes it. Without HA services the
+# cluster forgets its jobs when the JobManager goes away (a crash or a stop): start it again and
+# resubmit; the job resumes its newest savepoint or retained checkpoint (docs/ARCHITECTURE.md).
 #
 # FLINK_STACK_DIR (.stack/flink, relative to the repository), FLINK_REST_PORT (8081) and
 # FLINK_RPC_PORT (6123) let a test run its own cluster beside the default one.
@@ -114,8 +120,31 @@ start() {
   wait_for_new_taskmanager ""
 }
 
+# Job ids of the cluster's running jobs (none if it does not answer).
+running_jobs() {
+  "$PYTHON" - "$REST" <<'EOF' 2>/dev/null || true
+import json, sys, urllib.request
+jobs = json.load(urllib.request.urlopen(sys.argv[1] + "/jobs/overview", timeout=5))["jobs"]
+print(*[job["jid"] for job in jobs if job["state"] == "RUNNING"])
+EOF
+}
+
+# Stop each running job with a savepoint, each within 90 s; a job that cannot be stopped so
+# still resumes from its newest retained checkpoint.
+stop_jobs_with_savepoints() {
+  local jid
+  for jid in $(running_jobs); do
+    if timeout 90 "$FLINK_HOME/bin/flink" stop -m "127.0.0.1:$REST_PORT" "$jid" >/dev/null 2>&1; then
+      echo "flink: stopped job $jid with a savepoint"
+    else
+      echo "flink: job $jid did not stop with a savepoint; it resumes from its newest checkpoint" >&2
+    fi
+  done
+}
+
 stop() {
   write_conf  # the stop scripts read the pid dir from the configuration
+  [[ -z "$(daemon_pids standalonesession)" ]] || stop_jobs_with_savepoints
   daemon taskmanager stop-all || true
   daemon jobmanager stop-all || true
   # The daemon scripts SIGKILL after 10 s; make sure nothing of ours is left.
@@ -148,12 +177,25 @@ taskmanager_kill() {
   echo "flink: killed TaskManager pid(s) $pids"
 }
 
+# Simulate the crash of the JobManager's machine: SIGKILL, no clean shutdown. Its jobs' tasks
+# go on in the TaskManager until it notices; `start` ends them before starting a new JobManager.
+jobmanager_kill() {
+  local pids
+  pids="$(daemon_pids standalonesession | xargs)"
+  [[ -n "$pids" ]] || { echo "flink: no JobManager running"; return 0; }
+  kill -9 $pids
+  rm -f "$FLINK_PID_DIR/flink-$USER-standalonesession.pid"
+  echo "flink: killed JobManager pid(s) $pids"
+}
+
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) status ;;
   taskmanager-kill) taskmanager_kill ;;
   taskmanager-start) write_conf; taskmanager_start ;;
+  jobmanager-kill) jobmanager_kill ;;
   conf) write_conf; echo "$FLINK_CONF_DIR" ;;
-  *) echo "usage: $0 start|stop|status|taskmanager-kill|taskmanager-start|conf" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|status|conf|taskmanager-kill|taskmanager-start|jobmanager-kill" >&2
+     exit 2 ;;
 esac

@@ -5,6 +5,9 @@
 #   scripts/submit-job.sh [--from-savepoint PATH] [job flags, e.g. --bootstrap-servers H:P ...]
 #
 # Every flag but --from-savepoint goes to the job (python -m jobs.ad_click_aggregation --help).
+# The job resumes its pipeline's newest savepoint or retained checkpoint by itself (--fresh to
+# start empty) and refuses to start while a copy of the same pipeline runs on the cluster; what
+# it resumes is printed on stderr.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,8 +28,8 @@ while (( $# )); do
 done
 
 # The job puts the Kafka connector and its click format (adclick-flink.jar) into pipeline.jars
-# when it finds them under ADCLICK_STACK_DIR;
-# -D pipeline.jars is the fallback when that variable points elsewhere. udfs/ is shipped with
+# when it finds them in this checkout's .stack/jars; -D pipeline.jars is the fallback for a job
+# file run from elsewhere. udfs/ is shipped with
 # -pyfs so the TaskManager's Python workers can unpickle the top-N UDAF even when the project
 # is not pip-installed into the venv.
 CONNECTOR="$(ls "$ROOT"/.stack/jars/flink/flink-sql-connector-kafka-*.jar 2>/dev/null | head -n 1)"
@@ -67,4 +70,5 @@ job_id="$(grep -oE 'JobID [0-9a-f]{32}' "$OUT" | tail -n 1 | cut -d' ' -f2)" || 
 if [[ -z "$job_id" ]]; then
   echo "submit: flink run failed (exit $rc):" >&2; cat "$OUT" >&2; exit 1
 fi
+grep '^adclick: ' "$OUT" >&2 || true
 echo "$job_id"
