@@ -50,14 +50,14 @@ class Process:
         return self.popen.returncode
 
 
-def start_job(log_dir, bootstrap, prefix, checkpoint_dir, *extra):
+def start_job(log_dir, bootstrap, prefix, checkpoint_dir, *extra, name="job"):
     """The Flink job on a local MiniCluster, with fast checkpoints for tests."""
     argv = [PYTHON, "-m", "jobs.ad_click_aggregation",
             "--bootstrap-servers", bootstrap, "--topic-prefix", prefix,
             "--group-id", prefix + "job", "--checkpoint-interval-ms", "2000",
             "--checkpoint-dir", Path(checkpoint_dir).as_uri(), "--parallelism", "2",
             "--idle-timeout-ms", "3000", *extra]
-    return Process("job", argv, log_dir)
+    return Process(name, argv, log_dir)
 
 
 def start_server(log_dir, bootstrap, prefix, store_dir, port):

@@ -2,7 +2,8 @@
 
 A send that fails (broker down) is retried with the same bytes, so the stream itself carries
 duplicates; the truth holds each click once. Every click also goes out a second time with
-probability `duplicates`, as producers that retry do.
+probability `duplicates`, as producers that retry do, and resend() sends earlier clicks again
+(as a producer recovering from an outage does), which must not count twice either.
 """
 
 import collections
@@ -10,9 +11,13 @@ import json
 import random
 import threading
 import time
+from dataclasses import dataclass
+from datetime import datetime
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
+
+from tests.processes import wait_for
 
 MINUTE_MS = 60_000
 
@@ -30,6 +35,8 @@ class Traffic(threading.Thread):
         self.send_errors = 0
         self.stopping = threading.Event()
         self.serial = 0
+        self.sent_payloads = []  # every unique click's bytes, for resend()
+        self.resent = 0
 
     def click(self):
         self.serial += 1
@@ -67,6 +74,7 @@ class Traffic(threading.Thread):
                 click = self.click()
                 payload = json.dumps(click).encode()
                 batch.append(payload)
+                self.sent_payloads.append(payload)
                 if self.rng.random() < self.duplicates:
                     batch.append(payload)
                 minute = click["click_ts"] - click["click_ts"] % MINUTE_MS
@@ -74,6 +82,17 @@ class Traffic(threading.Thread):
             self.deliver(producer, batch)
             self.stopping.wait(max(0.0, tick - (time.time() - started)))
         producer.close()
+
+    def resend(self, count):
+        """Send `count` clicks sent earlier again, picked at random (not counted again)."""
+        earlier = list(self.sent_payloads)  # the sending thread goes on appending
+        payloads = random.Random(count).sample(earlier, min(count, len(earlier)))
+        producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+        try:
+            self.deliver(producer, payloads)
+        finally:
+            producer.close()
+        self.resent += len(payloads)
 
     def close_windows(self, partitions=4):
         """Clicks 3 minutes ahead on every partition, so the watermark closes every minute sent."""
@@ -90,3 +109,82 @@ class Traffic(threading.Thread):
     @property
     def unique(self):
         return sum(self.truth.values())
+
+
+class FirstFreshAnswer(threading.Thread):
+    """Seconds from `since` (a restart, time.time()) until API 2 answers a complete minute that
+    ended after it: how long users wait for new numbers after a restart."""
+
+    def __init__(self, api, since, timeout=300):
+        super().__init__(name="fresh-answer", daemon=True)
+        self.api, self.since, self.timeout = api, since, timeout
+        self.seconds = None
+        self.start()
+
+    def run(self):
+        while self.seconds is None and time.time() < self.since + self.timeout:
+            try:
+                status, body = self.api.get("/v1/ads/popular_ads", count=1, minutes=1)
+            except OSError:  # the server may be restarting too
+                status, body = None, {}
+            if status == 200 and body.get("to"):
+                ended = datetime.fromisoformat(body["to"].replace("Z", "+00:00")).timestamp()
+                if ended > self.since:
+                    self.seconds = time.time() - self.since
+            time.sleep(1)
+
+
+@dataclass
+class Outcome:
+    """Stored counts against the truth, per (minute, ad, country, device)."""
+
+    sent: int
+    unique: int
+    counted: int
+    lost: int
+    doubled: int
+    matches: bool
+
+    def line(self, fault, fresh=None):
+        after = "" if fresh is None else (
+            f", first fresh answer {fresh.seconds:.0f} s after the restart"
+            if fresh.seconds is not None else ", no fresh answer seen")
+        return (f"{fault}: records sent {self.sent}, unique {self.unique}, counted "
+                f"{self.counted}, lost {self.lost}, doubled {self.doubled}{after}")
+
+
+def settle_and_compare(traffic, api, processes=(), timeout=300):
+    """Stop the traffic, let every minute it sent close and land, and compare with the truth.
+
+    Call after traffic.stopping is set and the thread joined. The job's clock keeps the
+    watermark at the wall clock, so this takes about a minute and a half.
+    """
+    last_minute = traffic.close_windows()
+
+    def closed():
+        rows = api.sql("SELECT toUnixTimestamp(max(minute)) * 1000 FROM top_ads_minute")
+        return rows[0][0] >= last_minute - 3 * MINUTE_MS
+
+    wait_for(closed, timeout, "every minute sent to close", processes)
+    minutes = {key[0] for key in traffic.truth if key[0] < last_minute}
+    expected = {key: n for key, n in traffic.truth.items() if key[0] in minutes}
+
+    def stored():
+        rows = api.sql(
+            "SELECT toUnixTimestamp(minute) * 1000, ad_id, country, device, sum(clicks) "
+            "FROM ad_click_counts FINAL GROUP BY minute, ad_id, country, device")
+        return {(m, a, c, d): n for m, a, c, d, n in rows if m in minutes}
+
+    # Loading trails the commit by a poll; give the last minutes a moment to land.
+    try:
+        wait_for(lambda: sum(stored().values()) >= sum(expected.values()), 60,
+                 "all counts to land", processes)
+    except AssertionError:
+        pass  # compared below, with the numbers
+    counted = stored()
+    return Outcome(
+        sent=traffic.sent_records, unique=sum(expected.values()),
+        counted=sum(counted.values()),
+        lost=sum(max(0, n - counted.get(k, 0)) for k, n in expected.items()),
+        doubled=sum(max(0, n - expected.get(k, 0)) for k, n in counted.items()),
+        matches=counted == expected)

@@ -1,0 +1,141 @@
+"""Every start resumes: `make demo` stopped and started mid-minute, the local job SIGKILLed.
+
+Live traffic (with duplicates) flows through each fault and on while the job is down; after the
+restart 150 clicks sent before it go out again, as a producer recovering from an outage resends.
+Afterwards every per-minute, per-ad, per-attribute count must equal the truth: zero lost (the
+minutes open at the stop are in the restored state), zero doubled (so is the dedup memory).
+"""
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.processes import PYTHON
+from tests.processes import REPO
+from tests.processes import Api
+from tests.processes import free_port
+from tests.processes import start_job
+from tests.processes import start_server
+from tests.processes import wait_for
+from tests.traffic import FirstFreshAnswer
+from tests.traffic import Traffic
+from tests.traffic import settle_and_compare
+
+pytestmark = pytest.mark.integration
+
+RESENDS = 150
+
+
+class Demo:
+    """`python -m adclick.demo` (what `make demo` runs) on the test's broker, ports and folder."""
+
+    def __init__(self, tmp_path, bootstrap, prefix, port):
+        self.stack = tmp_path / "stack"
+        self.port = port
+        self.env = dict(
+            os.environ, ADCLICK_STACK_DIR=str(self.stack), ADCLICK_KAFKA=bootstrap,
+            ADCLICK_API_PORT=str(port),
+            ADCLICK_TOPIC_CLICKS=f"{prefix}ad-clicks", ADCLICK_TOPIC_COUNTS=f"{prefix}ad-click-counts",
+            ADCLICK_TOPIC_TOP=f"{prefix}ad-top-minute", ADCLICK_TOPIC_LATE=f"{prefix}ad-clicks-late",
+            ADCLICK_TOPIC_DLQ=f"{prefix}ad-clicks-dlq")
+        self.runs = 0
+        self.popen = None
+        self.output = None
+
+    def start(self):
+        """Start a run and wait until its job has been submitted; returns the run's output."""
+        self.runs += 1
+        self.output = self.stack.parent / f"demo-{self.runs}.out"
+        self.popen = subprocess.Popen(
+            [PYTHON, "-m", "adclick.demo", "--rate", "0", "--port", str(self.port)],
+            cwd=REPO, env=self.env, stdout=open(self.output, "wb"), stderr=subprocess.STDOUT)
+        wait_for(lambda: "job: submitted job" in self.text(), 180, "the demo's job to start",
+                 [self])
+        return self.text()
+
+    def text(self):
+        return self.output.read_text(errors="replace")
+
+    def api(self):
+        return Api(self.port, (self.stack / "api-key").read_text().strip())
+
+    # The Process interface wait_for() checks
+    name = "demo"
+
+    def assert_running(self):
+        assert self.popen.poll() is None, f"demo exited:\n{self.text()[-3000:]}"
+
+    def tail(self):
+        return self.text()[-3000:]
+
+    def stop(self, sig=signal.SIGTERM, timeout=120):
+        self.popen.send_signal(sig)
+        return self.popen.wait(timeout)
+
+
+def test_demo_stopped_and_started_mid_minute_keeps_every_count(tmp_path, kafka_bootstrap,
+                                                                 topic_prefix):
+    demo = Demo(tmp_path, kafka_bootstrap, topic_prefix, free_port())
+    first = demo.start()
+    assert "starting empty: no savepoint or checkpoint yet" in first
+    traffic = Traffic(kafka_bootstrap, f"{topic_prefix}ad-clicks", rate=150, seed=11)
+    try:
+        traffic.start()
+        time.sleep(30)
+        stopped_at = time.time()
+        assert demo.stop() == 0  # SIGTERM, as Ctrl-C or a service manager stops it
+        stop_s = time.time() - stopped_at
+        assert "job: stopped with savepoint" in demo.text(), demo.text()[-3000:]
+        time.sleep(20)  # down for a while: the traffic goes on into Kafka
+        restarted = time.time()
+        second = demo.start()
+        assert "job: resuming from the newest savepoint" in second, second[-3000:]
+        fresh = FirstFreshAnswer(demo.api(), restarted)
+        traffic.resend(RESENDS)
+        time.sleep(30)
+    finally:
+        traffic.stopping.set()
+        traffic.join(60)
+    try:
+        outcome = settle_and_compare(traffic, demo.api(), [demo])
+        print(f"\n{outcome.line('make demo SIGTERM + start', fresh)}; stop took {stop_s:.1f} s,"
+              f" down {restarted - stopped_at:.1f} s, {traffic.resent} resends")
+        assert outcome.matches, outcome
+    finally:
+        demo.stop()
+
+
+def test_job_killed_and_started_again_keeps_every_count(tmp_path, kafka_bootstrap, topic_prefix):
+    checkpoints = tmp_path / "checkpoints"
+    job = start_job(tmp_path, kafka_bootstrap, topic_prefix, checkpoints)
+    port = free_port()
+    server, key = start_server(tmp_path, kafka_bootstrap, topic_prefix, tmp_path / "store", port)
+    api = Api(port, key)
+    traffic = Traffic(kafka_bootstrap, f"{topic_prefix}ad-clicks", rate=150, seed=12)
+    wait_for(lambda: "adclick: running" in job.tail(200), 180, "the job to run", [job])
+    try:
+        traffic.start()
+        time.sleep(30)
+        job.popen.kill()  # SIGKILL: no savepoint, no clean shutdown
+        job.popen.wait()
+        restarted = time.time()
+        # Started at once: it waits for the killed run's JVM to end before it reads the state.
+        job = start_job(tmp_path, kafka_bootstrap, topic_prefix, checkpoints, name="job-2")
+        wait_for(lambda: "adclick: resuming from the newest checkpoint" in job.tail(200), 120,
+                 "the restarted job to resume its newest checkpoint", [job])
+        fresh = FirstFreshAnswer(api, restarted)
+        traffic.resend(RESENDS)
+        time.sleep(30)
+    finally:
+        traffic.stopping.set()
+        traffic.join(60)
+    try:
+        outcome = settle_and_compare(traffic, api, [job, server])
+        print(f"\n{outcome.line('job SIGKILL + start', fresh)}; {traffic.resent} resends")
+        assert outcome.matches, outcome
+    finally:
+        job.stop()
+        server.stop()
