@@ -53,6 +53,8 @@ MIN_IDLE_TIMEOUT_MS = 1000
 LOCAL_MANAGED_MIB_PER_SLOT = 512
 JOB_NAME = "adclick: ad click aggregation"
 TERMINAL_JOB_STATES = {"FINISHED", "CANCELED", "FAILED", "SUSPENDED"}
+# The job's savepoint folder, published in its configuration (REST: /jobs/<id>/config).
+SAVEPOINT_DIR_PARAMETER = "adclick.savepoint-dir"
 
 
 def parse_args(argv=None):
@@ -162,8 +164,13 @@ def configure(t_env, args):
     conf.set("execution.checkpointing.interval", f"{args.checkpoint_interval_ms} ms")
     conf.set("execution.checkpointing.mode", "EXACTLY_ONCE")
     conf.set("execution.checkpointing.dir", state_uri(args))
-    conf.set("execution.checkpointing.savepoint-dir",
-             f"{state_uri(args)}/{job_state.SAVEPOINTS}")
+    savepoint_dir = f"{state_uri(args)}/{job_state.SAVEPOINTS}"
+    conf.set("execution.checkpointing.savepoint-dir", savepoint_dir)
+    # A stop asked for from outside (`flink stop`, the REST API) uses the cluster's savepoint
+    # folder unless given one; the cluster scripts read the job's own from here.
+    # (Flink's map syntax: the entry in double quotes, its key and value in single ones.)
+    conf.set("pipeline.global-job-parameters",
+             f"\"'{SAVEPOINT_DIR_PARAMETER}':'{savepoint_dir}'\"")
     # Kept when the job is cancelled or its cluster goes away: every start resumes the newest.
     conf.set("execution.checkpointing.externalized-checkpoint-retention",
              "RETAIN_ON_CANCELLATION")

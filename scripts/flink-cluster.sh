@@ -2,7 +2,7 @@
 # A standalone Flink session cluster (one JobManager, one TaskManager with 4 slots) run from the
 # Flink distribution shipped inside the apache-flink wheel, so Flink and PyFlink versions match.
 #
-#   scripts/flink-cluster.sh start|stop|status|conf
+#   scripts/flink-cluster.sh start|stop|status|conf|savepoint-dir <job-id>
 #   scripts/flink-cluster.sh taskmanager-kill|taskmanager-start|jobmanager-kill   (fault tests)
 #
 # `stop` first stops every running job with a savepoint (into the job's own savepoint folder),
@@ -129,12 +129,25 @@ print(*[job["jid"] for job in jobs if job["state"] == "RUNNING"])
 EOF
 }
 
+# The savepoint folder job $1 publishes in its configuration (adclick.savepoint-dir, set by
+# jobs/ad_click_aggregation.py): a stop from outside must write there, where the job's next
+# start looks, not into the cluster's default folder. Empty for other jobs.
+job_savepoint_dir() {
+  "$PYTHON" - "$REST" "$1" <<'EOF' 2>/dev/null || true
+import json, sys, urllib.request
+config = json.load(urllib.request.urlopen(f"{sys.argv[1]}/jobs/{sys.argv[2]}/config", timeout=5))
+print(config["execution-config"]["user-config"].get("adclick.savepoint-dir", ""))
+EOF
+}
+
 # Stop each running job with a savepoint, each within 90 s; a job that cannot be stopped so
 # still resumes from its newest retained checkpoint.
 stop_jobs_with_savepoints() {
-  local jid
+  local jid dir
   for jid in $(running_jobs); do
-    if timeout 90 "$FLINK_HOME/bin/flink" stop -m "127.0.0.1:$REST_PORT" "$jid" >/dev/null 2>&1; then
+    dir="$(job_savepoint_dir "$jid")"
+    if timeout 90 "$FLINK_HOME/bin/flink" stop -m "127.0.0.1:$REST_PORT" \
+         ${dir:+--savepointPath "$dir"} "$jid" >/dev/null 2>&1; then
       echo "flink: stopped job $jid with a savepoint"
     else
       echo "flink: job $jid did not stop with a savepoint; it resumes from its newest checkpoint" >&2
@@ -196,6 +209,8 @@ case "${1:-}" in
   taskmanager-start) write_conf; taskmanager_start ;;
   jobmanager-kill) jobmanager_kill ;;
   conf) write_conf; echo "$FLINK_CONF_DIR" ;;
-  *) echo "usage: $0 start|stop|status|conf|taskmanager-kill|taskmanager-start|jobmanager-kill" >&2
+  savepoint-dir) job_savepoint_dir "${2:?usage: $0 savepoint-dir <job-id>}" ;;
+  *) echo "usage: $0 start|stop|status|conf|savepoint-dir <job-id>|taskmanager-kill|" \
+          "taskmanager-start|jobmanager-kill" >&2
      exit 2 ;;
 esac

@@ -15,9 +15,9 @@ FLINK_HOMES=("$ROOT"/.venv/lib/python3*/site-packages/pyflink)
 FLINK="${FLINK_HOMES[0]}/bin/flink"
 [[ $# -ge 1 ]] || { echo "usage: $0 <job-id> [savepoint-dir]" >&2; exit 2; }
 export FLINK_CONF_DIR="$("$ROOT/scripts/flink-cluster.sh" conf)"
+dir="${2:-$("$ROOT/scripts/flink-cluster.sh" savepoint-dir "$1")}"
 target=()
-if [[ -n "${2:-}" ]]; then
-  dir="$2"
+if [[ -n "$dir" ]]; then
   [[ "$dir" == *://* ]] || dir="file://$(realpath -m "$dir")"
   target=(--savepointPath "$dir")
 fi
