@@ -23,13 +23,14 @@ from pathlib import Path
 
 from py4j.protocol import Py4JJavaError
 from pyflink.common.completable_future import CompletableFuture
+from pyflink.datastream import StreamExecutionEnvironment
 from pyflink.java_gateway import get_gateway
 from pyflink.table import DataTypes
 from pyflink.table import EnvironmentSettings
 from pyflink.table import FormatDescriptor
 from pyflink.table import Schema
+from pyflink.table import StreamTableEnvironment
 from pyflink.table import TableDescriptor
-from pyflink.table import TableEnvironment
 from pyflink.util.exceptions import JavaException
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,11 +175,12 @@ def configure(t_env, args):
     # Kept when the job is cancelled or its cluster goes away: every start resumes the newest.
     conf.set("execution.checkpointing.externalized-checkpoint-retention",
              "RETAIN_ON_CANCELLATION")
-    # Every operator gets an explicit uid from its plan node ("<id>_<kind>"), instead of a hash
-    # of the whole graph that changes when a sink is added anywhere: state saved before a
-    # change to the SQL maps onto the operators that did not change. The ids are numbered in
-    # the order of sql/flink/*.sql, so an added statement belongs after the existing ones
-    # (tests/test_cluster_restarts.py restores a savepoint across such a change).
+    # Every operator gets an explicit uid from its plan node ("<id>_<kind>"; attach_with_uids
+    # adds the ones the planner leaves out), instead of a hash of the whole graph that changes
+    # when a sink is added anywhere: state saved before a change to the SQL maps onto the
+    # operators that did not change. The ids are numbered in the order of sql/flink/*.sql, so
+    # an added statement belongs after the existing ones (tests/test_cluster_restarts.py
+    # restores a savepoint across such a change).
     conf.set("table.exec.uid.generation", "ALWAYS")
     conf.set("table.exec.source.idle-timeout", f"{args.idle_timeout_ms} ms")
     conf.set("table.exec.state.ttl", f"{args.dedup_horizon_s} s")
@@ -411,7 +413,10 @@ def main(argv=None):
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
-    t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
+    # A StreamTableEnvironment, not a plain one: the job's operators are reached before it runs
+    # (attach_with_uids).
+    env = StreamExecutionEnvironment.get_execution_environment()
+    t_env = StreamTableEnvironment.create(env, EnvironmentSettings.in_streaming_mode())
     configure(t_env, args)
     local = t_env.get_config().get("execution.target", "local") == "local"
     state = job_state.PipelineState(state_uri(args))
@@ -425,8 +430,9 @@ def main(argv=None):
         sys.exit(f"adclick: not started: {busy}")
     restore_from(t_env, args, state)
     recovery = t_env.get_config().get("execution.state-recovery.path", "")
+    attach_with_uids(env, build_pipeline(t_env, args))
     try:
-        job_client = build_pipeline(t_env, args).execute().get_job_client()
+        job_client = env.execute_async(t_env.get_config().get("pipeline.name", JOB_NAME))
         announce(f"submitted job {job_client.get_job_id()}")
         wait_until_running(job_client)
     except (Py4JJavaError, JavaException) as error:
@@ -437,6 +443,30 @@ def main(argv=None):
                  "holds open and its dedup memory are then lost).")
     if follows_the_job(t_env):
         follow(job_client, state, stopping, args.stop_timeout_s)
+
+
+def attach_with_uids(env, statements):
+    """Translate the statements into env's graph; give each operator the planner left without
+    a uid one of the same form.
+
+    The planner names each operator "<Kind>[<plan node id>]" and (uid generation ALWAYS) gives
+    it the uid "<id>_<kind>", but not its Python operators (PythonGroupWindowAggregate, the
+    top-N merge): theirs would fall back to a hash of the graph's shape, which any statement
+    added upstream changes, and a savepoint taken before such a change could not be restored.
+    """
+    statements.attach_as_datastream()
+    pending = list(env._j_stream_execution_environment.getTransformations())
+    seen = set()
+    while pending:
+        transformation = pending.pop()
+        if transformation.getId() in seen:
+            continue
+        seen.add(transformation.getId())
+        named = re.fullmatch(r"([A-Za-z]+)\[(\d+)\]", transformation.getName())
+        if named and transformation.getUid() is None:
+            kind = re.sub(r"(?<!^)(?=[A-Z])", "-", named[1]).lower()
+            transformation.setUid(f"{named[2]}_{kind}")
+        pending.extend(transformation.getInputs())
 
 
 def announce(message):
