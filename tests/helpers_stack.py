@@ -36,12 +36,18 @@ def wait_for(predicate, timeout, what, interval=1.0):
 
 def run_script(name, *args, env=None, timeout=300):
     """Run scripts/<name> with args; return its stdout, failing with its output on error."""
+    return run_script_for_both(name, *args, env=env, timeout=timeout)[0]
+
+
+def run_script_for_both(name, *args, env=None, timeout=300):
+    """Like run_script, but return (stdout, stderr): what a script prints for people is on
+    stderr, its result (a job id) alone on stdout."""
     done = subprocess.run([str(SCRIPTS / name), *map(str, args)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         raise AssertionError(f"scripts/{name} {' '.join(map(str, args))} exited with "
                              f"{done.returncode}\n{done.stdout}\n{done.stderr}")
-    return done.stdout
+    return done.stdout, done.stderr
 
 
 def kafka_env(data_dir):

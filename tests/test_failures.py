@@ -16,9 +16,8 @@ from tests.processes import REPO
 from tests.processes import Api
 from tests.processes import free_port
 from tests.processes import start_server
-from tests.processes import wait_for
-from tests.traffic import MINUTE_MS
 from tests.traffic import Traffic
+from tests.traffic import settle_and_compare
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +53,8 @@ def test_faults_and_upgrade_lose_and_double_nothing(tmp_path, kafka_bootstrap, k
     job_flags = ["--bootstrap-servers", kafka_bootstrap, "--topic-prefix", topic_prefix,
                  "--group-id", topic_prefix + "job", "--checkpoint-interval-ms", "2000",
                  "--watermark-delay-ms", "1000", "--allowed-lateness-s", "120",
-                 "--idle-timeout-ms", "3000", "--top-n", "5"]
+                 "--idle-timeout-ms", "3000", "--top-n", "5",
+                 "--checkpoint-dir", (tmp_path / "checkpoints").as_uri()]
     job_id = job_id_of(run(SUBMIT, *job_flags))
     port = free_port()
     store = tmp_path / "store"
@@ -88,32 +88,10 @@ def test_faults_and_upgrade_lose_and_double_nothing(tmp_path, kafka_bootstrap, k
     finally:
         traffic.stopping.set()
         traffic.join(60)
-    last_minute = traffic.close_windows()
-
-    def closed():
-        rows = api.sql("SELECT toUnixTimestamp(max(minute)) * 1000 FROM top_ads_minute")
-        return rows[0][0] >= last_minute - 3 * MINUTE_MS
-
     try:
-        wait_for(closed, 240, "every minute sent to close", [server])
-        minutes = {k[0] for k in traffic.truth if k[0] < last_minute}
-        expected = {k: v for k, v in traffic.truth.items() if k[0] in minutes}
-
-        def stored():
-            rows = api.sql(
-                "SELECT toUnixTimestamp(minute) * 1000, ad_id, country, device, sum(clicks) "
-                "FROM ad_click_counts FINAL GROUP BY minute, ad_id, country, device")
-            return {(m, a, c, d): n for m, a, c, d, n in rows if m in minutes}
-
-        # Loading trails the commit by a poll; give the last minutes a moment to land.
-        wait_for(lambda: sum(stored().values()) >= sum(expected.values()), 60,
-                 "all counts to land", [server])
-        counted = stored()
-        lost = sum(max(0, n - counted.get(k, 0)) for k, n in expected.items())
-        doubled = sum(max(0, n - expected.get(k, 0)) for k, n in counted.items())
-        print(f"\nfaults: {faults}\nrecords sent {traffic.sent_records} (send retries "
-              f"{traffic.send_errors}), unique clicks {sum(expected.values())}, counted "
-              f"{sum(counted.values())}, lost {lost}, doubled {doubled}")
-        assert counted == expected
+        outcome = settle_and_compare(traffic, api, [server])
+        print(f"\nfaults: {faults}\n{outcome.line('all of them')} (send retries "
+              f"{traffic.send_errors})")
+        assert outcome.matches, outcome
     finally:
         server.stop()  # the cluster fixture's stop ends the job

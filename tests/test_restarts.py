@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from adclick import config
 from tests.processes import PYTHON
 from tests.processes import REPO
 from tests.processes import Api
@@ -35,12 +36,12 @@ class Demo:
     def __init__(self, tmp_path, bootstrap, prefix, port):
         self.stack = tmp_path / "stack"
         self.port = port
+        topics = config.Topics.with_prefix(prefix)
         self.env = dict(
             os.environ, ADCLICK_STACK_DIR=str(self.stack), ADCLICK_KAFKA=bootstrap,
-            ADCLICK_API_PORT=str(port),
-            ADCLICK_TOPIC_CLICKS=f"{prefix}ad-clicks", ADCLICK_TOPIC_COUNTS=f"{prefix}ad-click-counts",
-            ADCLICK_TOPIC_TOP=f"{prefix}ad-top-minute", ADCLICK_TOPIC_LATE=f"{prefix}ad-clicks-late",
-            ADCLICK_TOPIC_DLQ=f"{prefix}ad-clicks-dlq")
+            ADCLICK_API_PORT=str(port), ADCLICK_TOPIC_CLICKS=topics["clicks"],
+            ADCLICK_TOPIC_COUNTS=topics["counts"], ADCLICK_TOPIC_TOP=topics["top"],
+            ADCLICK_TOPIC_LATE=topics["late"], ADCLICK_TOPIC_DLQ=topics["dlq"])
         self.runs = 0
         self.popen = None
         self.output = None
@@ -81,7 +82,7 @@ def test_demo_stopped_and_started_mid_minute_keeps_every_count(tmp_path, kafka_b
     demo = Demo(tmp_path, kafka_bootstrap, topic_prefix, free_port())
     first = demo.start()
     assert "starting empty: no savepoint or checkpoint yet" in first
-    traffic = Traffic(kafka_bootstrap, f"{topic_prefix}ad-clicks", rate=150, seed=11)
+    traffic = Traffic(kafka_bootstrap, demo.env["ADCLICK_TOPIC_CLICKS"], rate=150, seed=11)
     try:
         traffic.start()
         time.sleep(30)
