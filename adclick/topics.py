@@ -4,6 +4,10 @@ The broker would auto-create them on first use, but with the broker's defaults a
 someone writes; creating them up front fixes the partition count before the job starts, so the
 job's source sees every partition from the beginning.
 
+Each partition gets a replica on min(3, brokers) brokers: one on a single broker (the default
+scripts/kafka.sh), three on a cluster (KAFKA_BROKERS=3), where min.insync.replicas=2 then makes
+an acknowledged write (acks=all, and the job's transactional sinks) survive any one broker's loss.
+
     python -m adclick.topics [--bootstrap-servers HOST:PORT] [--prefix P] [--partitions N]
 """
 
@@ -16,6 +20,16 @@ from kafka.errors import for_code
 from adclick import config
 
 
+def replication_factor(admin):
+    """min(3, brokers in the cluster): 3 copies survive one broker's loss with two left in sync.
+
+    Fenced brokers (registered but down) count too: with one of three away, the controller still
+    gives each partition a replica on it (out of sync until it is back) rather than the topic
+    getting fewer copies for good.
+    """
+    return min(3, len(admin.describe_cluster()["brokers"]))
+
+
 def create_topics(bootstrap, prefix="", partitions=4):
     """Create the topics named by config.Topics.with_prefix(prefix); return {role: name}.
 
@@ -25,8 +39,13 @@ def create_topics(bootstrap, prefix="", partitions=4):
     topics = config.Topics.with_prefix(prefix)
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="adclick-topics")
     try:
-        request = {name: {"num_partitions": partitions, "replication_factor": 1}
-                   for name in topics.values()}
+        replicas = replication_factor(admin)
+        options = {"num_partitions": partitions, "replication_factor": replicas}
+        if replicas >= 3:
+            # acks=all then waits for two copies at least, and a write is refused rather than
+            # kept on a single broker whose loss would lose it.
+            options["configs"] = {"min.insync.replicas": "2"}
+        request = {name: dict(options) for name in topics.values()}
         response = admin.create_topics(request, timeout_ms=30000, raise_errors=False)
         for result in response["topics"]:
             error = for_code(result["error_code"])
