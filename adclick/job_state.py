@@ -42,6 +42,11 @@ def state_uri(checkpoint_dir, name):
     return f"{checkpoint_dir.rstrip('/')}/{name}"
 
 
+def savepoint_uri(state):
+    """Where the savepoints of the pipeline whose state folder is `state` go."""
+    return f"{state}/{SAVEPOINTS}"
+
+
 @dataclass(frozen=True)
 class SavedState:
     """One completed checkpoint or savepoint: its directory, kind and completion time."""
@@ -67,7 +72,7 @@ class PipelineState:
 
     @property
     def savepoint_dir(self):
-        return f"{self.uri}/{SAVEPOINTS}"
+        return savepoint_uri(self.uri)
 
     def _children(self, path):
         if not self._fs.exists(path):

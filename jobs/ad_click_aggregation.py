@@ -6,6 +6,9 @@ ads per minute (local top-N in the JVM, global merge in Python), and writes four
 through transactional sinks: counts, top-N, too-late events and dead letters. ClickHouse
 ingests those topics (adclick.ingest). Everything per click runs in the JVM as Flink SQL.
 
+Every start resumes the pipeline's newest savepoint or retained checkpoint (adclick.job_state;
+--fresh starts empty); SIGTERM or Ctrl-C of a local run stops the job with a savepoint.
+
 Run locally (MiniCluster):  python -m jobs.ad_click_aggregation --bootstrap-servers ...
 Submit to a cluster:        flink run -py jobs/ad_click_aggregation.py -pyexec <python> ...
 """
@@ -165,7 +168,7 @@ def configure(t_env, args):
     conf.set("execution.checkpointing.interval", f"{args.checkpoint_interval_ms} ms")
     conf.set("execution.checkpointing.mode", "EXACTLY_ONCE")
     conf.set("execution.checkpointing.dir", state_uri(args))
-    savepoint_dir = f"{state_uri(args)}/{job_state.SAVEPOINTS}"
+    savepoint_dir = job_state.savepoint_uri(state_uri(args))
     conf.set("execution.checkpointing.savepoint-dir", savepoint_dir)
     # A stop asked for from outside (`flink stop`, the REST API) uses the cluster's savepoint
     # folder unless given one; the cluster scripts read the job's own from here.
