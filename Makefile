@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
 .PHONY: help venv jars setup kafka-start kafka-stop topics flink-cluster flink-cluster-stop \
-        submit test demo bench bench-api reconcile clean
+        submit test lint demo bench bench-api reconcile clean
 
 help:
 	@echo "make venv                 create .venv and pip install -e '.[test,bench]'"
@@ -28,7 +28,8 @@ help:
 	@echo "make flink-cluster        start the standalone Flink cluster (web UI on :8081)"
 	@echo "make flink-cluster-stop   stop it"
 	@echo "make submit               submit the job to that cluster (JOB_ARGS=...)"
-	@echo "make test                 run all tests (they start what they need themselves)"
+	@echo "make test                 run ruff, then all tests (they start what they need themselves)"
+	@echo "make lint                 ruff (pyproject.toml: pyflakes and pycodestyle, 100 columns)"
 	@echo "make demo                 run the whole pipeline in the foreground; a restart"
 	@echo "                          resumes the job's state (DEMO_ARGS=--fresh starts empty)"
 	@echo "make bench                run the pipeline benchmarks (docs/bench/report.json)"
@@ -75,8 +76,11 @@ flink-cluster-stop:
 submit: setup
 	scripts/submit-job.sh $(JOB_ARGS)
 
-test: setup
+test: setup lint
 	$(PY) -m pytest -x -q $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
 
 demo: setup
 	$(PY) -m adclick.demo $(DEMO_ARGS)

@@ -11,7 +11,6 @@ record's (partition, offset) or a natural id, so a replayed row collapses into i
 queries that read FINAL count it once.
 """
 
-import base64
 import json
 import logging
 import threading

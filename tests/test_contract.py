@@ -7,7 +7,6 @@ rule and its edges on the Python side.
 
 import json
 import random
-import re
 
 import pytest
 

@@ -48,7 +48,8 @@ def make_click(rng, serial, minute_ms, run):
     return {
         "click_id": f"{run}-{serial}", "ad_id": ad,
         "click_ts": minute_ms + rng.randrange(MINUTE_MS),
-        "user_id": f"u{rng.randrange(500)}", "ip": f"10.0.{rng.randrange(256)}.{rng.randrange(256)}",
+        "user_id": f"u{rng.randrange(500)}",
+        "ip": f"10.0.{rng.randrange(256)}.{rng.randrange(256)}",
         "country": rng.choice(COUNTRIES), "device": rng.choice(DEVICES),
     }
 
@@ -86,7 +87,8 @@ def pipeline(tmp_path, kafka_bootstrap, topic_prefix):
     port = free_port()
     server = None
     try:
-        server, key = start_server(tmp_path, kafka_bootstrap, topic_prefix, tmp_path / "store", port)
+        server, key = start_server(tmp_path, kafka_bootstrap, topic_prefix, tmp_path / "store",
+                                   port)
         yield Api(port, key), (job, server)
     finally:
         for process in (job, server):
@@ -222,7 +224,8 @@ def test_counts_and_top_equal_the_truth(pipeline, kafka_bootstrap, topic_prefix)
             assert body["count"] == truth.count(window, ad=ad), (ad, window)
             assert body["ad_id"] == ad
     # Filters, one and several values, on both APIs.
-    for countries, devices in ((["KR"], None), (None, ["mobile", "tablet"]), (["US", "JP"], ["desktop"])):
+    filters = ((["KR"], None), (None, ["mobile", "tablet"]), (["US", "JP"], ["desktop"]))
+    for countries, devices in filters:
         params = {"from": iso(m0), "to": iso(m2 + MINUTE_MS)}
         if countries:
             params["country"] = ",".join(countries)
