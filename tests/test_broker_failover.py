@@ -147,11 +147,13 @@ def test_broker_sigkill_loses_and_doubles_nothing(tmp_path, kafka_cluster):
     job = start_job(tmp_path, cluster.bootstrap, prefix, tmp_path / "checkpoints",
                     "--watermark-delay-ms", "1000", "--allowed-lateness-s", "120",
                     "--top-n", "5")
-    port = free_port()
-    server, key = start_server(tmp_path, cluster.bootstrap, prefix, tmp_path / "store", port)
-    api = Api(port, key)
+    server = None
     traffic = Traffic(cluster.bootstrap, topics["clicks"], rate=200)
     try:
+        port = free_port()
+        server, key = start_server(tmp_path, cluster.bootstrap, prefix, tmp_path / "store",
+                                   port)
+        api = Api(port, key)
         try:
             traffic.start()
             # The job writes once its sinks have registered their transactional ids (they
@@ -182,5 +184,6 @@ def test_broker_sigkill_loses_and_doubles_nothing(tmp_path, kafka_cluster):
         print(f"\n{outcome.line(fault, fresh)}; send retries {traffic.send_errors}")
         assert outcome.matches, outcome
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
         job.stop()

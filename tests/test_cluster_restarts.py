@@ -82,20 +82,20 @@ class Pipeline:
         """Traffic; the fault; the restart (returns what the job announced); more traffic and
         150 resends; then the comparison with the truth."""
         try:
-            self.traffic.start()
-            time.sleep(25)
-            fault()
-            restarted = time.time()
-            announced = restart()
-            fresh = FirstFreshAnswer(self.api, restarted)
-            self.traffic.resend(RESENDS)
-            time.sleep(25)
-        finally:
-            self.traffic.stopping.set()
-            self.traffic.join(60)
-        try:
+            try:
+                self.traffic.start()
+                time.sleep(25)
+                fault()
+                restarted = time.time()
+                announced = restart()
+                fresh = FirstFreshAnswer(self.api, restarted)
+                self.traffic.resend(RESENDS)
+                time.sleep(25)
+            finally:
+                self.traffic.stopping.set()
+                self.traffic.join(60)
             outcome = settle_and_compare(self.traffic, self.api, [self.server])
-        finally:
+        finally:  # also when the fault or the restart failed: nothing of this test lives on
             self.cancel()
             self.server.stop()
         return announced, outcome, fresh

@@ -63,35 +63,36 @@ def test_faults_and_upgrade_lose_and_double_nothing(tmp_path, kafka_bootstrap, k
     traffic = Traffic(kafka_bootstrap, topic_prefix + "ad-clicks", rate=200)
     faults = []
     try:
-        traffic.start()
-        time.sleep(15)
-        for round_ in (1, 2):
-            run(CLUSTER, "taskmanager-kill")
-            faults.append(f"TaskManager SIGKILL #{round_}")
-            time.sleep(3)
-            run(CLUSTER, "taskmanager-start")
+        try:
+            traffic.start()
+            time.sleep(15)
+            for round_ in (1, 2):
+                run(CLUSTER, "taskmanager-kill")
+                faults.append(f"TaskManager SIGKILL #{round_}")
+                time.sleep(3)
+                run(CLUSTER, "taskmanager-start")
+                time.sleep(12)
+                if round_ == 1:
+                    server.popen.kill()
+                    server.popen.wait()
+                    faults.append("server (loader + API) SIGKILL")
+                    server, key = start_server(tmp_path, kafka_bootstrap, topic_prefix, store,
+                                               port)
+                    api = Api(port, key)
+                    time.sleep(8)
+            kafka_control("restart")
+            faults.append("Kafka broker restart")
             time.sleep(12)
-            if round_ == 1:
-                server.popen.kill()
-                server.popen.wait()
-                faults.append("server (loader + API) SIGKILL")
-                server, key = start_server(tmp_path, kafka_bootstrap, topic_prefix, store, port)
-                api = Api(port, key)
-                time.sleep(8)
-        kafka_control("restart")
-        faults.append("Kafka broker restart")
-        time.sleep(12)
-        savepoint = run(STOP_WITH_SAVEPOINT, job_id).strip().splitlines()[-1]
-        faults.append(f"stop with savepoint, resubmit from {savepoint}")
-        job_id = job_id_of(run(SUBMIT, "--from-savepoint", savepoint, *job_flags))
-        time.sleep(15)
-    finally:
-        traffic.stopping.set()
-        traffic.join(60)
-    try:
+            savepoint = run(STOP_WITH_SAVEPOINT, job_id).strip().splitlines()[-1]
+            faults.append(f"stop with savepoint, resubmit from {savepoint}")
+            job_id = job_id_of(run(SUBMIT, "--from-savepoint", savepoint, *job_flags))
+            time.sleep(15)
+        finally:
+            traffic.stopping.set()
+            traffic.join(60)
         outcome = settle_and_compare(traffic, api, [server])
         print(f"\nfaults: {faults}\n{outcome.line('all of them')} (send retries "
               f"{traffic.send_errors})")
         assert outcome.matches, outcome
     finally:
-        server.stop()  # the cluster fixture's stop ends the job
+        server.stop()  # also after a failed step; the cluster fixture's stop ends the job

@@ -73,34 +73,37 @@ class Demo:
         return self.text()[-3000:]
 
     def stop(self, sig=signal.SIGTERM, timeout=120):
-        self.popen.send_signal(sig)
+        """Stop the run as Ctrl-C or a service manager does; returns its exit code."""
+        if self.popen is None:
+            return None
+        self.popen.send_signal(sig)  # nothing when it has exited already
         return self.popen.wait(timeout)
 
 
 def test_demo_stopped_and_started_mid_minute_keeps_every_count(tmp_path, kafka_bootstrap,
                                                                  topic_prefix):
     demo = Demo(tmp_path, kafka_bootstrap, topic_prefix, free_port())
-    first = demo.start()
-    assert "starting empty: no savepoint or checkpoint yet" in first
     traffic = Traffic(kafka_bootstrap, demo.env["ADCLICK_TOPIC_CLICKS"], rate=150, seed=11)
     try:
-        traffic.start()
-        time.sleep(30)
-        stopped_at = time.time()
-        assert demo.stop() == 0  # SIGTERM, as Ctrl-C or a service manager stops it
-        stop_s = time.time() - stopped_at
-        assert "job: stopped with savepoint" in demo.text(), demo.text()[-3000:]
-        time.sleep(20)  # down for a while: the traffic goes on into Kafka
-        restarted = time.time()
-        second = demo.start()
-        assert "job: resuming from the newest savepoint" in second, second[-3000:]
-        fresh = FirstFreshAnswer(demo.api(), restarted)
-        traffic.resend(RESENDS)
-        time.sleep(30)
-    finally:
-        traffic.stopping.set()
-        traffic.join(60)
-    try:
+        first = demo.start()
+        assert "starting empty: no savepoint or checkpoint yet" in first
+        try:
+            traffic.start()
+            time.sleep(30)
+            stopped_at = time.time()
+            assert demo.stop() == 0  # SIGTERM, as Ctrl-C or a service manager stops it
+            stop_s = time.time() - stopped_at
+            assert "job: stopped with savepoint" in demo.text(), demo.text()[-3000:]
+            time.sleep(20)  # down for a while: the traffic goes on into Kafka
+            restarted = time.time()
+            second = demo.start()
+            assert "job: resuming from the newest savepoint" in second, second[-3000:]
+            fresh = FirstFreshAnswer(demo.api(), restarted)
+            traffic.resend(RESENDS)
+            time.sleep(30)
+        finally:
+            traffic.stopping.set()
+            traffic.join(60)
         outcome = settle_and_compare(traffic, demo.api(), [demo])
         print(f"\n{outcome.line('make demo SIGTERM + start', fresh)}; stop took {stop_s:.1f} s,"
               f" down {restarted - stopped_at:.1f} s, {traffic.resent} resends")
@@ -112,31 +115,35 @@ def test_demo_stopped_and_started_mid_minute_keeps_every_count(tmp_path, kafka_b
 def test_job_killed_and_started_again_keeps_every_count(tmp_path, kafka_bootstrap, topic_prefix):
     checkpoints = tmp_path / "checkpoints"
     job = start_job(tmp_path, kafka_bootstrap, topic_prefix, checkpoints)
-    port = free_port()
-    server, key = start_server(tmp_path, kafka_bootstrap, topic_prefix, tmp_path / "store", port)
-    api = Api(port, key)
+    server = None
     traffic = Traffic(kafka_bootstrap, f"{topic_prefix}ad-clicks", rate=150, seed=12)
-    wait_for(lambda: "adclick: running" in job.tail(200), 180, "the job to run", [job])
     try:
-        traffic.start()
-        time.sleep(30)
-        job.popen.kill()  # SIGKILL: no savepoint, no clean shutdown
-        job.popen.wait()
-        restarted = time.time()
-        # Started at once: it waits for the killed run's JVM to end before it reads the state.
-        job = start_job(tmp_path, kafka_bootstrap, topic_prefix, checkpoints, name="job-2")
-        wait_for(lambda: "adclick: resuming from the newest checkpoint" in job.tail(200), 120,
-                 "the restarted job to resume its newest checkpoint", [job])
-        fresh = FirstFreshAnswer(api, restarted)
-        traffic.resend(RESENDS)
-        time.sleep(30)
-    finally:
-        traffic.stopping.set()
-        traffic.join(60)
-    try:
+        port = free_port()
+        server, key = start_server(tmp_path, kafka_bootstrap, topic_prefix, tmp_path / "store",
+                                   port)
+        api = Api(port, key)
+        wait_for(lambda: "adclick: running" in job.tail(200), 180, "the job to run", [job])
+        try:
+            traffic.start()
+            time.sleep(30)
+            job.popen.kill()  # SIGKILL: no savepoint, no clean shutdown
+            job.popen.wait()
+            restarted = time.time()
+            # Started at once: it waits for the killed run's JVM to end before it reads the
+            # state.
+            job = start_job(tmp_path, kafka_bootstrap, topic_prefix, checkpoints, name="job-2")
+            wait_for(lambda: "adclick: resuming from the newest checkpoint" in job.tail(200), 120,
+                     "the restarted job to resume its newest checkpoint", [job])
+            fresh = FirstFreshAnswer(api, restarted)
+            traffic.resend(RESENDS)
+            time.sleep(30)
+        finally:
+            traffic.stopping.set()
+            traffic.join(60)
         outcome = settle_and_compare(traffic, api, [job, server])
         print(f"\n{outcome.line('job SIGKILL + start', fresh)}; {traffic.resent} resends")
         assert outcome.matches, outcome
     finally:
         job.stop()
-        server.stop()
+        if server is not None:
+            server.stop()
