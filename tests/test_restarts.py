@@ -89,18 +89,18 @@ def test_demo_stopped_and_started_mid_minute_keeps_every_count(tmp_path, kafka_b
         assert "starting empty: no savepoint or checkpoint yet" in first
         try:
             traffic.start()
-            time.sleep(30)
+            time.sleep(20)
             stopped_at = time.time()
             assert demo.stop() == 0  # SIGTERM, as Ctrl-C or a service manager stops it
             stop_s = time.time() - stopped_at
             assert "job: stopped with savepoint" in demo.text(), demo.text()[-3000:]
-            time.sleep(20)  # down for a while: the traffic goes on into Kafka
+            time.sleep(15)  # down for a while: the traffic goes on into Kafka
             restarted = time.time()
             second = demo.start()
             assert "job: resuming from the newest savepoint" in second, second[-3000:]
             fresh = FirstFreshAnswer(demo.api(), restarted)
             traffic.resend(RESENDS)
-            time.sleep(30)
+            time.sleep(20)
         finally:
             traffic.stopping.set()
             traffic.join(60)
@@ -125,7 +125,7 @@ def test_job_killed_and_started_again_keeps_every_count(tmp_path, kafka_bootstra
         wait_for(lambda: "adclick: running" in job.tail(200), 180, "the job to run", [job])
         try:
             traffic.start()
-            time.sleep(30)
+            time.sleep(20)
             job.popen.kill()  # SIGKILL: no savepoint, no clean shutdown
             job.popen.wait()
             restarted = time.time()
@@ -136,7 +136,7 @@ def test_job_killed_and_started_again_keeps_every_count(tmp_path, kafka_bootstra
                      "the restarted job to resume its newest checkpoint", [job])
             fresh = FirstFreshAnswer(api, restarted)
             traffic.resend(RESENDS)
-            time.sleep(30)
+            time.sleep(20)
         finally:
             traffic.stopping.set()
             traffic.join(60)
