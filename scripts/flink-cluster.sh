@@ -180,34 +180,25 @@ status() {
   echo "flink: $REST: $count TaskManager(s), $free free slot(s)"
 }
 
-# Simulate the crash of the TaskManager's machine: SIGKILL, no clean shutdown.
-taskmanager_kill() {
+# Simulate the crash of a daemon's machine: SIGKILL of daemon $1 (taskexecutor or
+# standalonesession, named $2 in messages), no clean shutdown. A killed JobManager's tasks go on
+# in the TaskManager until it notices; `start` ends them before starting a new JobManager.
+daemon_kill() {
   local pids
-  pids="$(daemon_pids taskexecutor | xargs)"
-  [[ -n "$pids" ]] || { echo "flink: no TaskManager running"; return 0; }
+  pids="$(daemon_pids "$1" | xargs)"
+  [[ -n "$pids" ]] || { echo "flink: no $2 running"; return 0; }
   kill -9 $pids
-  rm -f "$FLINK_PID_DIR/flink-$USER-taskexecutor.pid"
-  echo "flink: killed TaskManager pid(s) $pids"
-}
-
-# Simulate the crash of the JobManager's machine: SIGKILL, no clean shutdown. Its jobs' tasks
-# go on in the TaskManager until it notices; `start` ends them before starting a new JobManager.
-jobmanager_kill() {
-  local pids
-  pids="$(daemon_pids standalonesession | xargs)"
-  [[ -n "$pids" ]] || { echo "flink: no JobManager running"; return 0; }
-  kill -9 $pids
-  rm -f "$FLINK_PID_DIR/flink-$USER-standalonesession.pid"
-  echo "flink: killed JobManager pid(s) $pids"
+  rm -f "$FLINK_PID_DIR/flink-$USER-$1.pid"
+  echo "flink: killed $2 pid(s) $pids"
 }
 
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) status ;;
-  taskmanager-kill) taskmanager_kill ;;
+  taskmanager-kill) daemon_kill taskexecutor TaskManager ;;
   taskmanager-start) write_conf; taskmanager_start ;;
-  jobmanager-kill) jobmanager_kill ;;
+  jobmanager-kill) daemon_kill standalonesession JobManager ;;
   conf) write_conf; echo "$FLINK_CONF_DIR" ;;
   savepoint-dir) job_savepoint_dir "${2:?usage: $0 savepoint-dir <job-id>}" ;;
   *) echo "usage: $0 start|stop|status|conf|savepoint-dir <job-id>|taskmanager-kill|" \

@@ -12,6 +12,8 @@ import uuid
 
 import pytest
 
+from tests.helpers_stack import flink_env
+from tests.helpers_stack import run_script
 from tests.processes import REPO
 from tests.processes import free_port
 
@@ -63,3 +65,15 @@ def topic_prefix(kafka_bootstrap):
     prefix = f"t{uuid.uuid4().hex[:10]}-"
     create_topics(kafka_bootstrap, prefix=prefix, partitions=4)
     return prefix
+
+
+@pytest.fixture(scope="module")
+def flink(tmp_path_factory):
+    """Environment (ports, state folder) of a standalone Flink cluster of the module's own, for
+    scripts/flink-cluster.sh and submit-job.sh; its stop also stops its jobs with savepoints."""
+    env = flink_env(tmp_path_factory.mktemp("flink"))
+    run_script("flink-cluster.sh", "start", env=env, timeout=240)
+    try:
+        yield env
+    finally:
+        run_script("flink-cluster.sh", "stop", env=env, timeout=300)

@@ -13,7 +13,6 @@ import urllib.request
 import pytest
 
 from tests.helpers_stack import flink_cli
-from tests.helpers_stack import flink_env
 from tests.helpers_stack import run_script
 from tests.helpers_stack import run_script_for_both
 from tests.processes import Api
@@ -28,16 +27,6 @@ pytestmark = pytest.mark.integration
 
 RESENDS = 150
 
-
-@pytest.fixture(scope="module")
-def flink(tmp_path_factory):
-    """Environment (ports, state folder) of a standalone cluster of this module's own."""
-    env = flink_env(tmp_path_factory.mktemp("flink"))
-    run_script("flink-cluster.sh", "start", env=env, timeout=240)
-    try:
-        yield env
-    finally:
-        run_script("flink-cluster.sh", "stop", env=env, timeout=300)
 
 
 class Pipeline:

@@ -20,7 +20,6 @@ from kafka import KafkaProducer
 from adclick import config
 from adclick.topics import create_topics
 from tests.helpers_stack import flink_cli
-from tests.helpers_stack import flink_env
 from tests.helpers_stack import kafka_env
 from tests.helpers_stack import run_script
 from tests.helpers_stack import wait_for
@@ -41,17 +40,6 @@ def kafka(tmp_path_factory):
         yield f"127.0.0.1:{env['KAFKA_PORT']}"
     finally:
         run_script("kafka.sh", "stop", env=env, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def flink(tmp_path_factory):
-    """Environment (ports, state folder) of a standalone cluster of this module's own."""
-    env = flink_env(tmp_path_factory.mktemp("flink"))
-    run_script("flink-cluster.sh", "start", env=env, timeout=240)
-    try:
-        yield env
-    finally:
-        run_script("flink-cluster.sh", "stop", env=env, timeout=120)
 
 
 def clicks(first_minute_ms):
