@@ -7,6 +7,7 @@ traffic (with duplicates) runs through each fault, 150 earlier clicks are resent
 restart, and every per-minute, per-ad, per-attribute count must equal the truth.
 """
 
+import json
 import time
 import urllib.request
 
@@ -18,6 +19,7 @@ from tests.helpers_stack import run_script_for_both
 from tests.processes import Api
 from tests.processes import free_port
 from tests.processes import start_server
+from tests.processes import wait_for
 from tests.sql_change import changed_sql_dir
 from tests.traffic import FirstFreshAnswer
 from tests.traffic import Traffic
@@ -59,6 +61,17 @@ class Pipeline:
         with urllib.request.urlopen(url, timeout=10) as response:
             return response.read().decode()
 
+    def wait_for_a_checkpoint(self):
+        """Until the running job has completed a checkpoint: its tasks (the Python one starts
+        last) are all running, and there is a state to resume or stop with a savepoint."""
+        url = (f"http://127.0.0.1:{self.flink['FLINK_REST_PORT']}/jobs/{self.job_id}"
+               "/checkpoints")
+
+        def completed():
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return json.loads(response.read())["counts"]["completed"]
+        wait_for(completed, 180, f"a checkpoint of job {self.job_id}", [self.server])
+
     def cancel(self):
         if self.job_id:
             try:
@@ -77,6 +90,7 @@ class Pipeline:
                 self.traffic.start()
                 time.sleep(20)
                 for fault, restart in steps:
+                    self.wait_for_a_checkpoint()
                     fault()
                     restarted = time.time()
                     announced.append(restart())

@@ -30,6 +30,11 @@ pytestmark = pytest.mark.integration
 RESENDS = 150
 
 
+def completed_checkpoints(checkpoint_dir):
+    """The completed checkpoints under a job's --checkpoint-dir (<pipeline>/<job id>/chk-n)."""
+    return list(checkpoint_dir.glob("*/*/chk-*/_metadata"))
+
+
 class Demo:
     """`python -m adclick.demo` (what `make demo` runs) on the test's broker, ports and folder."""
 
@@ -90,6 +95,8 @@ def test_demo_stopped_and_started_mid_minute_keeps_every_count(tmp_path, kafka_b
         try:
             traffic.start()
             time.sleep(20)
+            wait_for(lambda: completed_checkpoints(demo.stack / "checkpoints"), 180,
+                     "a checkpoint (every task running)", [demo])
             stopped_at = time.time()
             assert demo.stop() == 0  # SIGTERM, as Ctrl-C or a service manager stops it
             stop_s = time.time() - stopped_at
@@ -126,6 +133,7 @@ def test_job_killed_and_started_again_keeps_every_count(tmp_path, kafka_bootstra
         try:
             traffic.start()
             time.sleep(20)
+            wait_for(lambda: completed_checkpoints(checkpoints), 180, "a checkpoint", [job])
             job.popen.kill()  # SIGKILL: no savepoint, no clean shutdown
             job.popen.wait()
             restarted = time.time()
