@@ -148,8 +148,9 @@ def test_the_job_resumes_after_a_jobmanager_crash_a_cluster_restart_and_a_sql_ch
               "cluster stop (job stopped with a savepoint) and start, resubmit",
               "stop with a savepoint, resubmit with one more stateful statement and sink"]
     for fault, answer in zip(faults, fresh):
+        seconds = answer.result()
         print(f"\n{fault}: first fresh answer "
-              + (f"{answer.seconds:.0f} s after the restart" if answer.seconds else "not seen"))
+              + (f"{seconds:.0f} s after the restart" if seconds is not None else "not seen"))
     print(outcome.line("all three"))
     assert "resuming from the newest checkpoint" in announced[0], announced[0]
     assert "resuming from the newest savepoint" in announced[1], announced[1]
