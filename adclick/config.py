@@ -51,10 +51,14 @@ class Topics:
         }
 
 
-# The event contract (docs/ARCHITECTURE.md): attribute values the job aggregates by.
-DEVICES = ("mobile", "desktop", "tablet", "other")
+# Partitions of every topic adclick creates (adclick.topics; scripts/kafka.sh sets the same
+# broker default): the input's parallelism, and what tests spread clicks over.
+PARTITIONS = 4
+
+# The attributes the job aggregates by, and its window: one minute.
 AGGREGATED_ATTRIBUTES = ("country", "device")
 WINDOW_SECONDS = 60
+WINDOW_MS = WINDOW_SECONDS * 1000
 
 # Job defaults (each is a flag of jobs/ad_click_aggregation.py).
 WATERMARK_DELAY_SECONDS = 5

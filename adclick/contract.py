@@ -1,58 +1,185 @@
-"""The click event contract in Python: the Flink job's validation, rule for rule.
+"""The event contract, declared once: each field of the click, its type and its rule.
 
-The job validates in its source format, udfs/java/src/main/java/adclick/flink/ClickParser.java,
-which is the reference. The loader of the raw-clicks table and the tests must accept and reject
-exactly what the job does, with the same reason codes checked in the same order, or counts in
-ClickHouse and in the job's output would disagree for the same input
-(tests/test_contract_parity.py feeds both the same payloads).
+Everything that knows the click's shape takes it from CLICK below: the Flink job's source and
+sink columns (jobs/ad_click_aggregation.py), the loader's raw-clicks rows (adclick.ingest), the
+API's ad_id check (api/params.py), the generator, and validate() here, which the raw store and
+the reconciliation use. Two copies remain on purpose, each checked against this declaration:
+the job's parser in the JVM (udfs/java/.../ClickParser.java, the hot path, which prints its
+rules with --contract; tests/test_contract_parity.py compares them field by field, then runs
+both over the same 23,000 payloads) and the ClickHouse tables (sql/clickhouse/001_tables.sql,
+whose click columns tests/test_contract.py compares with clickhouse_type below).
+
+The rules, checked in this order, the first failure naming the reason: a payload over
+config.MAX_PAYLOAD_BYTES is `oversized`; one that is not strict UTF-8 holding exactly one JSON
+object (RFC 8259, nesting at most MAX_DEPTH) is `not_json_object`; a repeated top-level key is
+`duplicate_field`; then each field in declaration order.
 """
 
 import json
 import re
 import time
-from typing import NamedTuple
+from collections import namedtuple
 
 from adclick import config
 
-REASONS = (
-    "oversized",
-    "not_json_object",
-    "duplicate_field",
-    "bad_click_id",
-    "bad_ad_id",
-    "bad_click_ts",
-    "click_ts_too_old",
-    "click_ts_in_future",
-    "bad_user_id",
-    "bad_ip",
-    "bad_country",
-    "bad_device",
+ENVELOPE_REASONS = ("oversized", "not_json_object", "duplicate_field")
+MAX_DEPTH = 64  # nesting of objects and arrays, the top-level object being 1
+MAX_TS_DIGITS = 15  # an epoch-millisecond integer; more digits are not a time
+
+
+class Text:
+    """A string field: min_len to max_len characters, each one of `chars` (a regex class)."""
+
+    sql_type = "STRING"  # Flink SQL
+
+    def __init__(self, name, chars, min_len, max_len, low_cardinality=False):
+        self.name = name
+        self.chars = chars
+        self.min_len = min_len
+        self.max_len = max_len
+        # fullmatch, not match: Python's $ would also accept a trailing newline.
+        self.pattern = re.compile(f"[{chars}]{{{min_len},{max_len}}}")
+        self.clickhouse_type = "LowCardinality(String)" if low_cardinality else "String"
+        self.reasons = (f"bad_{name}",)
+
+    def check(self, value, now_ms):
+        if isinstance(value, str) and self.pattern.fullmatch(value) is not None:
+            return None
+        return self.reasons[0]
+
+    def describe(self):
+        """For people: "1 to 64 characters among A-Z a-z 0-9 _ . : -"."""
+        # The class's ranges (A-Z) and single characters, in order.
+        parts = re.findall(r".-.|.", self.chars)
+        return f"{self.min_len} to {self.max_len} characters among {' '.join(parts)}"
+
+
+class OneOf:
+    """A string field holding one of a few values."""
+
+    sql_type = "STRING"
+    clickhouse_type = "LowCardinality(String)"
+
+    def __init__(self, name, values):
+        self.name = name
+        self.values = tuple(values)
+        self.reasons = (f"bad_{name}",)
+
+    def check(self, value, now_ms):
+        return None if isinstance(value, str) and value in self.values else self.reasons[0]
+
+
+class EventTime:
+    """The event's time: an integer of epoch milliseconds, not before config.MIN_CLICK_TS_MS
+    and not more than config.MAX_FUTURE_SECONDS ahead of the job's clock."""
+
+    sql_type = "BIGINT"
+    clickhouse_type = "DateTime64(3, 'UTC')"
+
+    def __init__(self, name):
+        self.name = name
+        self.reasons = (f"bad_{name}", f"{name}_too_old", f"{name}_in_future")
+
+    def check(self, value, now_ms):
+        # bool is an int subclass in Python, but true/false are not JSON numbers; 1.0 and 1e3
+        # are floats here, and not integers for the job either.
+        if type(value) is not int or len(str(abs(value))) > MAX_TS_DIGITS:
+            return self.reasons[0]
+        if value < config.MIN_CLICK_TS_MS:
+            return self.reasons[1]
+        if value > now_ms + config.MAX_FUTURE_SECONDS * 1000:
+            return self.reasons[2]
+        return None
+
+
+class EventContract:
+    """One event type: its fields in rule order, the one that identifies an event (its
+    duplicates are dropped) and the one that times it."""
+
+    def __init__(self, name, fields, id_field, time_field):
+        self.name = name
+        self.fields = tuple(fields)
+        self.by_name = {field.name: field for field in self.fields}
+        self.id_field = id_field
+        self.time_field = time_field
+        self.names = tuple(field.name for field in self.fields)
+        self.reasons = ENVELOPE_REASONS + tuple(
+            reason for field in self.fields for reason in field.reasons)
+        # One valid event, its fields as attributes.
+        self.Event = namedtuple(name.capitalize(), self.names)
+
+    def field(self, name):
+        return self.by_name[name]
+
+    def sql_columns(self):
+        """(name, Flink SQL type) of each field, in order."""
+        return [(field.name, field.sql_type) for field in self.fields]
+
+    def clickhouse_columns(self):
+        """{name: ClickHouse type} of each field, as the tables that store them declare it."""
+        return {field.name: field.clickhouse_type for field in self.fields}
+
+    def validate(self, payload, now_ms=None):
+        """(event, None) for a valid payload, else (None, reason), reason one of self.reasons.
+
+        now_ms stands for the job's clock (default: now). A None payload (a Kafka tombstone)
+        is not a JSON object; a str payload is taken as its UTF-8 bytes.
+        """
+        if now_ms is None:
+            now_ms = int(time.time() * 1000)
+        if payload is None:
+            return None, "not_json_object"
+        data = payload.encode("utf-8", errors="surrogatepass") if isinstance(payload, str) \
+            else bytes(payload)
+        if len(data) > config.MAX_PAYLOAD_BYTES:
+            return None, "oversized"
+        obj = _parse_object(data)
+        if obj is None:
+            return None, "not_json_object"
+        if obj.repeated:
+            return None, "duplicate_field"
+        values = []
+        for field in self.fields:
+            value = obj.get(field.name)
+            reason = field.check(value, now_ms)
+            if reason is not None:
+                return None, reason
+            values.append(value)
+        return self.Event._make(values), None
+
+    def encode(self, event):
+        """The compact JSON bytes of an event, with the contract's field names."""
+        return json.dumps(event._asdict(), separators=(",", ":")).encode("utf-8")
+
+
+CLICK = EventContract(
+    "click",
+    fields=[
+        Text("click_id", "A-Za-z0-9_.:-", 1, 64),
+        Text("ad_id", "A-Za-z0-9_.:-", 1, 64),
+        EventTime("click_ts"),
+        Text("user_id", "A-Za-z0-9_.:@-", 1, 128),
+        Text("ip", "0-9A-Fa-f.:", 2, 45),
+        Text("country", "A-Z", 2, 2, low_cardinality=True),  # ISO 3166 alpha-2
+        OneOf("device", ("mobile", "desktop", "tablet", "other")),
+    ],
+    id_field="click_id",
+    time_field="click_ts",
 )
 
-# fullmatch, not match: Python's $ would also accept a trailing newline.
-_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-_USER_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
-_IP = re.compile(r"[0-9A-Fa-f.:]{2,45}")
-_COUNTRY = re.compile(r"[A-Z]{2}")
-_MAX_TS_DIGITS = 15
-MAX_DEPTH = 64  # nesting of objects and arrays, the top-level object being 1
+# The click's names, for the code that handles clicks only.
+Click = CLICK.Event
+REASONS = CLICK.reasons
+DEVICES = CLICK.field("device").values
 
 
-class Click(NamedTuple):
-    """One valid click, as the job's clicks_valid view has it."""
-
-    click_id: str
-    ad_id: str
-    click_ts: int
-    user_id: str
-    ip: str
-    country: str
-    device: str
+def validate(payload, now_ms=None):
+    """CLICK.validate: (Click, None) or (None, reason)."""
+    return CLICK.validate(payload, now_ms)
 
 
-def _reject_constant(name):
-    # JSON has no NaN or Infinity; Python's json would accept them.
-    raise ValueError(f"not JSON: {name}")
+def encode(click):
+    return CLICK.encode(click)
 
 
 class _Object(dict):
@@ -65,6 +192,11 @@ def _object(pairs):
     obj = _Object(pairs)
     obj.repeated = len(obj) != len(pairs)
     return obj
+
+
+def _reject_constant(name):
+    # JSON has no NaN or Infinity; Python's json would accept them.
+    raise ValueError(f"not JSON: {name}")
 
 
 def _depth(value):
@@ -96,65 +228,3 @@ def _parse_object(data):
     if not isinstance(obj, dict) or _depth(obj) > MAX_DEPTH:
         return None
     return obj
-
-
-def _is_string(value, pattern):
-    return isinstance(value, str) and pattern.fullmatch(value) is not None
-
-
-def _is_click_ts(value):
-    # bool is an int subclass in Python, but true/false are not JSON numbers; 1.0 and 1e3 are
-    # floats here, and not integers for the job either.
-    return type(value) is int and len(str(abs(value))) <= _MAX_TS_DIGITS
-
-
-def validate(payload, now_ms=None):
-    """(Click, None) for a valid payload, else (None, reason) with reason one of REASONS.
-
-    now_ms stands for the job's clock (default: now). A None payload (a Kafka tombstone) is not
-    a JSON object; a str payload is taken as its UTF-8 bytes.
-    """
-    if now_ms is None:
-        now_ms = int(time.time() * 1000)
-    if payload is None:
-        return None, "not_json_object"
-    data = payload.encode("utf-8", errors="surrogatepass") if isinstance(payload, str) \
-        else bytes(payload)
-    if len(data) > config.MAX_PAYLOAD_BYTES:
-        return None, "oversized"
-    obj = _parse_object(data)
-    if obj is None:
-        return None, "not_json_object"
-    if obj.repeated:
-        return None, "duplicate_field"
-    click_id = obj.get("click_id")
-    if not _is_string(click_id, _ID):
-        return None, "bad_click_id"
-    ad_id = obj.get("ad_id")
-    if not _is_string(ad_id, _ID):
-        return None, "bad_ad_id"
-    click_ts = obj.get("click_ts")
-    if not _is_click_ts(click_ts):
-        return None, "bad_click_ts"
-    if click_ts < config.MIN_CLICK_TS_MS:
-        return None, "click_ts_too_old"
-    if click_ts > now_ms + config.MAX_FUTURE_SECONDS * 1000:
-        return None, "click_ts_in_future"
-    user_id = obj.get("user_id")
-    if not _is_string(user_id, _USER_ID):
-        return None, "bad_user_id"
-    ip = obj.get("ip")
-    if not _is_string(ip, _IP):
-        return None, "bad_ip"
-    country = obj.get("country")
-    if not _is_string(country, _COUNTRY):
-        return None, "bad_country"
-    device = obj.get("device")
-    if not isinstance(device, str) or device not in config.DEVICES:
-        return None, "bad_device"
-    return Click(click_id, ad_id, click_ts, user_id, ip, country, device), None
-
-
-def encode(click):
-    """The compact JSON bytes of a click, with the contract's field names."""
-    return json.dumps(click._asdict(), separators=(",", ":")).encode("utf-8")

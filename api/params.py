@@ -12,15 +12,16 @@ from datetime import datetime
 from datetime import timedelta
 from datetime import timezone
 
-from adclick import config
+from adclick.contract import CLICK
 from api.errors import ApiError
 
-AD_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")  # the event contract (sql/flink/10_parse.sql)
-COUNTRY = re.compile(r"^[A-Z]{2}$")
+# Filters and paths accept what the event contract accepts.
+AD_ID = CLICK.field("ad_id")
+COUNTRY = CLICK.field("country")
+DEVICES = CLICK.field("device").values
 INTEGER = re.compile(r"^[0-9]{1,9}$")
 TIMESTAMP = re.compile(
     r"^([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2})(?::([0-9]{2}))?(?:Z|\+00:00)$")
-DEVICES = config.DEVICES
 MAX_FILTER_VALUES = 50
 POPULAR_DEFAULT = 100
 POPULAR_MAX = 1000
@@ -122,7 +123,7 @@ def filters(args):
     """The country and device filters: comma-separated, several values each."""
     countries = _values(args, "country")
     for value in countries:
-        if not COUNTRY.match(value):
+        if COUNTRY.check(value, None):
             raise ApiError("'country' must be comma-separated ISO 3166 codes of 2 upper-case"
                            f" letters like KR,JP; got {value!r}")
     devices = _values(args, "device")
@@ -134,9 +135,8 @@ def filters(args):
 
 def ad_id(value):
     """The ad id of a path, as the event contract allows it."""
-    if not AD_ID.match(value):
-        raise ApiError("'ad_id' must be 1 to 64 characters among A-Z a-z 0-9 _ . : -,"
-                       f" got {value[:80]!r}")
+    if AD_ID.check(value, None):
+        raise ApiError(f"'ad_id' must be {AD_ID.describe()}, got {value[:80]!r}")
     return value
 
 

@@ -208,7 +208,7 @@ def test_bad_device(value):
     assert reason(payload(device=value)) == "bad_device"
 
 
-@pytest.mark.parametrize("device", config.DEVICES)
+@pytest.mark.parametrize("device", contract.DEVICES)
 def test_every_device_is_valid(device):
     assert reason(payload(device=device)) is None
 

@@ -17,7 +17,7 @@ import pytest
 from kafka import KafkaConsumer
 from kafka import KafkaProducer
 
-from adclick import config
+from adclick import contract
 from adclick.topics import create_topics
 from tests.helpers_stack import flink_cli
 from tests.helpers_stack import kafka_env
@@ -53,7 +53,7 @@ def clicks(first_minute_ms):
             "user_id": f"user-{i % 7}",
             "ip": f"198.51.100.{i % 250}",
             "country": COUNTRIES[i % len(COUNTRIES)],
-            "device": config.DEVICES[i % len(config.DEVICES)],
+            "device": contract.DEVICES[i % len(contract.DEVICES)],
         })
     return events
 

@@ -72,7 +72,7 @@ def test_skew_sends_a_fraction_to_the_hot_ad():
 def test_device_and_country_weights():
     made = clicks(generator.ClickFactory(seed=4), 40_000)
     devices = collections.Counter(c.device for c in made)
-    assert set(devices) == set(config.DEVICES)
+    assert set(devices) == set(contract.DEVICES)
     for device, share in (("mobile", 0.60), ("desktop", 0.30), ("tablet", 0.08), ("other", 0.02)):
         assert abs(devices[device] / len(made) - share) < 0.01
     countries = collections.Counter(c.country for c in made)
