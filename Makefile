@@ -83,7 +83,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 
 demo: setup
-	$(PY) -m adclick.demo $(DEMO_ARGS)
+	$(PY) -m apps.demo $(DEMO_ARGS)
 
 bench: setup
 	$(PY) -m bench.run

@@ -1,4 +1,5 @@
-"""Tests of adclick.generator: the pure traffic model, and one run against a real broker.
+"""Tests of the click model (adclick.generator) and `adclick generate` (apps.generate): the pure
+traffic model, and one run against a real broker.
 
 The benchmarks and the pipeline tests trust the generator's ground truth, so these check the
 shape of the traffic (Zipf, weights, duplicates, disorder) and that truth holds exactly the
@@ -19,6 +20,7 @@ import pytest
 from adclick import config
 from adclick import contract
 from adclick import generator
+from apps import generate
 
 NOW = 1_800_000_000_000
 
@@ -156,7 +158,7 @@ def test_tally_truth_excludes_duplicates_and_malformed(tmp_path):
     traffic = generator.Traffic(generator.ClickFactory(seed=11), duplicates=0.2, malformed=0.1)
     messages = run_traffic(traffic, 3_000)
     path = tmp_path / "truth.jsonl"
-    tally = generator.Tally(str(path))
+    tally = generate.Tally(str(path))
     for message in messages:
         tally.add(message)
     summary = tally.summary(run_id="r")
@@ -191,7 +193,7 @@ def test_pacer_limits_rate_and_does_not_flood_after_a_stall():
 
 
 def test_parse_args_defaults_and_checks():
-    args = generator.parse_args([])
+    args = generate.parse_args([])
     assert args.rate == 200 and args.ads == 10_000 and args.duplicates == 0.0
     assert args.duplicate_delay_s == 30 and args.topic == config.Topics.CLICKS
     assert args.bootstrap_servers == config.KAFKA_BOOTSTRAP
@@ -199,7 +201,7 @@ def test_parse_args_defaults_and_checks():
     for bad in (["--duplicates", "1.5"], ["--malformed", "-0.1"], ["--speedup", "0"],
                 ["--run-id", 'a"b'], ["--count", "-1"]):
         with pytest.raises(SystemExit):
-            generator.parse_args(bad)
+            generate.parse_args(bad)
 
 
 class FakeFuture:
@@ -228,12 +230,12 @@ class FakeProducer:
 
 def test_main_with_a_fake_producer(tmp_path, monkeypatch, capsys):
     producer = FakeProducer()
-    monkeypatch.setattr(generator, "make_producer", lambda args: producer)
+    monkeypatch.setattr(generate, "make_producer", lambda args: producer)
     truth = tmp_path / "t.jsonl"
-    code = generator.main(["--topic", "x", "--rate", "0", "--count", "3000", "--seed", "1",
-                           "--duplicates", "0.1", "--duplicate-delay-s", "60",
-                           "--malformed", "0.05", "--start-ts-ms", str(NOW - 10**6),
-                           "--speedup", "10", "--truth", str(truth)])
+    code = generate.main(["--topic", "x", "--rate", "0", "--count", "3000", "--seed", "1",
+                          "--duplicates", "0.1", "--duplicate-delay-s", "60",
+                          "--malformed", "0.05", "--start-ts-ms", str(NOW - 10**6),
+                          "--speedup", "10", "--truth", str(truth)])
     assert code == 0
     assert producer.flushed and producer.closed
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -272,7 +274,7 @@ def test_generator_against_kafka_stopped_by_sigterm(kafka_bootstrap, tmp_path):
     truth = tmp_path / "truth.jsonl"
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "adclick.generator", "--bootstrap-servers", kafka_bootstrap,
+            [sys.executable, "-m", "apps.generate", "--bootstrap-servers", kafka_bootstrap,
              "--topic", topic, "--rate", "1000", "--duplicates", "0.1",
              "--duplicate-delay-s", "2", "--malformed", "0.05", "--out-of-order-ms", "1000",
              "--truth", str(truth), "--seed", "7", "--progress-s", "1"],

@@ -16,7 +16,7 @@ from datetime import timedelta
 from datetime import timezone
 
 from adclick import config
-from adclick import sql_cli
+from adclick import sql_client
 from adclick import store
 
 # One row per (minute, ad_id): distinct raw click_ids, counted clicks, too-late clicks.
@@ -103,16 +103,16 @@ def report(totals, mismatches, start, end, out=sys.stdout):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="adclick reconcile", description=__doc__.split("\n")[0])
-    sql_cli.add_connection_arguments(parser)
+    sql_client.add_connection_arguments(parser)
     parser.add_argument("--from", dest="start", type=parse_minute)
     parser.add_argument("--to", dest="end", type=parse_minute)
     parser.add_argument("--allowed-lateness-s", type=int, default=config.ALLOWED_LATENESS_SECONDS)
     args = parser.parse_args(argv)
-    sql_cli.check_connection_arguments(parser, args)
+    sql_client.check_connection_arguments(parser, args)
     args.database = store.check_identifier(args.database)
 
     def query(statement):
-        return sql_cli.run(args, statement)["rows"]
+        return sql_client.run(args, statement)["rows"]
 
     if args.start and args.end:
         span = (args.start, args.end)
@@ -123,7 +123,7 @@ def main(argv=None):
             return 0
     try:
         totals, mismatches = reconcile(query, args.database, *span)
-    except sql_cli.Refused as error:
+    except sql_client.Refused as error:
         print(f"adclick reconcile: {error}", file=sys.stderr)
         return 2
     report(totals, mismatches, *span)

@@ -5,15 +5,15 @@ import logging
 import sys
 
 from adclick import config
-from adclick import server
+from apps import server
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     tools = {
-        "generate": ("adclick.generator", "send click events to Kafka"),
-        "sql": ("adclick.sql_cli", "run read-only SQL against the store"),
-        "reconcile": ("adclick.reconcile", "recount raw clicks and compare with the counts"),
+        "generate": ("apps.generate", "send click events to Kafka"),
+        "sql": ("apps.sql", "run read-only SQL against the store"),
+        "reconcile": ("apps.reconcile", "recount raw clicks and compare with the counts"),
         "topics": ("adclick.topics", "create the Kafka topics"),
     }
     if argv and argv[0] in tools:  # these parse their own flags

@@ -116,14 +116,14 @@ def main(argv=None):
     # Stopped in reverse order: the generator first, then the job (with a savepoint), then the
     # server, which has loaded what the job committed by then (and resumes the rest next time).
     children = [
-        ("server", start("server", [python, "-m", "adclick.cli", "serve", "--port",
+        ("server", start("server", [python, "-m", "apps.cli", "serve", "--port",
                                     str(args.port), "--api-key-file", str(key_file)])),
         ("job", start("job", [python, "-m", "jobs.ad_click_aggregation",
                               *(["--fresh"] if args.fresh else [])])),
     ]
     if args.rate:
         children.append(("generator", start("generator", [
-            python, "-m", "adclick.generator", "--rate", str(args.rate), "--duplicates", "0.01",
+            python, "-m", "apps.generate", "--rate", str(args.rate), "--duplicates", "0.01",
             "--out-of-order-ms", "2000", "--malformed", "0.001"])))
     api = f"http://{config.API_HOST}:{args.port}"
     exited = []

@@ -14,8 +14,10 @@ from werkzeug.serving import make_server
 from adclick import config
 from adclick import store
 from adclick.ingest import Loader
+from api import create_app
+from api.auth import create_key
 
-log = logging.getLogger("adclick.server")
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser):
@@ -45,9 +47,6 @@ def stop_on_signals(stop):
 
 
 def serve(args):
-    from api import create_app  # the API package depends on adclick, not the reverse
-    from api.auth import create_key
-
     client = store.connect(args.clickhouse_url)
     loader = start_loader(args, client)
     app = create_app({"CLICKHOUSE_URL": args.clickhouse_url, "DATABASE": args.database})

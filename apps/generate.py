@@ -1,0 +1,275 @@
+"""`adclick generate`: produce realistic ad clicks to Kafka, with duplicates, disorder and garbage.
+
+The traffic comes from the click model in adclick.generator (ClickFactory, Traffic, Pacer);
+this sends it at the asked rate and writes the ground truth of what was sent (Tally), so a
+test or benchmark can check the job's counts exactly.
+
+    python -m apps.generate --rate 500 --duplicates 0.02 --malformed 0.01 --truth t.jsonl
+    adclick generate --rate 500 --duplicates 0.02 --malformed 0.01 --truth t.jsonl
+"""
+
+import argparse
+import collections
+import json
+import re
+import signal
+import sys
+import time
+import uuid
+
+from adclick import config
+from adclick.generator import MALFORMED_KINDS
+from adclick.generator import ClickFactory
+from adclick.generator import Pacer
+from adclick.generator import Traffic
+from adclick.generator import now_ms
+
+# At most WINDOW_STEP * WINDOW_STEPS sent messages wait for their acknowledgement (see run).
+WINDOW_STEP = 10_000
+WINDOW_STEPS = 20
+
+
+class Tally:
+    """Counts what was produced, and writes the ground truth of unique valid clicks."""
+
+    def __init__(self, truth_path=None):
+        self.counts = {"sent": 0, "unique": 0, "duplicates": 0, "malformed": 0}
+        self.malformed_kinds = dict.fromkeys(MALFORMED_KINDS, 0)
+        self.delivery_errors = 0
+        self.min_click_ts = None
+        self.max_click_ts = None
+        self.truth_path = truth_path
+        self._truth = open(truth_path, "w", encoding="utf-8") if truth_path else None
+
+    def add(self, message):
+        counts = self.counts
+        counts["sent"] += 1
+        if message.kind == "unique":
+            counts["unique"] += 1
+            click = message.click
+            ts = click.click_ts
+            if self.min_click_ts is None or ts < self.min_click_ts:
+                self.min_click_ts = ts
+            if self.max_click_ts is None or ts > self.max_click_ts:
+                self.max_click_ts = ts
+            if self._truth:
+                # Factory values never need JSON escaping (the contract's patterns forbid it).
+                self._truth.write(
+                    f'{{"click_id":"{click.click_id}","ad_id":"{click.ad_id}",'
+                    f'"click_ts":{ts},"country":"{click.country}","device":"{click.device}"}}\n'
+                )
+        elif message.kind == "duplicate":
+            counts["duplicates"] += 1
+        else:
+            counts["malformed"] += 1
+            self.malformed_kinds[message.malformed.kind] += 1
+
+    def on_error(self, _exc):
+        self.delivery_errors += 1
+
+    def summary(self, **extra):
+        result = dict(self.counts)
+        result["malformed_by_kind"] = {k: v for k, v in self.malformed_kinds.items() if v}
+        result["delivery_errors"] = self.delivery_errors
+        result["min_click_ts"] = self.min_click_ts
+        result["max_click_ts"] = self.max_click_ts
+        result.update(extra)
+        return result
+
+    def close(self, summary):
+        if self._truth:
+            self._truth.close()
+            with open(f"{self.truth_path}.summary.json", "w", encoding="utf-8") as f:
+                json.dump(summary, f, indent=2, sort_keys=True)
+                f.write("\n")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="adclick generate",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--bootstrap-servers", default=config.KAFKA_BOOTSTRAP)
+    p.add_argument("--topic", default=config.Topics.CLICKS)
+    p.add_argument("--rate", type=float, default=200.0,
+                   help="messages per second, duplicates and malformed included; 0: no limit")
+    p.add_argument("--duration", type=float, default=None,
+                   help="seconds to run (default: until Ctrl-C or SIGTERM)")
+    p.add_argument("--count", type=int, default=None,
+                   help="new events to send (unique + malformed); their duplicates come on top")
+    p.add_argument("--ads", type=int, default=10_000)
+    p.add_argument("--zipf-s", type=float, default=1.1, help="Zipf exponent of ad popularity")
+    p.add_argument("--users", type=int, default=1_000_000)
+    p.add_argument("--skew", type=float, default=0.0,
+                   help="fraction of clicks that go to one hot ad, on top of Zipf")
+    p.add_argument("--duplicates", type=float, default=0.0,
+                   help="fraction of unique clicks resent byte for byte")
+    p.add_argument("--duplicate-delay-s", type=float, default=30.0,
+                   help="a resend comes immediately or after a random delay up to this")
+    p.add_argument("--out-of-order-ms", type=int, default=0,
+                   help="max random jitter subtracted from click_ts")
+    p.add_argument("--malformed", type=float, default=0.0,
+                   help="fraction of new events that are malformed, each of a random kind")
+    p.add_argument("--start-ts-ms", type=int, default=None,
+                   help="simulated event clock start (epoch ms; default: real time)")
+    p.add_argument("--speedup", type=float, default=1.0,
+                   help="simulated event clock speed; keep it in the job's accepted range")
+    p.add_argument("--truth", default=None,
+                   help="write unique valid clicks as JSON lines here, totals to PATH.summary.json")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--run-id", default=None,
+                   help="click_id prefix (default: random even with --seed, so reruns with one "
+                        "seed are not deduplicated against each other)")
+    p.add_argument("--progress-s", type=float, default=2.0, help="progress interval on stderr")
+    p.add_argument("--compression", default="lz4", choices=["none", "gzip", "lz4", "zstd"],
+                   help="lz4 is about twice as fast as none with kafka-python")
+    p.add_argument("--linger-ms", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=256 * 1024)
+    args = p.parse_args(argv)
+    for name in ("duplicates", "malformed", "skew"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            p.error(f"--{name} must be within [0, 1]")
+    if args.speedup <= 0:
+        p.error("--speedup must be positive")
+    if args.count is not None and args.count < 0:
+        p.error("--count must not be negative")
+    if args.run_id is not None and not re.fullmatch(r"[A-Za-z0-9_.:-]{1,40}", args.run_id):
+        p.error("--run-id must be 1-40 of A-Z a-z 0-9 _ . : - (it starts every click_id)")
+    return args
+
+
+def make_producer(args):
+    from kafka import KafkaProducer  # here, so the pure parts import without a Kafka client
+
+    return KafkaProducer(
+        bootstrap_servers=args.bootstrap_servers,
+        client_id="adclick-generator",
+        acks="all",
+        linger_ms=args.linger_ms,
+        batch_size=args.batch_size,
+        compression_type=None if args.compression == "none" else args.compression,
+        metrics_enabled=False,
+    )
+
+
+class _Stop:
+    """Set by SIGINT/SIGTERM; a second signal kills the process the default way."""
+
+    def __init__(self):
+        self.signal = None
+
+    def __call__(self, signum, _frame):
+        self.signal = signal.Signals(signum).name
+        signal.signal(signum, signal.SIG_DFL)
+
+
+def _progress(elapsed, rate, tally, traffic):
+    c = tally.counts
+    print(f"[generator] {elapsed:7.1f}s rate={rate:8.0f}/s sent={c['sent']} "
+          f"unique={c['unique']} duplicates={c['duplicates']} malformed={c['malformed']} "
+          f"pending_dups={traffic.pending}", file=sys.stderr, flush=True)
+
+
+def _settle(future):
+    """Wait until a send is acknowledged or failed (the errback counts failures)."""
+    try:
+        future.get()
+    except Exception:  # noqa: BLE001 - counted by Tally.on_error already
+        pass
+
+
+def run(args, producer, traffic, tally, stop):
+    """Send until --count, --duration or a signal; then resend pending duplicates and flush.
+
+    Returns (seconds taken, what stopped it: count, duration or the signal's name).
+    """
+    pacer = Pacer(args.rate)
+    send = producer.send
+    topic = args.topic
+    on_error = tally.on_error
+    started = time.monotonic()
+    wall0_ms = now_ms()
+    event0_ms = wall0_ms if args.start_ts_ms is None else args.start_ts_ms
+    speedup = args.speedup
+    batch = 1000
+    new_events = 0
+    last_report = started
+    last_sent = 0
+
+    # kafka-python 3 has no buffer_memory bound: without this, --rate 0 against a slow broker
+    # would queue without limit. Every WINDOW_STEP-th future is kept, and once WINDOW_STEPS of
+    # them are outstanding the oldest is awaited.
+    window = collections.deque()
+
+    def emit(message):
+        future = send(topic, message.payload)
+        future.add_errback(on_error)
+        tally.add(message)
+        if tally.counts["sent"] % WINDOW_STEP == 0:
+            window.append(future)
+            if len(window) > WINDOW_STEPS:
+                _settle(window.popleft())
+
+    while True:
+        mono = time.monotonic()
+        if stop.signal is not None:
+            stopped_by = stop.signal
+            break
+        if args.duration is not None and mono - started >= args.duration:
+            stopped_by = "duration"
+            break
+        if args.count is not None and new_events >= args.count:
+            stopped_by = "count"
+            break
+        if mono - last_report >= args.progress_s:
+            _progress(mono - started, (tally.counts["sent"] - last_sent) / (mono - last_report),
+                      tally, traffic)
+            last_report, last_sent = mono, tally.counts["sent"]
+        granted = pacer.take(batch)
+        if not granted:
+            time.sleep(min(pacer.wait_s(), 0.1))
+            continue
+        for _ in range(granted):
+            wall_ms = time.time_ns() // 1_000_000
+            event_ms = event0_ms + int((wall_ms - wall0_ms) * speedup)
+            message = traffic.next(wall_ms, event_ms)
+            if message.kind != "duplicate":
+                new_events += 1
+            emit(message)
+            if args.count is not None and new_events >= args.count:
+                break
+    for message in traffic.drain():
+        emit(message)
+    producer.flush()
+    return time.monotonic() - started, stopped_by
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    factory = ClickFactory(seed=args.seed, ads=args.ads, zipf_s=args.zipf_s, skew=args.skew,
+                           users=args.users, run_id=args.run_id or uuid.uuid4().hex[:8])
+    traffic = Traffic(factory, duplicates=args.duplicates,
+                      duplicate_delay_ms=args.duplicate_delay_s * 1000,
+                      malformed=args.malformed, out_of_order_ms=args.out_of_order_ms)
+    stop = _Stop()
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    producer = make_producer(args)
+    tally = Tally(args.truth)
+    try:
+        elapsed, stopped_by = run(args, producer, traffic, tally, stop)
+    finally:
+        producer.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    sent = tally.counts["sent"]
+    summary = tally.summary(
+        topic=args.topic, run_id=factory.run_id, seed=args.seed, elapsed_s=round(elapsed, 3),
+        rate_achieved=round(sent / elapsed, 1) if elapsed > 0 else None,
+        stopped_by=stopped_by,
+    )
+    tally.close(summary)
+    _progress(elapsed, summary["rate_achieved"] or 0.0, tally, traffic)
+    print(json.dumps(summary, sort_keys=True), flush=True)
+    return 1 if tally.delivery_errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
