@@ -30,7 +30,7 @@ def replication_factor(admin):
     return min(3, len(admin.describe_cluster()["brokers"]))
 
 
-def create_topics(bootstrap, prefix="", partitions=4):
+def create_topics(bootstrap, prefix="", partitions=config.PARTITIONS):
     """Create the topics named by config.Topics.with_prefix(prefix); return {role: name}.
 
     Topics that already exist are left as they are. Returns once every topic has a leader
@@ -61,7 +61,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Create adclick's Kafka topics (idempotent).")
     parser.add_argument("--bootstrap-servers", default=config.KAFKA_BOOTSTRAP)
     parser.add_argument("--prefix", default="", help="prefix of all five topic names")
-    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--partitions", type=int, default=config.PARTITIONS)
     args = parser.parse_args(argv)
     if args.partitions <= 0:
         parser.error("--partitions must be positive")

@@ -18,10 +18,10 @@ from kafka import KafkaConsumer
 from kafka import KafkaProducer
 from kafka import TopicPartition
 
+from adclick import config
 from adclick.generator import ClickFactory
-from bench.procs import REPO
 
-KAFKA_JARS = REPO / ".stack" / "jars" / "kafka"
+KAFKA_JARS = config.JARS_DIR / "kafka"
 
 JAVA_PRODUCER = r"""
 import java.io.BufferedInputStream;
@@ -163,7 +163,7 @@ def bulk_fill(bootstrap, topic, partitions, payloads, count, start_ts, span_ms, 
 
 def kafka_python_produce_rate(bootstrap, topic, payloads, count, start_ts):
     """adclick's producer library on a sample: pre-encoded payloads, big batches, no compression."""
-    data = b"".join(payloads.chunks(count, start_ts, 60_000)).split(b"\n")[:count]
+    data = b"".join(payloads.chunks(count, start_ts, config.WINDOW_MS)).split(b"\n")[:count]
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=20,
                              batch_size=1 << 20, compression_type=None, metrics_enabled=False,
                              max_request_size=16 << 20)
@@ -171,7 +171,7 @@ def kafka_python_produce_rate(bootstrap, topic, payloads, count, start_ts):
         send = producer.send
         started = time.monotonic()
         for i, value in enumerate(data):
-            send(topic, value, partition=i & 3)
+            send(topic, value, partition=i % config.PARTITIONS)
         producer.flush()
         elapsed = time.monotonic() - started
     finally:

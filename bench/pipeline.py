@@ -12,81 +12,32 @@ import math
 import statistics
 import time
 import urllib.error
-import urllib.parse
-import urllib.request
-from datetime import datetime
-from datetime import timezone
 from pathlib import Path
 
 from kafka import KafkaAdminClient
 
+from adclick import config
+from adclick.testing import processes
+from adclick.testing.api import iso
+from adclick.testing.processes import PYTHON
+from adclick.testing.processes import Process
+from adclick.testing.processes import start_server
 from adclick.topics import create_topics
 from bench.flink_rest import FlinkRest
-from bench.procs import PYTHON
-from bench.procs import Child
 from bench.procs import MachineLoad
 from bench.procs import dir_size
-from bench.procs import free_port
 from bench.procs import log
 
-MINUTE_MS = 60_000
+MINUTE_MS = config.WINDOW_MS
 BUSY_METRICS = ("busyTimeMsPerSecond", "backPressuredTimeMsPerSecond", "idleTimeMsPerSecond")
 
 
-class Api:
-    def __init__(self, port, key):
-        self.base = f"http://127.0.0.1:{port}"
-        self.headers = {"Authorization": f"Bearer {key}"}
-
-    def sql(self, query, timeout=30):
-        request = urllib.request.Request(
-            f"{self.base}/v1/sql", data=json.dumps({"query": query}).encode(),
-            headers=dict(self.headers, **{"Content-Type": "application/json"}))
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())["rows"]
-
-    def ad_count(self, ad_id, start_ms, end_ms):
-        query = urllib.parse.urlencode({"from": iso(start_ms), "to": iso(end_ms)})
-        request = urllib.request.Request(f"{self.base}/v1/ads/{ad_id}/aggregated_count?{query}",
-                                         headers=self.headers)
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read())["count"]
-
-
-def iso(ms):
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def start_server(work, bootstrap, prefix, raw, group_suffix="loader", store="store"):
-    port = free_port()
-    key_file = work / "api-key"
-    argv = [PYTHON, "-m", "adclick.cli", "serve", "--clickhouse-url", f"chdb://{work / store}",
-            "--bootstrap-servers", bootstrap, "--topic-prefix", prefix,
-            "--loader-group-id", prefix + group_suffix, "--port", str(port),
-            "--api-key-file", str(key_file)]
-    if not raw:
-        argv.append("--no-raw")
-    server = Child(f"server-{store}", argv, work)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        server.check()
-        if key_file.exists() and key_file.read_text().strip():
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
-                return server, Api(port, key_file.read_text().strip())
-            except (urllib.error.URLError, ConnectionError):
-                pass
-        time.sleep(0.5)
-    raise RuntimeError(f"server did not come up:\n{server.tail()}")
-
-
 def start_job(work, bootstrap, prefix, *extra):
+    """The job with its defaults, its Flink log in work/flink-log: returns (process, FlinkRest)."""
     log_dir = work / "flink-log"
     log_dir.mkdir(parents=True, exist_ok=True)
-    argv = [PYTHON, "-m", "jobs.ad_click_aggregation", "--bootstrap-servers", bootstrap,
-            "--topic-prefix", prefix, "--group-id", prefix + "job",
-            "--checkpoint-dir", (work / "checkpoints").as_uri(), *extra]
-    job = Child("job", argv, work, env={"FLINK_LOG_DIR": str(log_dir)})
+    job = processes.start_job(work, bootstrap, prefix, work / "checkpoints", *extra,
+                              env={"FLINK_LOG_DIR": str(log_dir)}, fast=False)
     return job, FlinkRest(log_dir)
 
 
@@ -173,18 +124,18 @@ def throughput_run(name, work, bootstrap, prefix, expected, sampler, timeout_s=1
     """
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    topic = prefix + "ad-clicks"
+    topic = config.Topics.with_prefix(prefix)["clicks"]
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     server = job = None
     result = {"name": name, "expected_clicks": expected}
     machine = MachineLoad()
     try:
-        server, api = start_server(work, bootstrap, prefix, raw=False)
+        server, api = start_server(work, bootstrap, prefix, work / "store", raw=False)
         sampler.watch(f"{name}.server", server.pid)
         launched = time.time()
         job, rest = start_job(work, bootstrap, prefix, *extra)
         sampler.watch(f"{name}.flink_job", job.pid)
-        info = rest.wait_job(check=job.check)
+        info = rest.wait_job(check=job.assert_running)
         t_start = info["start-time"] / 1000.0
         result["job_launch_to_start_s"] = round(t_start - launched, 2)
         log(f"{name}: job running (REST port {rest.port}); waiting for {expected} clicks "
@@ -206,8 +157,8 @@ def throughput_run(name, work, bootstrap, prefix, expected, sampler, timeout_s=1
         heap_max = {}
         next_heap = time.time()
         while time.time() < deadline:
-            job.check()
-            server.check()
+            job.assert_running()
+            server.assert_running()
             now = time.time()
             consumed = committed(admin, prefix + "job", topic)
             progress.append((now, consumed))
@@ -351,14 +302,14 @@ def loader_catchup(work, bootstrap, prefix, expected_rows, sampler, timeout_s=18
     work.mkdir(parents=True, exist_ok=True)
     server = None
     try:
-        server, api = start_server(work, bootstrap, prefix, raw=False,
-                                   group_suffix="loader-catchup", store="catchup-store")
+        server, api = start_server(work, bootstrap, prefix, work / "catchup-store", raw=False,
+                                   group_suffix="loader-catchup", name="server-catchup")
         sampler.watch("loader_catchup.server", server.pid)
         cpu0 = sampler.cpu_seconds("loader_catchup.server")
         first = None
         deadline = time.time() + timeout_s
         while time.time() < deadline:
-            server.check()
+            server.assert_running()
             rows = int(api.sql("SELECT count() FROM ad_click_counts")[0][0])
             now = time.time()
             if rows and first is None:
@@ -427,22 +378,22 @@ def freshness_run(work, bootstrap, prefix, sampler, rate=2000, duration_s=None, 
     """
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    create_topics(bootstrap, prefix, 4)
+    topics = create_topics(bootstrap, prefix)
     truth_path = work / "truth.jsonl"
     server = job = generator = None
     machine = MachineLoad()
     try:
-        server, api = start_server(work, bootstrap, prefix, raw=True)
+        server, api = start_server(work, bootstrap, prefix, work / "store")
         sampler.watch("freshness.server", server.pid)
         job, rest = start_job(work, bootstrap, prefix)
         sampler.watch("freshness.flink_job", job.pid)
-        rest.wait_job(check=job.check)
+        rest.wait_job(check=job.assert_running)
         if duration_s is None:
             now = time.time()
             duration_s = round((60 - now % 60) + 60 * minutes + watermark_delay_s + 3, 1)
-        generator = Child("generator", [
-            PYTHON, "-m", "adclick.generator", "--bootstrap-servers", bootstrap,
-            "--topic", prefix + "ad-clicks", "--rate", str(rate), "--duration", str(duration_s),
+        generator = Process("generator", [
+            PYTHON, "-m", "apps.generate", "--bootstrap-servers", bootstrap,
+            "--topic", topics["clicks"], "--rate", str(rate), "--duration", str(duration_s),
             "--truth", str(truth_path), "--seed", "11", "--progress-s", "30"], work)
         sampler.watch("freshness.generator", generator.pid)
         gen_started_ms = time.time() * 1000
@@ -458,8 +409,8 @@ def freshness_run(work, bootstrap, prefix, sampler, rate=2000, duration_s=None, 
                 # Minutes whose window can close: end + watermark delay before the last click.
                 last_closed = int(((gen_ended - watermark_delay_s) * 1000) // MINUTE_MS
                                   * MINUTE_MS) - MINUTE_MS
-            job.check()
-            server.check()
+            job.assert_running()
+            server.assert_running()
             now_ms = now * 1000
             totals = {int(m): int(c) for m, c in api.sql(
                 "SELECT toUnixTimestamp(minute) * 1000, sum(clicks) FROM ad_click_counts FINAL "

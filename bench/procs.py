@@ -1,116 +1,20 @@
-"""Processes for the benchmark: a private Kafka broker, child processes, RSS sampling.
-
-Everything started here is stopped by the object that started it, by its own pid (or process
-group), never by name.
+"""What the benchmark measures of processes and the machine: RSS and CPU of process trees, the
+machine's load, folder sizes. adclick.testing starts (and stops) the processes themselves.
 """
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
-KAFKA_SCRIPT = REPO / "scripts" / "kafka.sh"
 PAGE = os.sysconf("SC_PAGE_SIZE")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def log(message):
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-class Broker:
-    """A broker of our own via scripts/kafka.sh (free ports, temp data dir), or an existing one."""
-
-    def __init__(self, work_dir, existing=None):
-        self.existing = existing
-        self.env = None
-        if existing:
-            self.bootstrap = existing
-            return
-        port, controller = free_port(), free_port()
-        self.data_dir = Path(work_dir) / "kafka"
-        self.env = dict(os.environ, KAFKA_PORT=str(port), KAFKA_CONTROLLER_PORT=str(controller),
-                        KAFKA_DATA_DIR=str(self.data_dir))
-        self.bootstrap = f"127.0.0.1:{port}"
-
-    def start(self):
-        if self.env is None:
-            return self
-        started = time.monotonic()
-        subprocess.run([str(KAFKA_SCRIPT), "start"], env=self.env, check=True, timeout=180,
-                       stdout=sys.stderr)
-        self.startup_s = time.monotonic() - started
-        return self
-
-    def pid(self):
-        if self.env is None:
-            return None
-        try:
-            return int((self.data_dir / "kafka.pid").read_text().strip())
-        except (OSError, ValueError):
-            return None
-
-    def stop(self):
-        if self.env is not None:
-            subprocess.run([str(KAFKA_SCRIPT), "stop"], env=self.env, timeout=120,
-                           stdout=sys.stderr)
-
-
-class Child:
-    """A child process in its own process group, output to a log file."""
-
-    def __init__(self, name, argv, log_dir, env=None):
-        self.name = name
-        self.log_path = Path(log_dir) / f"{name}.log"
-        self._log = open(self.log_path, "wb")
-        self.popen = subprocess.Popen(argv, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
-                                      env=dict(os.environ, **(env or {})),
-                                      start_new_session=True)
-        self.pid = self.popen.pid
-
-    def tail(self, lines=40):
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def alive(self):
-        return self.popen.poll() is None
-
-    def check(self):
-        if not self.alive():
-            raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{self.tail()}")
-
-    def stop(self, timeout=30):
-        """SIGTERM to the child's process group (its JVM and Python workers too), then KILL."""
-        if self.alive():
-            try:
-                os.killpg(self.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.pid, signal.SIGKILL)
-                self.popen.wait()
-        # Stragglers of the group (e.g. Python UDF workers) that outlived their parent.
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self._log.close()
-        return self.popen.returncode
 
 
 def proc_stats():

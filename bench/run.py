@@ -40,16 +40,16 @@ from bench import chart
 from bench import engine_job
 from bench import kafka_io
 from bench import pipeline
-from bench.procs import PYTHON
-from bench.procs import REPO
-from bench.procs import Broker
+from adclick.testing.processes import PYTHON
+from adclick.testing.processes import REPO
+from adclick.testing.processes import Broker
 from bench.procs import MachineLoad
 from bench.procs import RssSampler
 from bench.procs import log
 
 OUT = REPO / "bench" / "out"
 DOCS = REPO / "docs" / "bench"
-MINUTE_MS = 60_000
+MINUTE_MS = config.WINDOW_MS
 
 
 def parse_args(argv=None):
@@ -99,7 +99,7 @@ def send_closers(bootstrap, topic, ts):
     """One click per partition, after everything else: moves every partition's watermark past
     the filled minutes so all their windows close. Its own minute stays open (not counted)."""
     producer = KafkaProducer(bootstrap_servers=bootstrap)
-    for partition in range(4):
+    for partition in range(config.PARTITIONS):
         click = {"click_id": f"closer-{uuid.uuid4().hex[:8]}-{partition}", "ad_id": "ad-closer",
                  "click_ts": ts, "user_id": "u-closer", "ip": "10.0.0.1", "country": "US",
                  "device": "mobile"}
@@ -109,14 +109,14 @@ def send_closers(bootstrap, topic, ts):
 
 
 def fill_topic(bootstrap, prefix, args, work, skew, seed):
-    topics = create_topics(bootstrap, prefix, 4)
+    topics = create_topics(bootstrap, prefix)
     payloads = kafka_io.Payloads(run_id=f"{prefix.rstrip('-')}", seed=seed, skew=skew)
     now = int(time.time() * 1000)
     span = args.event_minutes * MINUTE_MS
     start = (now - 30 * MINUTE_MS) // MINUTE_MS * MINUTE_MS
     log(f"filling {topics['clicks']} with {args.records:,} clicks (skew {skew})")
-    stats = kafka_io.bulk_fill(bootstrap, topics["clicks"], 4, payloads, args.records, start,
-                               span, work)
+    stats = kafka_io.bulk_fill(bootstrap, topics["clicks"], config.PARTITIONS, payloads,
+                               args.records, start, span, work)
     send_closers(bootstrap, topics["clicks"], start + span + 2 * MINUTE_MS)
     hot = sum(1 for i in range(min(args.records, 100_000)) if payloads.ad_of(i) == "ad-000001")
     stats["hot_ad_share"] = round(hot / min(args.records, 100_000), 3)
@@ -252,7 +252,7 @@ def main(argv=None):
     work = Path(tempfile.mkdtemp(prefix="adclick-bench-"))
     report = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
               "parameters": vars(args)}
-    broker = Broker(work, existing=os.environ.get("ADCLICK_BENCH_KAFKA"))
+    broker = Broker(work / "kafka", existing=os.environ.get("ADCLICK_BENCH_KAFKA"))
     sampler = RssSampler(interval=0.5).start()
     phases = Phases(report, sampler)
     run_prefix = f"bench{uuid.uuid4().hex[:6]}-"
@@ -267,20 +267,21 @@ def main(argv=None):
         if broker.pid():
             sampler.watch("kafka_broker", broker.pid())
         report["kafka"] = {"bootstrap": broker.bootstrap, "own_broker": not broker.existing,
-                           "startup_s": round(getattr(broker, "startup_s", 0), 1)}
+                           "startup_s": round(broker.startup_s or 0, 1)}
 
     def fill():
         created.extend(config.Topics.with_prefix(prefix).values())
         topics, payloads, stats = fill_topic(broker.bootstrap, prefix, args, work, 0.0, 1)
         state["topics"] = topics
-        scratch = create_topics(broker.bootstrap, run_prefix + "scratch-", 4)
+        scratch = create_topics(broker.bootstrap, run_prefix + "scratch-")
         created.extend(scratch.values())
         state["scratch"] = scratch
         stats["kafka_python_producer"] = kafka_io.kafka_python_produce_rate(
             broker.bootstrap, scratch["clicks"], payloads, args.kafka_python_sample,
             int(time.time() * 1000))
         report["fill"] = stats
-        sample = b"".join(payloads.chunks(50_000, int(time.time() * 1000) - 60_000, 60_000))
+        sample = b"".join(payloads.chunks(50_000, int(time.time() * 1000) - MINUTE_MS,
+                                          MINUTE_MS))
         report["loader_raw_validation"] = pipeline.raw_validation_rate(sample.split(b"\n")[:-1])
         log(f"fill: {stats['records_per_s']:,}/s (Java producer), kafka-python producer "
             f"{stats['kafka_python_producer']['records_per_s']:,}/s")
@@ -293,7 +294,7 @@ def main(argv=None):
     def engine():
         result = engine_limit(broker.bootstrap, state["topics"]["clicks"],
                               state["scratch"]["top"], work, sampler)
-        records = args.records + 4
+        records = args.records + config.PARTITIONS  # and a closer per partition
         result.update(bounded_rates(result["run"], records, result["empty_run"]))
         result.update({
             "method": "records / JobExecutionResult.getNetRuntime() of the bounded job (job "
@@ -331,8 +332,9 @@ def main(argv=None):
                 f"{name} {stages[name]['records_per_s']:,}/s ({stages[name]['ratio_to_engine']})"
                 for name in ("parse_only", "without_dedup", "whole_job")))
         report["engine_limit"] = result
-        log(f"plain Flink SQL: {result['records_per_s']:,}/s "
-            f"({result['records_per_s_minus_empty_run']:,}/s without the fixed cost)"
+        net = result["records_per_s_minus_empty_run"]  # None: the fixed cost is too large
+        log(f"plain Flink SQL: {result['records_per_s']:,}/s"
+            + (f" ({net:,}/s without the fixed cost)" if net is not None else "")
             + (f"; with a dedup: {dedup['records_per_s']:,}/s" if dedup else ""))
 
     def adclick():
@@ -361,7 +363,9 @@ def main(argv=None):
         plain = report["adclick"]
         report["loader_catchup"] = pipeline.loader_catchup(
             work / "catchup", broker.bootstrap, prefix, plain["clickhouse_rows_inserted"], sampler)
-        log(f"loader catch-up: {report['loader_catchup']['rows_per_s']:,} rows/s")
+        rate = report["loader_catchup"]["rows_per_s"]
+        log(f"loader catch-up: {rate:,} rows/s" if rate is not None
+            else "loader catch-up: every row loaded before the first poll, too few to time")
 
     def variant(name, letter, skew, seed, against, extra=()):
         """Run (3) again on a fill of its own (another skew, or other job arguments) and compare

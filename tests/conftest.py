@@ -6,55 +6,41 @@ with its own topic prefix, consumer groups and embedded store path.
 """
 
 import os
-import subprocess
 import sys
 import uuid
 
 import pytest
 
-from tests.helpers_stack import flink_env
-from tests.helpers_stack import run_script
-from tests.processes import REPO
-from tests.processes import free_port
+from adclick.testing.processes import REPO
+from adclick.testing.processes import Broker
+from adclick.testing.processes import flink_env
+from adclick.testing.processes import run_script
 
 sys.path.insert(0, str(REPO))
 
 
-KAFKA_SCRIPT = str(REPO / "scripts" / "kafka.sh")
-
-
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory):
-    """(bootstrap address, environment for scripts/kafka.sh) of the session's broker."""
-    existing = os.environ.get("ADCLICK_TEST_KAFKA")
-    if existing:
-        yield existing, None
-        return
-    port, controller_port = free_port(), free_port()
-    env = dict(os.environ, KAFKA_PORT=str(port), KAFKA_CONTROLLER_PORT=str(controller_port),
-               KAFKA_DATA_DIR=str(tmp_path_factory.mktemp("kafka")))
-    subprocess.run([KAFKA_SCRIPT, "start"], env=env, check=True, timeout=180)
+    """The session's broker (adclick.testing.processes.Broker)."""
+    broker = Broker(tmp_path_factory.mktemp("kafka"), os.environ.get("ADCLICK_TEST_KAFKA"))
+    broker.start()
     try:
-        yield f"127.0.0.1:{port}", env
+        yield broker
     finally:
-        subprocess.run([KAFKA_SCRIPT, "stop"], env=env, timeout=120)
+        broker.stop()
 
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(kafka_broker):
-    return kafka_broker[0]
+    return kafka_broker.bootstrap
 
 
 @pytest.fixture
 def kafka_control(kafka_broker):
     """Run a scripts/kafka.sh subcommand (restart, kill, ...) on the session's broker."""
-    _bootstrap, env = kafka_broker
-    if env is None:
+    if kafka_broker.existing:
         pytest.skip("the broker named by ADCLICK_TEST_KAFKA is not ours to restart")
-
-    def control(command):
-        subprocess.run([KAFKA_SCRIPT, command], env=env, check=True, timeout=180)
-    return control
+    return kafka_broker.control
 
 
 @pytest.fixture
@@ -63,7 +49,7 @@ def topic_prefix(kafka_bootstrap):
     from adclick.topics import create_topics
 
     prefix = f"t{uuid.uuid4().hex[:10]}-"
-    create_topics(kafka_bootstrap, prefix=prefix, partitions=4)
+    create_topics(kafka_bootstrap, prefix=prefix)
     return prefix
 
 

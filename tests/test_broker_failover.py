@@ -10,13 +10,10 @@ per-ad, per-attribute count must equal the truth: zero lost, zero double-counted
 """
 
 import collections
-import os
-import subprocess
 import time
 import uuid
 
 import pytest
-from kafka import KafkaAdminClient
 from kafka import KafkaConsumer
 from kafka import KafkaProducer
 from kafka import OffsetAndMetadata
@@ -24,55 +21,36 @@ from kafka import TopicPartition
 from kafka.admin import ConfigResource
 from kafka.admin import ConfigResourceType
 
+from adclick import config
+from adclick.testing.processes import Broker
+from adclick.testing.processes import start_job
+from adclick.testing.processes import start_server
+from adclick.testing.processes import wait_for
+from adclick.testing.traffic import FirstFreshAnswer
+from adclick.testing.traffic import LiveTraffic
+from adclick.testing.traffic import settle_and_compare
 from adclick.topics import create_topics
-from tests.processes import REPO
-from tests.processes import Api
-from tests.processes import free_port
-from tests.processes import start_job
-from tests.processes import start_server
-from tests.processes import wait_for
-from tests.traffic import FirstFreshAnswer
-from tests.traffic import Traffic
-from tests.traffic import settle_and_compare
 
 pytestmark = pytest.mark.integration
 
-KAFKA_SCRIPT = str(REPO / "scripts" / "kafka.sh")
 NODES = (1, 2, 3)
 RESENDS = 150
 
 
-class Cluster:
-    """A three-node cluster run by scripts/kafka.sh: its addresses and its commands."""
-
-    def __init__(self, data_dir):
-        self.ports = [free_port() for _ in NODES]
-        controller_ports = [free_port() for _ in NODES]
-        self.env = dict(os.environ, KAFKA_BROKERS="3", KAFKA_DATA_DIR=str(data_dir),
-                        KAFKA_PORTS=",".join(map(str, self.ports)),
-                        KAFKA_CONTROLLER_PORTS=",".join(map(str, controller_ports)))
-        self.bootstrap = ",".join(f"127.0.0.1:{port}" for port in self.ports)
-
-    def control(self, *command, check=True):
-        subprocess.run([KAFKA_SCRIPT, *command], env=self.env, check=check, timeout=180)
-
-    def admin(self):
-        return KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="failover-test")
-
-
 @pytest.fixture(scope="module")
 def kafka_cluster(tmp_path_factory):
-    cluster = Cluster(tmp_path_factory.mktemp("kafka3"))
+    """A three-node cluster run by scripts/kafka.sh (KAFKA_BROKERS=3) on free ports."""
+    cluster = Broker(tmp_path_factory.mktemp("kafka3"), brokers=len(NODES))
     try:
-        cluster.control("start")
+        cluster.start()
         yield cluster
     finally:
-        cluster.control("stop", check=False)
+        cluster.stop()
 
 
 def test_topics_and_internal_topics_have_three_replicas(kafka_cluster):
     prefix = f"r{uuid.uuid4().hex[:10]}-"
-    topics = create_topics(kafka_cluster.bootstrap, prefix=prefix, partitions=4)
+    topics = create_topics(kafka_cluster.bootstrap, prefix=prefix)
     # The internal topics are created on first use: a committed offset and a transaction.
     consumer = KafkaConsumer(bootstrap_servers=kafka_cluster.bootstrap, group_id=prefix + "group",
                              enable_auto_commit=False)
@@ -96,7 +74,8 @@ def test_topics_and_internal_topics_have_three_replicas(kafka_cluster):
         replicas = {t["name"]: {len(p["replica_nodes"]) for p in t["partitions"]}
                     for t in described}
         in_sync = {t["name"]: {len(p["isr_nodes"]) for p in t["partitions"]} for t in described}
-        assert all(len(t["partitions"]) == 4 for t in described if t["name"] in topics.values())
+        assert all(len(t["partitions"]) == config.PARTITIONS
+                   for t in described if t["name"] in topics.values())
         assert replicas == dict.fromkeys(replicas, {3}), replicas
         assert in_sync == dict.fromkeys(in_sync, {3}), in_sync
         names = list(topics.values()) + ["__transaction_state"]
@@ -143,17 +122,14 @@ def pick_victim(cluster, input_topic, job_prefix):
 def test_broker_sigkill_loses_and_doubles_nothing(tmp_path, kafka_cluster):
     cluster = kafka_cluster
     prefix = f"f{uuid.uuid4().hex[:10]}-"
-    topics = create_topics(cluster.bootstrap, prefix=prefix, partitions=4)
+    topics = create_topics(cluster.bootstrap, prefix=prefix)
     job = start_job(tmp_path, cluster.bootstrap, prefix, tmp_path / "checkpoints",
                     "--watermark-delay-ms", "1000", "--allowed-lateness-s", "120",
                     "--top-n", "5")
     server = None
-    traffic = Traffic(cluster.bootstrap, topics["clicks"], rate=200)
+    traffic = LiveTraffic(cluster.bootstrap, topics["clicks"], rate=200)
     try:
-        port = free_port()
-        server, key = start_server(tmp_path, cluster.bootstrap, prefix, tmp_path / "store",
-                                   port)
-        api = Api(port, key)
+        server, api = start_server(tmp_path, cluster.bootstrap, prefix, tmp_path / "store")
         try:
             traffic.start()
             # The job writes once its sinks have registered their transactional ids (they

@@ -13,17 +13,16 @@ import urllib.request
 
 import pytest
 
-from tests.helpers_stack import flink_cli
-from tests.helpers_stack import run_script
-from tests.helpers_stack import run_script_for_both
-from tests.processes import Api
-from tests.processes import free_port
-from tests.processes import start_server
-from tests.processes import wait_for
+from adclick import config
+from adclick.testing.processes import flink_cli
+from adclick.testing.processes import run_script
+from adclick.testing.processes import run_script_for_both
+from adclick.testing.processes import start_server
+from adclick.testing.processes import wait_for
+from adclick.testing.traffic import FirstFreshAnswer
+from adclick.testing.traffic import LiveTraffic
+from adclick.testing.traffic import settle_and_compare
 from tests.sql_change import changed_sql_dir
-from tests.traffic import FirstFreshAnswer
-from tests.traffic import Traffic
-from tests.traffic import settle_and_compare
 
 pytestmark = pytest.mark.integration
 
@@ -42,10 +41,9 @@ class Pipeline:
                       "--idle-timeout-ms", "3000", "--top-n", "5",
                       "--checkpoint-dir", (tmp_path / "checkpoints").as_uri()]
         self.job_id = None
-        port = free_port()
-        self.server, key = start_server(tmp_path, bootstrap, prefix, tmp_path / "store", port)
-        self.api = Api(port, key)
-        self.traffic = Traffic(bootstrap, f"{prefix}ad-clicks", rate=150)
+        self.server, self.api = start_server(tmp_path, bootstrap, prefix, tmp_path / "store")
+        self.traffic = LiveTraffic(bootstrap, config.Topics.with_prefix(prefix)["clicks"],
+                                   rate=150)
 
     def submit(self, *extra):
         """Submit the job; returns what it announced (which state it resumed)."""

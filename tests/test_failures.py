@@ -12,12 +12,12 @@ import time
 
 import pytest
 
-from tests.processes import REPO
-from tests.processes import Api
-from tests.processes import free_port
-from tests.processes import start_server
-from tests.traffic import Traffic
-from tests.traffic import settle_and_compare
+from adclick import config
+from adclick.testing.processes import REPO
+from adclick.testing.processes import free_port
+from adclick.testing.processes import start_server
+from adclick.testing.traffic import LiveTraffic
+from adclick.testing.traffic import settle_and_compare
 
 pytestmark = pytest.mark.integration
 
@@ -58,9 +58,9 @@ def test_faults_and_upgrade_lose_and_double_nothing(tmp_path, kafka_bootstrap, k
     job_id = job_id_of(run(SUBMIT, *job_flags))
     port = free_port()
     store = tmp_path / "store"
-    server, key = start_server(tmp_path, kafka_bootstrap, topic_prefix, store, port)
-    api = Api(port, key)
-    traffic = Traffic(kafka_bootstrap, topic_prefix + "ad-clicks", rate=200)
+    server, api = start_server(tmp_path, kafka_bootstrap, topic_prefix, store, port)
+    traffic = LiveTraffic(kafka_bootstrap, config.Topics.with_prefix(topic_prefix)["clicks"],
+                          rate=200)
     faults = []
     try:
         try:
@@ -76,9 +76,8 @@ def test_faults_and_upgrade_lose_and_double_nothing(tmp_path, kafka_bootstrap, k
                     server.popen.kill()
                     server.popen.wait()
                     faults.append("server (loader + API) SIGKILL")
-                    server, key = start_server(tmp_path, kafka_bootstrap, topic_prefix, store,
-                                               port)
-                    api = Api(port, key)
+                    server, api = start_server(tmp_path, kafka_bootstrap, topic_prefix, store,
+                                               port, name="server-2")
                     time.sleep(8)
             kafka_control("restart")
             faults.append("Kafka broker restart")

@@ -17,16 +17,17 @@ import pytest
 from kafka import KafkaConsumer
 from kafka import KafkaProducer
 
+from adclick import config
 from adclick import contract
+from adclick.testing.processes import Broker
+from adclick.testing.processes import flink_cli
+from adclick.testing.processes import run_script
+from adclick.testing.processes import wait_for
 from adclick.topics import create_topics
-from tests.helpers_stack import flink_cli
-from tests.helpers_stack import kafka_env
-from tests.helpers_stack import run_script
-from tests.helpers_stack import wait_for
 
 pytestmark = pytest.mark.integration
 
-MINUTE_MS = 60_000
+MINUTE_MS = config.WINDOW_MS
 ADS = ("ad-1", "ad-2", "ad-3")
 COUNTRIES = ("KR", "US", "DE")
 
@@ -34,12 +35,11 @@ COUNTRIES = ("KR", "US", "DE")
 @pytest.fixture(scope="module")
 def kafka(tmp_path_factory):
     """Bootstrap address of a broker of this module's own."""
-    env = kafka_env(tmp_path_factory.mktemp("kafka"))
-    run_script("kafka.sh", "start", env=env, timeout=180)
+    broker = Broker(tmp_path_factory.mktemp("kafka")).start()
     try:
-        yield f"127.0.0.1:{env['KAFKA_PORT']}"
+        yield broker.bootstrap
     finally:
-        run_script("kafka.sh", "stop", env=env, timeout=120)
+        broker.stop()
 
 
 def clicks(first_minute_ms):
@@ -64,7 +64,7 @@ def minute_of(iso_timestamp):
 
 def test_job_on_standalone_cluster_counts_every_click(kafka, flink, tmp_path):
     prefix = f"fc{uuid.uuid4().hex[:8]}-"
-    topics = create_topics(kafka, prefix=prefix, partitions=4)
+    topics = create_topics(kafka, prefix=prefix)
     submitted = time.monotonic()
     job_id = run_script(
         "submit-job.sh", "--bootstrap-servers", kafka, "--topic-prefix", prefix,

@@ -22,13 +22,14 @@ from kafka import KafkaConsumer
 from kafka import KafkaProducer
 from kafka import TopicPartition
 
-from tests.processes import start_job
-from tests.processes import wait_for
+from adclick import config
+from adclick.testing.processes import start_job
+from adclick.testing.processes import wait_for
 
 pytestmark = pytest.mark.integration
 
-MINUTE_MS = 60_000
-PARTITIONS = 4
+MINUTE_MS = config.WINDOW_MS
+PARTITIONS = config.PARTITIONS
 ADS = [f"ad-{i:02d}" for i in range(12)]
 SILENCE_S = 6  # longer than any idle timeout the tests used (3 s)
 
@@ -73,7 +74,8 @@ def job(tmp_path, kafka_bootstrap, topic_prefix):
 def test_bursts_after_silence_count_every_click_once(job, kafka_bootstrap, topic_prefix):
     rng = random.Random(11)
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
-    topic = topic_prefix + "ad-clicks"
+    topics = config.Topics.with_prefix(topic_prefix)
+    topic = topics["clicks"]
     truth = collections.Counter()
     serial = 0
 
@@ -89,7 +91,7 @@ def test_bursts_after_silence_count_every_click_once(job, kafka_bootstrap, topic
 
     def stored():
         counts = collections.Counter()
-        for row in read_committed(kafka_bootstrap, topic_prefix + "ad-click-counts"):
+        for row in read_committed(kafka_bootstrap, topics["counts"]):
             counts[(minute_of(row["minute"]), row["ad_id"], row["country"], row["device"])] += \
                 row["clicks"]
         return counts

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from adclick import job_state
-from tests.processes import PYTHON
-from tests.processes import REPO
+from adclick.testing.processes import PYTHON
+from adclick.testing.processes import REPO
 
 JOB_A = "a" * 32
 JOB_B = "b" * 32

@@ -14,16 +14,16 @@ import time
 import pytest
 
 from adclick import config
-from tests.processes import PYTHON
-from tests.processes import REPO
-from tests.processes import Api
-from tests.processes import free_port
-from tests.processes import start_job
-from tests.processes import start_server
-from tests.processes import wait_for
-from tests.traffic import FirstFreshAnswer
-from tests.traffic import Traffic
-from tests.traffic import settle_and_compare
+from adclick.testing.api import Api
+from adclick.testing.processes import PYTHON
+from adclick.testing.processes import REPO
+from adclick.testing.processes import free_port
+from adclick.testing.processes import start_job
+from adclick.testing.processes import start_server
+from adclick.testing.processes import wait_for
+from adclick.testing.traffic import FirstFreshAnswer
+from adclick.testing.traffic import LiveTraffic
+from adclick.testing.traffic import settle_and_compare
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ def completed_checkpoints(checkpoint_dir):
 
 
 class Demo:
-    """`python -m adclick.demo` (what `make demo` runs) on the test's broker, ports and folder."""
+    """`python -m apps.demo` (what `make demo` runs) on the test's broker, ports and folder."""
 
     def __init__(self, tmp_path, bootstrap, prefix, port):
         self.stack = tmp_path / "stack"
@@ -56,7 +56,7 @@ class Demo:
         self.runs += 1
         self.output = self.stack.parent / f"demo-{self.runs}.out"
         self.popen = subprocess.Popen(
-            [PYTHON, "-m", "adclick.demo", "--rate", "0", "--port", str(self.port)],
+            [PYTHON, "-m", "apps.demo", "--rate", "0", "--port", str(self.port)],
             cwd=REPO, env=self.env, stdout=open(self.output, "wb"), stderr=subprocess.STDOUT)
         wait_for(lambda: "job: submitted job" in self.text(), 180, "the demo's job to start",
                  [self])
@@ -66,7 +66,8 @@ class Demo:
         return self.output.read_text(errors="replace")
 
     def api(self):
-        return Api(self.port, (self.stack / "api-key").read_text().strip())
+        return Api(f"http://127.0.0.1:{self.port}",
+                   (self.stack / "api-key").read_text().strip())
 
     # The Process interface wait_for() checks
     name = "demo"
@@ -88,7 +89,8 @@ class Demo:
 def test_demo_stopped_and_started_mid_minute_keeps_every_count(tmp_path, kafka_bootstrap,
                                                                  topic_prefix):
     demo = Demo(tmp_path, kafka_bootstrap, topic_prefix, free_port())
-    traffic = Traffic(kafka_bootstrap, demo.env["ADCLICK_TOPIC_CLICKS"], rate=150, seed=11)
+    traffic = LiveTraffic(kafka_bootstrap, demo.env["ADCLICK_TOPIC_CLICKS"], rate=150,
+                          seed=11)
     try:
         first = demo.start()
         assert "starting empty: no savepoint or checkpoint yet" in first
@@ -123,12 +125,10 @@ def test_job_killed_and_started_again_keeps_every_count(tmp_path, kafka_bootstra
     checkpoints = tmp_path / "checkpoints"
     job = start_job(tmp_path, kafka_bootstrap, topic_prefix, checkpoints)
     server = None
-    traffic = Traffic(kafka_bootstrap, f"{topic_prefix}ad-clicks", rate=150, seed=12)
+    traffic = LiveTraffic(kafka_bootstrap, config.Topics.with_prefix(topic_prefix)["clicks"],
+                          rate=150, seed=12)
     try:
-        port = free_port()
-        server, key = start_server(tmp_path, kafka_bootstrap, topic_prefix, tmp_path / "store",
-                                   port)
-        api = Api(port, key)
+        server, api = start_server(tmp_path, kafka_bootstrap, topic_prefix, tmp_path / "store")
         wait_for(lambda: "adclick: running" in job.tail(200), 180, "the job to run", [job])
         try:
             traffic.start()

@@ -1,4 +1,4 @@
-"""Live click traffic for failure tests: real-time event times, resent on send errors.
+"""Live click traffic and its truth, for fault tests: real-time event times, resent on errors.
 
 A send that fails (broker down) is retried with the same bytes, so the stream itself carries
 duplicates; the truth holds each click once. Every click also goes out a second time with
@@ -17,12 +17,14 @@ from datetime import datetime
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from tests.processes import wait_for
+from adclick import config
+from adclick.testing.processes import wait_for
 
-MINUTE_MS = 60_000
 
+class LiveTraffic(threading.Thread):
+    """Clicks of the current minute at `rate` per second until `stopping` is set; `truth`
+    counts each unique click once. (adclick.generator.Traffic is the generator's stream.)"""
 
-class Traffic(threading.Thread):
     def __init__(self, bootstrap, topic, rate=200, duplicates=0.03, jitter_ms=800, seed=1,
                  ads=50):
         super().__init__(name="traffic", daemon=True)
@@ -77,7 +79,7 @@ class Traffic(threading.Thread):
                 self.sent_payloads.append(payload)
                 if self.rng.random() < self.duplicates:
                     batch.append(payload)
-                minute = click["click_ts"] - click["click_ts"] % MINUTE_MS
+                minute = click["click_ts"] - click["click_ts"] % config.WINDOW_MS
                 self.truth[(minute, click["ad_id"], click["country"], click["device"])] += 1
             self.deliver(producer, batch)
             self.stopping.wait(max(0.0, tick - (time.time() - started)))
@@ -94,17 +96,17 @@ class Traffic(threading.Thread):
             producer.close()
         self.resent += len(payloads)
 
-    def close_windows(self, partitions=4):
+    def close_windows(self, partitions=config.PARTITIONS):
         """Clicks 3 minutes ahead on every partition, so the watermark closes every minute sent."""
         producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
-        ts = int(time.time() * 1000) + 3 * MINUTE_MS
+        ts = int(time.time() * 1000) + 3 * config.WINDOW_MS
         for partition in range(partitions):
             click = dict(self.click(), click_ts=ts, click_id=f"closer-{partition}")
             producer.send(self.topic, json.dumps(click).encode(), partition=partition).get(30)
-            self.truth[(ts - ts % MINUTE_MS, click["ad_id"], click["country"],
+            self.truth[(ts - ts % config.WINDOW_MS, click["ad_id"], click["country"],
                         click["device"])] += 1
         producer.close()
-        return ts - ts % MINUTE_MS
+        return ts - ts % config.WINDOW_MS
 
     @property
     def unique(self):
@@ -174,7 +176,7 @@ def settle_and_compare(traffic, api, processes=(), timeout=300):
 
     def closed():
         rows = api.sql("SELECT toUnixTimestamp(max(minute)) * 1000 FROM top_ads_minute")
-        return rows[0][0] >= last_minute - 3 * MINUTE_MS
+        return rows[0][0] >= last_minute - 3 * config.WINDOW_MS
 
     wait_for(closed, timeout, "every minute sent to close", processes)
     minutes = {key[0] for key in traffic.truth if key[0] < last_minute}
