@@ -131,6 +131,24 @@ def truth_top(rows, start, end, limit, countries=(), devices=()):
     return sorted(totals.items(), key=lambda item: (-item[1], item[0]))[:limit]
 
 
+def truth_recount(rows, raw_clicks, late_clicks, ad_id):
+    """sql/analyses/04 computed from the rows: ad_id's minutes, each as a dict of counted (its
+    ad_click_counts after FINAL), raw_unique (distinct click_ids among raw_clicks, duplicates
+    included there) and too_late (distinct click_ids among late_clicks), and missing."""
+    counted, raw, too_late = defaultdict(int), defaultdict(set), defaultdict(set)
+    for row in dedup(rows):
+        if row["ad_id"] == ad_id:
+            counted[row["minute"]] += row["clicks"]
+    for clicks, ids in ((raw_clicks, raw), (late_clicks, too_late)):
+        for click in clicks:
+            if click["ad_id"] == ad_id:
+                ids[click["minute"]].add(click["click_id"])
+    return [{"minute": minute, "counted": counted[minute], "raw_unique": len(raw[minute]),
+             "too_late": len(too_late[minute]),
+             "missing": len(raw[minute]) - counted[minute] - len(too_late[minute])}
+            for minute in sorted(set(counted) | set(raw) | set(too_late))]
+
+
 def iso(moment):
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 

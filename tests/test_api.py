@@ -35,6 +35,7 @@ from tests.api_fixtures import insert_counts
 from tests.api_fixtures import iso
 from tests.api_fixtures import load_dataset
 from tests.api_fixtures import truth_count
+from tests.api_fixtures import truth_recount
 from tests.api_fixtures import truth_top
 
 DB = "t_api"
@@ -50,21 +51,47 @@ DOWN_URL = "http://127.0.0.1:1"  # nothing listens on port 1: connection refused
 def dataset(chdb_url):  # noqa: F811
     client = fresh_database(chdb_url, DB)
     rows = load_dataset(client, DB)
-    _load_side_tables(client)
+    _load_side_tables(client, *side_rows(rows))
     return client, rows
 
 
-def _load_side_tables(client):
-    """A few raw clicks, too-late clicks and dead letters, for the analyses."""
-    client.insert("raw_clicks", [
-        [T0, T0, f"r{i}", "ad-01", "u1", "10.0.0.1", "KR", "mobile", 0, i] for i in range(5)
-    ] + [[T0, T0, "r0", "ad-01", "u1", "10.0.0.1", "KR", "mobile", 1, 99]],
-        column_names=["minute", "click_ts", "click_id", "ad_id", "user_id", "ip", "country",
-                      "device", "src_partition", "src_offset"], database=DB)
-    client.insert("late_clicks", [[T0, "z1", "ad-01", "JP", "tablet", "u2", "::1", T0,
-                                   T0 + 10 * MINUTE]],
-                  column_names=["minute", "click_id", "ad_id", "country", "device", "user_id",
-                                "ip", "click_ts", "watermark"], database=DB)
+RAW_COLUMNS = ["minute", "click_ts", "click_id", "ad_id", "user_id", "ip", "country", "device",
+               "src_partition", "src_offset"]
+LATE_COLUMNS = ["minute", "click_id", "ad_id", "country", "device", "user_id", "ip", "click_ts",
+                "watermark"]
+
+
+def side_rows(rows):
+    """A few raw clicks and too-late clicks, for the analyses: (raw_clicks, late_clicks).
+
+    Most are for the most clicked ad, the one analysis 04 picks, in two minutes (one with a
+    raw click resent, as a duplicate); one of each is for another ad, which 04 must leave out.
+    """
+    (target, _), (other, _) = truth_top(rows, T0, T0 + DATA_MINUTES * MINUTE, 2)
+
+    def raw(minute, click_id, ad_id, partition, offset):
+        return dict(zip(RAW_COLUMNS, [minute, minute, click_id, ad_id, "u1", "10.0.0.1", "KR",
+                                      "mobile", partition, offset]))
+
+    def late(minute, click_id, ad_id):
+        return dict(zip(LATE_COLUMNS, [minute, click_id, ad_id, "JP", "tablet", "u2", "::1",
+                                       minute, minute + 10 * MINUTE]))
+
+    raw_clicks = [raw(T0, f"r{i}", target, 0, i) for i in range(5)] + [
+        raw(T0, "r0", target, 1, 99),  # r0 again: one click
+        raw(T0 + 3 * MINUTE, "r5", target, 0, 5),
+        raw(T0, "r6", other, 0, 6)]
+    late_clicks = [late(T0, "z1", target), late(T0 + 3 * MINUTE, "z2", target),
+                   late(T0 + 3 * MINUTE, "z3", target), late(T0, "z4", other)]
+    return raw_clicks, late_clicks
+
+
+def _load_side_tables(client, raw_clicks, late_clicks):
+    """raw_clicks, late_clicks (see side_rows) and a few dead letters, for the analyses."""
+    client.insert("raw_clicks", [[click[c] for c in RAW_COLUMNS] for click in raw_clicks],
+                  column_names=RAW_COLUMNS, database=DB)
+    client.insert("late_clicks", [[click[c] for c in LATE_COLUMNS] for click in late_clicks],
+                  column_names=LATE_COLUMNS, database=DB)
     client.insert("dead_letters", [[T0 + i * MINUTE, reason, "e30=", 0, i]
                                    for i, reason in enumerate(["bad_ad_id", "not_json_object",
                                                                "bad_ad_id"])],
@@ -164,7 +191,7 @@ def test_count_defaults_to_the_latest_complete_minute(api, dataset):
     _, rows = dataset
     body = count_of(api, "tie-a")
     assert (body["from"], body["to"]) == (iso(LATEST_END - MINUTE), iso(LATEST_END))
-    assert body["count"] == 7
+    assert body["count"] == truth_count(rows, "tie-a", LATEST_END - MINUTE, LATEST_END)
 
 
 def test_incomplete_minutes_are_not_in_minutes_ranges(api, dataset):
@@ -172,7 +199,9 @@ def test_incomplete_minutes_are_not_in_minutes_ranges(api, dataset):
     _, rows = dataset
     assert any(row["minute"] >= LATEST_END for row in rows)
     everything = truth_count(rows, "tie-b", T0, T0 + DATA_MINUTES * MINUTE)
-    assert count_of(api, "tie-b", minutes=1440)["count"] == everything - 7 * 2
+    complete = truth_count(rows, "tie-b", LATEST_END - 1440 * MINUTE, LATEST_END)
+    assert complete < everything  # the incomplete minutes have clicks of tie-b
+    assert count_of(api, "tie-b", minutes=1440)["count"] == complete
 
 
 FILTERS = [
@@ -221,9 +250,11 @@ def test_late_corrections_and_replays(api, dataset):
 
 def test_timestamps_in_other_accepted_spellings(api, dataset):
     _, rows = dataset
+    assert T0 == datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc)  # the spellings below
     body = count_of(api, "tie-a", **{"from": "2026-11-24T10:02+00:00", "to": "2026-11-24T10:05Z"})
-    assert body == {"ad_id": "tie-a", "count": 21, "from": "2026-11-24T10:02:00Z",
-                    "to": "2026-11-24T10:05:00Z"}
+    assert body == {"ad_id": "tie-a",
+                    "count": truth_count(rows, "tie-a", T0 + 2 * MINUTE, T0 + 5 * MINUTE),
+                    "from": "2026-11-24T10:02:00Z", "to": "2026-11-24T10:05:00Z"}
 
 
 # --- API 2 ------------------------------------------------------------------------------------
@@ -253,8 +284,12 @@ def test_popular_from_to(api, dataset, first, last):
             truth_top(rows, start, end, count)
 
 
-def test_popular_ties_by_ad_id(api):
+def test_popular_ties_by_ad_id(api, dataset):
+    _, rows = dataset
     body = popular(api, minutes=1440, country="KR", device="mobile", count=1000)
+    counts = {ad["ad_id"]: ad["count"] for ad in body["ads"]}
+    tie = truth_count(rows, "tie-a", T0, LATEST_END, ("KR",), ("mobile",))
+    assert counts["tie-a"] == counts["tie-b"] == tie  # a tie indeed
     names = [ad["ad_id"] for ad in body["ads"]]
     assert names.index("tie-b") == names.index("tie-a") + 1
 
@@ -495,18 +530,21 @@ def test_answers_are_cached_briefly(chdb_url, openapi):  # noqa: F811
     app = create_app({"CLICKHOUSE_URL": chdb_url, "DATABASE": "t_api_cache",
                       "AUTH_REQUIRED": False, "RESULT_CACHE_S": 0.3, "RESULT_STALE_S": 0.6})
     api = Api(app, None, openapi)
-    assert count_of(api, "ad-c")["count"] == 5
-    insert_counts(client, "t_api_cache", [dict(row, late=1, click_id="x", src_offset=2,
-                                               clicks=1)])
-    assert count_of(api, "ad-c")["count"] == 5  # the same question within 0.3 s
-    assert count_of(api, "ad-c", country="KR")["count"] == 6  # another question
+    old = truth_count([row], "ad-c", T0, T0 + MINUTE)
+    assert count_of(api, "ad-c")["count"] == old
+    correction = dict(row, late=1, click_id="x", src_offset=2, clicks=1)
+    insert_counts(client, "t_api_cache", [correction])
+    new = truth_count([row, correction], "ad-c", T0, T0 + MINUTE)
+    assert new != old
+    assert count_of(api, "ad-c")["count"] == old  # the same question within 0.3 s
+    assert count_of(api, "ad-c", country="KR")["count"] == new  # another question
     time.sleep(0.35)
-    assert count_of(api, "ad-c")["count"] in (5, 6)  # stale, or refreshed already
+    assert count_of(api, "ad-c")["count"] in (old, new)  # stale, or refreshed already
     deadline = time.monotonic() + 5
-    while count_of(api, "ad-c")["count"] != 6:  # the background refresh lands
+    while count_of(api, "ad-c")["count"] != new:  # the background refresh lands
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    assert popular(api)["ads"] == [{"ad_id": "ad-c", "count": 6}]
+    assert popular(api)["ads"] == [{"ad_id": "ad-c", "count": new}]
 
 
 def test_result_cache_refreshes_in_the_background():
@@ -814,11 +852,17 @@ def test_analysis_top_ads_per_device_is_right(api, dataset):
                 if row["device"] == device] == truth_top(rows, T0, end, 10, (), (device,))
 
 
-def test_analysis_recount_columns(api):
-    """04 reports, per minute, the three numbers that must add up, and their difference."""
+def test_analysis_recount_columns(api, dataset):
+    """04 reports, per minute of the most clicked ad, the three numbers that must add up, and
+    their difference: each equal to its recount in Python from the inserted rows."""
+    _, rows = dataset
     result = _analysis(api, "04_counts_vs_raw_recount_for_one_ad.sql")
-    for row in result:
-        assert row["missing"] == row["raw_unique"] - row["counted"] - row["too_late"]
+    expected = truth_recount(rows, *side_rows(rows),
+                             truth_top(rows, T0, T0 + DATA_MINUTES * MINUTE, 1)[0][0])
+    assert result and expected
+    assert any(row["raw_unique"] and row["too_late"] for row in expected)  # all columns used
+    assert [dict(row, minute=row["minute"][:19]) for row in result] == \
+        [dict(row, minute=row["minute"].strftime("%Y-%m-%dT%H:%M:%S")) for row in expected]
 
 
 # --- request parsing units ----------------------------------------------------------------------

@@ -19,23 +19,23 @@ from datetime import timezone
 import pytest
 from kafka import KafkaProducer
 
+from adclick import config
 from adclick.contract import Click
 from adclick.generator import MALFORMED_KINDS
 from adclick.generator import make_malformed
-from tests.processes import PYTHON
-from tests.processes import REPO
-from tests.processes import Api
-from tests.processes import free_port
-from tests.processes import start_job
-from tests.processes import start_server
-from tests.processes import wait_for
+from adclick.testing.processes import PYTHON
+from adclick.testing.processes import REPO
+from adclick.testing.processes import start_job
+from adclick.testing.processes import start_server
+from adclick.testing.processes import wait_for
 
 pytestmark = pytest.mark.integration
 
-MINUTE_MS = 60_000
+MINUTE_MS = config.WINDOW_MS
 ADS = [f"ad-{i:03d}" for i in range(40)]
 COUNTRIES = ["KR", "US", "JP"]
 DEVICES = ["mobile", "desktop", "tablet"]
+TOP_N = 5  # the job's --top-n here: the length of each minute's pushed top list
 
 
 def iso(ms):
@@ -59,10 +59,20 @@ class Truth:
 
     def __init__(self):
         self.counts = collections.Counter()
+        self.clicks = {}  # click_id -> (minute, ad_id)
 
     def add(self, click):
         minute = click["click_ts"] - click["click_ts"] % MINUTE_MS
         self.counts[(minute, click["ad_id"], click["country"], click["device"])] += 1
+        assert click["click_id"] not in self.clicks, click
+        self.clicks[click["click_id"]] = (minute, click["ad_id"])
+
+    def minute_top(self, minute, n, leave_out=frozenset()):
+        """[(ad_id, clicks)] of the minute's n most clicked ads, clicks desc then ad_id asc (as
+        udfs/top_n.py ranks), counting the minute's clicks except the click_ids in leave_out."""
+        per_ad = collections.Counter(a for click_id, (m, a) in self.clicks.items()
+                                     if m == minute and click_id not in leave_out)
+        return sorted(per_ad.items(), key=lambda item: (-item[1], item[0]))[:n]
 
     def count(self, minutes, ad=None, countries=None, devices=None):
         return sum(n for (m, a, c, d), n in self.counts.items()
@@ -83,13 +93,12 @@ class Truth:
 @pytest.fixture
 def pipeline(tmp_path, kafka_bootstrap, topic_prefix):
     job = start_job(tmp_path, kafka_bootstrap, topic_prefix, tmp_path / "checkpoints",
-                    "--watermark-delay-ms", "2000", "--allowed-lateness-s", "300", "--top-n", "5")
-    port = free_port()
+                    "--watermark-delay-ms", "2000", "--allowed-lateness-s", "300",
+                    "--top-n", str(TOP_N))
     server = None
     try:
-        server, key = start_server(tmp_path, kafka_bootstrap, topic_prefix, tmp_path / "store",
-                                   port)
-        yield Api(port, key), (job, server)
+        server, api = start_server(tmp_path, kafka_bootstrap, topic_prefix, tmp_path / "store")
+        yield api, (job, server)
     finally:
         for process in (job, server):
             if process is not None:
@@ -100,7 +109,7 @@ def test_counts_and_top_equal_the_truth(pipeline, kafka_bootstrap, topic_prefix)
     api, processes = pipeline
     rng = random.Random(7)
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
-    topic = topic_prefix + "ad-clicks"
+    topic = config.Topics.with_prefix(topic_prefix)["clicks"]
     now = int(time.time() * 1000)
     base = now - now % MINUTE_MS - 20 * MINUTE_MS  # recent, so no click is "in the future"
     m0, m1, m2 = base, base + MINUTE_MS, base + 2 * MINUTE_MS
@@ -122,7 +131,7 @@ def test_counts_and_top_equal_the_truth(pipeline, kafka_bootstrap, topic_prefix)
         serial = 0
         while not stop_keepalive.wait(1):
             with lock:
-                for partition in range(4):
+                for partition in range(config.PARTITIONS):
                     serial += 1
                     click = dict(make_click(rng, serial, m0, "ka"), click_ts=frontier["ts"],
                                  click_id=f"ka-{serial}")
@@ -183,7 +192,7 @@ def test_counts_and_top_equal_the_truth(pipeline, kafka_bootstrap, topic_prefix)
     # (the jump stays inside the lateness).
     send_minutes([m2], 300, 10_000)
     with lock:
-        for partition in range(4):
+        for partition in range(config.PARTITIONS):
             closer = dict(make_click(rng, partition, m2 + 4 * MINUTE_MS, "close"),
                           click_ts=m2 + 4 * MINUTE_MS + 30_000, click_id=f"close-{partition}")
             producer.send(topic, json.dumps(closer).encode(), partition=partition)
@@ -247,6 +256,38 @@ def test_counts_and_top_equal_the_truth(pipeline, kafka_bootstrap, topic_prefix)
         "FROM ad_click_counts FINAL GROUP BY minute, ad_id, country, device")}
     expected = {k: v for k, v in truth.counts.items() if k[0] in minutes}
     assert {k: v for k, v in stored.items() if k[0] in minutes} == expected
+
+    # The job's pushed top-N of each minute (ad-top-minute, in top_ads_minute: the brief's "top
+    # 100 every minute", TOP_N here). It is ranked when the minute's window fires, so it counts
+    # the clicks that were on time for it; later ones (inside the allowed lateness) only add
+    # correction rows to ad_click_counts and never change it (sql/flink/40_outputs.sql). Which
+    # clicks came late is up to timing: the 25 late-* of minute 0 surely, but also clicks of a
+    # partition read after another one moved the watermark (phase 3), or a keepalive click
+    # racing a window. So the truth leaves out exactly the clicks with a correction row, each of
+    # which must be a click this test sent, of that minute and ad. (All corrections of m0..m2
+    # are loaded: the per-cell comparison above, which includes them, just passed.)
+    late_ids = collections.defaultdict(set)
+    for minute, ad, click_id in api.sql(
+            "SELECT toUnixTimestamp(minute) * 1000, ad_id, click_id "
+            "FROM ad_click_counts FINAL WHERE late = 1"):
+        with lock:
+            assert truth.clicks.get(click_id) == (minute, ad), (click_id, minute, ad)
+        late_ids[minute].add(click_id)
+    assert {c["click_id"] for c in late} <= late_ids[m0]
+    pushed = collections.defaultdict(list)
+    for minute, rank, ad, clicks in api.sql(
+            "SELECT toUnixTimestamp(minute) * 1000, rank, ad_id, clicks "
+            "FROM top_ads_minute FINAL ORDER BY minute, rank"):
+        pushed[minute].append((rank, ad, clicks))
+    for minute in minutes:
+        with lock:  # the keepalive thread adds clicks (of a later minute) meanwhile
+            on_time_top = truth.minute_top(minute, TOP_N, late_ids[minute])
+            all_top = truth.minute_top(minute, TOP_N)
+        assert len(on_time_top) == TOP_N  # every minute has more than TOP_N ads clicked
+        assert pushed[minute] == [(rank, ad, clicks) for rank, (ad, clicks)
+                                  in enumerate(on_time_top, start=1)], minute
+        if minute == m0:  # the check can tell: minute 0's late clicks change its top counts
+            assert all_top != on_time_top
     # The late clicks went through the correction path, the malformed ones to the dead letters.
     # (Other clicks may be corrections too: a partition read after another one moved the
     # watermark delivers its clicks late; they count all the same.)
@@ -259,7 +300,7 @@ def test_counts_and_top_equal_the_truth(pipeline, kafka_bootstrap, topic_prefix)
     # Reconciliation recounts the raw clicks independently and agrees...
     def reconcile():
         return subprocess.run(
-            [PYTHON, "-m", "adclick.cli", "reconcile", "--api-url", api.base, "--api-key",
+            [PYTHON, "-m", "apps.cli", "reconcile", "--api-url", api.base, "--api-key",
              api.key, "--from", iso(m0), "--to", iso(m2 + MINUTE_MS)],
             cwd=REPO, capture_output=True, text=True, timeout=120)
     agreed = reconcile()
@@ -267,7 +308,7 @@ def test_counts_and_top_equal_the_truth(pipeline, kafka_bootstrap, topic_prefix)
     assert f"too late (kept, not counted) {len(too_late)}" in agreed.stdout
     # ...and catches a count the job never made: one extra click injected for minute 1.
     injected = KafkaProducer(bootstrap_servers=kafka_bootstrap)
-    injected.send(topic_prefix + "ad-click-counts", json.dumps({
+    injected.send(config.Topics.with_prefix(topic_prefix)["counts"], json.dumps({
         "minute": iso(m1), "ad_id": ADS[0], "country": "KR", "device": "mobile", "clicks": 1,
         "late": False, "click_id": None}).encode()).get(30)
     injected.close()

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from adclick import cli
-from adclick import sql_cli
+from adclick import sql_client
+from apps import cli
+from apps import sql
 from api import auth
 from api import create_app
 from tests.api_fixtures import ADS
@@ -42,7 +43,7 @@ def live(chdb_url):  # noqa: F811
 
 
 def run(capsys, *argv):
-    status = sql_cli.main(list(argv))
+    status = sql.main(list(argv))
     out, err = capsys.readouterr()
     return status, out, err
 
@@ -65,7 +66,9 @@ def test_json(live, capsys):
     status, out, _ = run(capsys, "--api-url", url, "--api-key", key, "--format", "json", TOTALS)
     body = json.loads(out)
     assert status == 0 and body["columns"] == ["ad_id", "clicks"]
-    assert len(body["rows"]) == len(ADS) and body["truncated"] is False
+    end = T0 + DATA_MINUTES * MINUTE
+    assert body["rows"] == [[ad_id, truth_count(rows, ad_id, T0, end)] for ad_id in sorted(ADS)]
+    assert body["row_count"] == len(ADS) and body["truncated"] is False
 
 
 def test_key_from_environment(live, capsys, monkeypatch):
@@ -132,7 +135,7 @@ def test_unreachable_api(capsys):
 ])
 def test_usage_errors(capsys, argv):
     with pytest.raises(SystemExit) as exit_info:
-        sql_cli.main(argv)
+        sql.main(argv)
     assert exit_info.value.code == 2
 
 
@@ -146,26 +149,26 @@ def test_format_table():
     body = {"columns": ["name", "n", "tags"], "rows": [["a", 1, ["x"]], ["long\nname", None,
                                                                        {"k": 2}]],
             "row_count": 2, "truncated": False}
-    assert sql_cli.format_table(body).splitlines() == [
+    assert sql.format_table(body).splitlines() == [
         "name       |    n | tags",
         "-----------+------+---------",
         'a          |    1 | ["x"]',
         'long\\nname | NULL | {"k": 2}',
         "(2 rows)",
     ]
-    assert sql_cli.format_table({"columns": [], "rows": [], "row_count": 0}) == "(0 rows)"
+    assert sql.format_table({"columns": [], "rows": [], "row_count": 0}) == "(0 rows)"
 
 
 def test_connection_arguments_for_other_commands(live):
     """The pieces `adclick reconcile` builds on: the flags, run(), and Refused."""
     url, key, _ = live
     parser = argparse.ArgumentParser()
-    sql_cli.add_connection_arguments(parser)
+    sql_client.add_connection_arguments(parser)
     args = parser.parse_args(["--api-url", url, "--api-key", key])
-    sql_cli.check_connection_arguments(parser, args)
-    assert sql_cli.run(args, "SELECT 1 + 1")["rows"] == [[2]]
-    with pytest.raises(sql_cli.Refused, match="READONLY"):
-        sql_cli.run(args, "DROP TABLE ad_click_counts")
+    sql_client.check_connection_arguments(parser, args)
+    assert sql_client.run(args, "SELECT 1 + 1")["rows"] == [[2]]
+    with pytest.raises(sql_client.Refused, match="READONLY"):
+        sql_client.run(args, "DROP TABLE ad_click_counts")
     with pytest.raises(SystemExit):
-        sql_cli.check_connection_arguments(parser, parser.parse_args(
+        sql_client.check_connection_arguments(parser, parser.parse_args(
             ["--clickhouse-url", "chdb:///x"]))
