@@ -33,8 +33,8 @@ COLUMNS = {
                     "click_ts", "watermark"],
     "dead_letters": ["received_at", "reason", "payload_base64", "source_partition",
                      "source_offset"],
-    "raw_clicks": ["minute", "click_ts", "click_id", "ad_id", "user_id", "ip", "country",
-                   "device", "src_partition", "src_offset"],
+    # The click's own fields (the contract's), with its minute and Kafka coordinates.
+    "raw_clicks": ["minute", *contract.CLICK.names, "src_partition", "src_offset"],
 }
 
 
@@ -80,8 +80,8 @@ def raw_click_rows(record):
     if click is None:
         return
     ts = from_millis(click.click_ts)
-    yield [ts.replace(second=0, microsecond=0), ts, click.click_id, click.ad_id, click.user_id,
-           click.ip, click.country, click.device, record.partition, record.offset]
+    yield [ts.replace(second=0, microsecond=0), *click._replace(click_ts=ts), record.partition,
+           record.offset]
 
 
 def table_routes(topics, raw=True):

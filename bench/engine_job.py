@@ -147,30 +147,23 @@ def run_adclick_parse(args):
     return timed(inserts.execute)
 
 
-# Stands in for the dedup view of sql/flink/20_dedup_and_lateness.sql: every valid click
+# Stands in for the dedup stage of sql/flink/20_dedup_and_lateness.sql: every valid click
 # passes, as if each were the first of its click_id.
-WITHOUT_DEDUP = ("CREATE TEMPORARY VIEW clicks_unique AS SELECT click_id, ad_id, click_ts_ms, "
-                 "user_id, ip, country, device, event_time FROM clicks_valid")
+WITHOUT_DEDUP = ("SELECT click_id, ad_id, click_ts_ms, user_id, ip, country, device, event_time "
+                 "FROM clicks_valid")
 
 
 def run_adclick_job(args, dedup=True):
-    """The whole adclick job (sql/flink/*.sql), bounded, its four sinks replaced by blackhole
-    ones; with dedup=False its deduplication is replaced by WITHOUT_DEDUP."""
+    """The whole adclick job (sql/flink/*.sql), bounded, its four sinks bound to blackhole
+    ones; with dedup=False its dedup stage (the view clicks_unique) is WITHOUT_DEDUP."""
     stage = "job" if dedup else "job-without-dedup"
     t_env, job_args = adclick_env(args, stage)
     t_env.create_temporary_table("job_clock", job.clock_descriptor(job_args, rows=16))
     for name, columns in job.SINK_COLUMNS.items():
         t_env.create_temporary_table(f"{name}_sink", TableDescriptor.for_connector("blackhole")
                                      .schema(job.sink_schema(columns)).build())
-    t_env.create_temporary_function("merge_top_n", job.merge_top_n(job_args.top_n))
-    statements = list(job.sql_statements(job.sql_parameters(job_args)))
-    if not dedup:
-        dedup_views = [i for i, s in enumerate(statements)
-                       if s.startswith("CREATE TEMPORARY VIEW clicks_unique ")]
-        if len(dedup_views) != 1:
-            raise RuntimeError("sql/flink/ no longer has one 'clicks_unique' view to replace")
-        statements[dedup_views[0]] = WITHOUT_DEDUP
-    return timed(job.statement_set(t_env, statements).execute)
+    stages = {} if dedup else {"clicks_unique": WITHOUT_DEDUP}
+    return timed(job.build_pipeline(t_env, job_args, replace=stages).execute)
 
 
 def main(argv=None):

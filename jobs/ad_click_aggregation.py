@@ -41,6 +41,7 @@ if str(ROOT) not in sys.path:  # `flink run -py` starts this file as a script
     sys.path.insert(0, str(ROOT))
 
 from adclick import config  # noqa: E402
+from adclick.contract import CLICK  # noqa: E402
 from adclick import job_state  # noqa: E402
 from udfs.top_n import TOP_ENTRY  # noqa: E402
 from udfs.top_n import merge_top_n  # noqa: E402
@@ -330,20 +331,14 @@ def sink_descriptor(args, topic, name, columns):
     return builder.build()
 
 
-# What the 'adclick-click' format fills (udfs/java/.../ClickColumns.java).
-CLICK_COLUMNS = [
-    ("click_id", DataTypes.STRING()),
-    ("ad_id", DataTypes.STRING()),
-    ("click_ts", DataTypes.BIGINT()),
-    ("user_id", DataTypes.STRING()),
-    ("ip", DataTypes.STRING()),
-    ("country", DataTypes.STRING()),
-    ("device", DataTypes.STRING()),
-    ("reject_reason", DataTypes.STRING()),
-    ("payload", DataTypes.BYTES()),
+# What the 'adclick-click' format fills (udfs/java/.../ClickColumns.java): the contract's
+# fields, then the format's own columns.
+CLICK_COLUMNS = CLICK.sql_columns() + [
+    ("reject_reason", "STRING"),
+    ("payload", "BYTES"),
     # The dedup key: a 128-bit fingerprint of click_id (udfs/java/.../ClickKey.java).
-    ("click_key_hi", DataTypes.BIGINT()),
-    ("click_key_lo", DataTypes.BIGINT()),
+    ("click_key_hi", "BIGINT"),
+    ("click_key_lo", "BIGINT"),
 ]
 
 SINK_COLUMNS = {
@@ -364,17 +359,9 @@ SINK_COLUMNS = {
         ("minute", DataTypes.TIMESTAMP_LTZ(3)),
         ("top", DataTypes.ARRAY(TOP_ENTRY)),
     ],
-    "late": [
-        ("minute", DataTypes.TIMESTAMP_LTZ(3)),
-        ("click_id", DataTypes.STRING()),
-        ("ad_id", DataTypes.STRING()),
-        ("country", DataTypes.STRING()),
-        ("device", DataTypes.STRING()),
-        ("user_id", DataTypes.STRING()),
-        ("ip", DataTypes.STRING()),
-        ("click_ts", DataTypes.BIGINT()),
-        ("watermark", DataTypes.TIMESTAMP_LTZ(3)),
-    ],
+    # The click as it came, its minute, and the watermark that excluded it.
+    "late": [("minute", "TIMESTAMP_LTZ(3)")] + CLICK.sql_columns()
+    + [("watermark", "TIMESTAMP_LTZ(3)")],
     "dlq": [
         ("reason", DataTypes.STRING()),
         ("payload_base64", DataTypes.STRING()),
@@ -385,17 +372,48 @@ SINK_COLUMNS = {
 }
 
 
-def build_pipeline(t_env, args):
-    """Register source, sinks and views; return the statement set of all outputs."""
+# The pipeline's logical tables. Its statements (sql/flink/) read clicks_raw and job_clock and
+# write the four sinks; attach_connectors binds them to Kafka and the clock, and a test or the
+# benchmark may bind them to something else (tests/test_pipeline_logic.py: rows in memory).
+#   clicks_raw  CLICK_COLUMNS, kafka_partition INT, kafka_offset BIGINT, kafka_timestamp
+#               TIMESTAMP_LTZ(3), proc_time (processing time), event_time (rowtime, watermarked)
+#   job_clock   beat INT, proc_time, event_time (rowtime): rows never pass beat < 0
+#   <name>_sink SINK_COLUMNS[name], for name in counts, top, late, dlq
+def attach_connectors(t_env, args):
+    """Bind the pipeline's logical tables to the Kafka topics and the job's clock."""
     topics = config.Topics.with_prefix(args.topic_prefix)
     t_env.create_temporary_table("clicks_raw", source_descriptor(args, topics["clicks"]))
     t_env.create_temporary_table("job_clock", clock_descriptor(args))
     for name, columns in SINK_COLUMNS.items():
         t_env.create_temporary_table(
             f"{name}_sink", sink_descriptor(args, topics[name], name, columns))
+
+
+def build_pipeline(t_env, args, replace=None):
+    """The job's transformation over its logical tables (parse result -> dedup -> timeliness ->
+    windows -> top-N -> outputs); returns the statement set of all outputs.
+
+    replace: {view name: SELECT} swaps one stage of sql/flink/ for another query (the
+    benchmark measures the job without its dedup this way).
+    """
     t_env.create_temporary_function("merge_top_n", merge_top_n(args.top_n))
     paths = sorted(Path(args.sql_dir).glob("*.sql"))
-    return statement_set(t_env, sql_statements(sql_parameters(args), paths))
+    statements = replace_views(sql_statements(sql_parameters(args), paths), replace or {})
+    return statement_set(t_env, statements)
+
+
+def replace_views(statements, replace):
+    """The statements, each view named in replace defined by its query there instead."""
+    replaced = set()
+    for statement in statements:
+        view = re.match(r"CREATE TEMPORARY VIEW (\w+) AS\s", statement)
+        if view and view[1] in replace:
+            replaced.add(view[1])
+            statement = f"CREATE TEMPORARY VIEW {view[1]} AS {replace[view[1]]}"
+        yield statement
+    missing = set(replace) - replaced
+    if missing:
+        raise ValueError(f"no view {', '.join(sorted(missing))} in the job's statements")
 
 
 def statement_set(t_env, statements):
@@ -433,6 +451,7 @@ def main(argv=None):
         sys.exit(f"adclick: not started: {busy}")
     restore_from(t_env, args, state)
     recovery = t_env.get_config().get("execution.state-recovery.path", "")
+    attach_connectors(t_env, args)
     attach_with_uids(env, build_pipeline(t_env, args))
     try:
         job_client = env.execute_async(t_env.get_config().get("pipeline.name", JOB_NAME))

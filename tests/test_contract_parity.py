@@ -1,7 +1,9 @@
 """The job's parser (Java, in the source format) and adclick.contract (Python) agree.
 
 The job counts what udfs/java/.../ClickParser.java accepts; the raw-clicks loader and the
-reconciliation count what adclick/contract.py accepts. Both run here over the same payloads:
+reconciliation count what adclick/contract.py accepts. Their rules are compared field by field
+(each field's reason, lengths and every allowed character, as the Java rule table applies them),
+the format's columns and defaults with the job's, and then both run over the same payloads:
 the generator's valid and malformed clicks, hand-picked edge cases and thousands of random
 mutations, and must give the same reason, or the same fields, for every one.
 """
@@ -10,16 +12,22 @@ import base64
 import hashlib
 import json
 import random
+import re
 import subprocess
+from pathlib import Path
 
+import pyflink
 import pytest
 
 from adclick import config
 from adclick import contract
 from adclick import generator
+from adclick.contract import CLICK
 from adclick.contract import Click
+from jobs import ad_click_aggregation as job
 
 JAR = config.JARS_DIR / "flink" / "adclick-flink.jar"
+FLINK_LIB = Path(pyflink.__file__).parent / "lib"  # Flink's jars, for the format's classes
 NOW = 1_800_000_000_000
 
 # Pieces a mutation splices in: JSON syntax, escapes, numbers and bytes that are not UTF-8.
@@ -136,6 +144,40 @@ def java_available():
 
 def test_reason_codes_and_their_order_are_the_same(java_available):
     assert java_reasons() == contract.REASONS
+
+
+def java_lines(main_class, *args, flink=False):
+    classpath = str(JAR) + (f":{FLINK_LIB}/*" if flink else "")
+    out = subprocess.run(["java", "-cp", classpath, main_class, *args], capture_output=True,
+                         text=True, check=True, timeout=60)
+    return [line.split("\t") for line in out.stdout.splitlines()]
+
+
+def test_each_fields_rule_is_the_contracts(java_available):
+    # What ClickParser applies, printed from its own rule table, against adclick.contract.CLICK:
+    # the same fields in the same order, each with the same reason, lengths and characters.
+    lines = java_lines("adclick.flink.ClickParser", "--contract")
+    rules, limits = lines[:-1], lines[-1]
+    assert [line[1] for line in rules] == list(CLICK.names)
+    for line, field in zip(rules, CLICK.fields):
+        kind, name = line[:2]
+        if kind == "field":
+            allowed = {chr(c) for c in range(0x10000) if re.fullmatch(f"[{field.chars}]", chr(c))}
+            assert (line[2], int(line[3]), int(line[4]), set(line[5])) == \
+                (field.reasons[0], field.min_len, field.max_len, allowed), name
+        elif kind == "time":
+            assert isinstance(field, contract.EventTime), name
+        else:
+            assert kind == "oneof" and tuple(line[2].split(",")) == field.values, name
+    assert limits == ["limits", str(contract.MAX_DEPTH), str(contract.MAX_TS_DIGITS)]
+
+
+def test_the_formats_columns_and_defaults_are_the_jobs(java_available):
+    lines = dict((line[0], line[1:]) for line in
+                 java_lines("adclick.flink.ClickFormatFactory", flink=True))
+    assert lines["columns"][0].split(",") == [name for name, _ in job.CLICK_COLUMNS]
+    assert lines["defaults"] == [str(config.MAX_PAYLOAD_BYTES), str(config.MIN_CLICK_TS_MS),
+                                 str(config.MAX_FUTURE_SECONDS * 1000)]
 
 
 def test_java_and_python_agree_on_every_payload(java_available):

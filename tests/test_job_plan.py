@@ -25,6 +25,7 @@ def execution_plan():
     args = job.parse_args(["--topic-prefix", "plan-"])
     t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
     job.configure(t_env, args)
+    job.attach_connectors(t_env, args)
     plan = job.build_pipeline(t_env, args).explain()
     return plan[plan.index("== Optimized Execution Plan =="):]
 
@@ -97,6 +98,7 @@ def plan_nodes(sql_dir):
     args = job.parse_args(["--topic-prefix", "plan-", "--sql-dir", str(sql_dir)])
     t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
     job.configure(t_env, args)
+    job.attach_connectors(t_env, args)
     plan = json.loads(
         job.build_pipeline(t_env, args)._j_statement_set.compilePlan().asJsonString())
     first = plan["nodes"][0]["id"]
@@ -119,9 +121,19 @@ def test_every_operator_has_a_uid_the_python_one_too():
     t_env = StreamTableEnvironment.create(env, EnvironmentSettings.in_streaming_mode())
     args = job.parse_args(["--topic-prefix", "plan-"])
     job.configure(t_env, args)
+    job.attach_connectors(t_env, args)
     job.attach_with_uids(env, job.build_pipeline(t_env, args))
     nodes = env._generate_stream_graph(clear_transformations=True).getStreamNodes().toArray()
     uids = {node.getOperatorName(): node.getTransformationUID() for node in nodes}
     assert [name for name, uid in uids.items() if not uid] == []
     python = [uid for name, uid in uids.items() if name.startswith("PythonGroupWindowAggregate")]
     assert len(python) == 1 and python[0].endswith("_python-group-window-aggregate")
+
+
+def test_a_stage_is_replaced_by_name_not_by_text():
+    statements = ["CREATE TEMPORARY VIEW a AS SELECT 1", "CREATE TEMPORARY VIEW b AS\nSELECT 2",
+                  "INSERT INTO s SELECT * FROM b"]
+    replaced = list(job.replace_views(statements, {"b": "SELECT 3"}))
+    assert replaced == [statements[0], "CREATE TEMPORARY VIEW b AS SELECT 3", statements[2]]
+    with pytest.raises(ValueError, match="no view c"):
+        list(job.replace_views(statements, {"c": "SELECT 3"}))

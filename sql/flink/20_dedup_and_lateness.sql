@@ -1,28 +1,29 @@
+-- The job's clock (job_clock, see clock_descriptor in the job) joins the clicks here: its rows
+-- never pass the filter, but its watermark (wall clock minus the watermark delay) and its
+-- never-idle status do, so the dedup subtasks and everything after them never see an idle input.
+CREATE TEMPORARY VIEW clicks_and_clock AS
+SELECT click_id, ad_id, click_ts_ms, user_id, ip, country, device, proc_time, event_time,
+       click_key_hi, click_key_lo
+FROM clicks_valid
+UNION ALL
+SELECT CAST(NULL AS STRING), CAST(NULL AS STRING), CAST(NULL AS BIGINT),
+       CAST(NULL AS STRING), CAST(NULL AS STRING), CAST(NULL AS STRING),
+       CAST(NULL AS STRING), proc_time, event_time, CAST(NULL AS BIGINT),
+       CAST(NULL AS BIGINT)
+FROM job_clock
+WHERE beat < 0;
+
 -- Exactly one row per click_id: the first seen wins. Keeping the first row on processing time
 -- is append-only and keeps event_time a rowtime attribute; its state lives for the dedup
 -- horizon (table.exec.state.ttl), so memory stays bounded. The state is keyed by the 128-bit
 -- fingerprint of click_id (two BIGINTs, from the source format): cheaper to hash, compare and
 -- keep than the string, and equal only for equal click_ids (ClickKey.java says how surely).
--- The job's clock (job_clock, see clock_descriptor in the job) joins the clicks here: its rows
--- never pass the filter, but its watermark (wall clock minus the watermark delay) and its
--- never-idle status do, so the dedup subtasks and everything after them never see an idle input.
 CREATE TEMPORARY VIEW clicks_unique AS
 SELECT click_id, ad_id, click_ts_ms, user_id, ip, country, device, event_time
 FROM (
   SELECT *, ROW_NUMBER() OVER (
     PARTITION BY click_key_hi, click_key_lo ORDER BY proc_time ASC) AS row_num
-  FROM (
-    SELECT click_id, ad_id, click_ts_ms, user_id, ip, country, device, proc_time, event_time,
-           click_key_hi, click_key_lo
-    FROM clicks_valid
-    UNION ALL
-    SELECT CAST(NULL AS STRING), CAST(NULL AS STRING), CAST(NULL AS BIGINT),
-           CAST(NULL AS STRING), CAST(NULL AS STRING), CAST(NULL AS STRING),
-           CAST(NULL AS STRING), proc_time, event_time, CAST(NULL AS BIGINT),
-           CAST(NULL AS BIGINT)
-    FROM job_clock
-    WHERE beat < 0
-  )
+  FROM clicks_and_clock
 )
 WHERE row_num = 1;
 

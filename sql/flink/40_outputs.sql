@@ -27,7 +27,7 @@ GROUP BY TUMBLE(minute_time, INTERVAL '1' MINUTE);
 
 -- Too late to count: kept, with the watermark that excluded it.
 INSERT INTO late_sink
-SELECT minute_start, click_id, ad_id, country, device, user_id, ip, click_ts_ms, watermark_ts
+SELECT minute_start, click_id, ad_id, click_ts_ms, user_id, ip, country, device, watermark_ts
 FROM clicks_timed
 WHERE timeliness = 'too_late';
 

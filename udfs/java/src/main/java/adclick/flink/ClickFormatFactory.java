@@ -87,4 +87,14 @@ public final class ClickFormatFactory implements DeserializationFormatFactory {
       }
     };
   }
+
+  /**
+   * Prints the columns the format fills and its default limits, one tab-separated line each,
+   * for tests/test_contract_parity.py (needs Flink on the class path).
+   */
+  public static void main(String[] args) {
+    System.out.println("columns\t" + String.join(",", ClickColumns.NAMES));
+    System.out.println("defaults\t" + MAX_PAYLOAD_BYTES.defaultValue() + "\t"
+        + MIN_CLICK_TS_MS.defaultValue() + "\t" + MAX_FUTURE_MS.defaultValue());
+  }
 }

@@ -3,8 +3,10 @@ package adclick.flink;
 import java.io.BufferedReader;
 import java.io.InputStreamReader;
 import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
 import java.util.Base64;
 import java.util.HashSet;
+import java.util.List;
 import java.util.Set;
 import java.util.function.IntPredicate;
 
@@ -14,7 +16,7 @@ import java.util.function.IntPredicate;
  * backs the Flink format (ClickDeserializationSchema) and the parity check against the Python
  * contract (adclick/contract.py, tests/test_contract_parity.py runs {@link #main}).
  *
- * <p>The rules, checked in the order of {@link #REASONS}:
+ * <p>The rules, checked in the order of {@link #REASONS} (the fields in the order of RULES):
  * <ul>
  *   <li>oversized: more than maxPayloadBytes bytes;
  *   <li>not_json_object: not strict UTF-8, or not exactly one JSON object (RFC 8259, whitespace
@@ -30,20 +32,57 @@ import java.util.function.IntPredicate;
  */
 public final class ClickParser {
 
-  public static final String[] REASONS = {
-    "oversized", "not_json_object", "duplicate_field", "bad_click_id", "bad_ad_id",
-    "bad_click_ts", "click_ts_too_old", "click_ts_in_future", "bad_user_id", "bad_ip",
-    "bad_country", "bad_device",
-  };
+  /** One field's rule: its reason when broken, and for a text field its length and chars. */
+  private static final class Rule {
+    final String field;
+    final String reason;
+    final int min;
+    final int max;
+    final IntPredicate allowed;
+
+    Rule(String field, int min, int max, IntPredicate allowed) {
+      this.field = field;
+      this.reason = "bad_" + field;
+      this.min = min;
+      this.max = max;
+      this.allowed = allowed;
+    }
+  }
+
   public static final String[] DEVICES = {"mobile", "desktop", "tablet", "other"};
   public static final int MAX_DEPTH = 64;
   static final int MAX_TS_DIGITS = 15;
 
+  // The contract's fields in rule order (adclick/contract.py CLICK; --contract prints them for
+  // tests/test_contract_parity.py). click_ts and device have rules of their own (null here).
+  private static final Rule[] RULES = {
+    new Rule("click_id", 1, 64, ClickParser::isIdChar),
+    new Rule("ad_id", 1, 64, ClickParser::isIdChar),
+    new Rule("click_ts", 0, 0, null),
+    new Rule("user_id", 1, 128, ClickParser::isUserIdChar),
+    new Rule("ip", 2, 45, ClickParser::isIpChar),
+    new Rule("country", 2, 2, ClickParser::isUpper),
+    new Rule("device", 0, 0, null),
+  };
   private static final int CLICK_ID = 0, AD_ID = 1, CLICK_TS = 2, USER_ID = 3, IP = 4,
       COUNTRY = 5, DEVICE = 6;
-  private static final String[] FIELDS = {
-    "click_id", "ad_id", "click_ts", "user_id", "ip", "country", "device",
-  };
+  private static final String[] FIELDS = new String[RULES.length];
+
+  public static final String[] REASONS;
+
+  static {
+    List<String> reasons = new ArrayList<>(
+        List.of("oversized", "not_json_object", "duplicate_field"));
+    for (int i = 0; i < RULES.length; i++) {
+      FIELDS[i] = RULES[i].field;
+      reasons.add(RULES[i].reason);
+      if (i == CLICK_TS) {
+        reasons.add("click_ts_too_old");
+        reasons.add("click_ts_in_future");
+      }
+    }
+    REASONS = reasons.toArray(new String[0]);
+  }
 
   /** Thrown (without a stack trace) when the payload is not a JSON object. */
   private static final class NotJson extends Exception {
@@ -119,37 +158,25 @@ public final class ClickParser {
     if (duplicate) {
       return "duplicate_field";
     }
-    if (!isStringOf(values[CLICK_ID], 1, 64, ClickParser::isIdChar)) {
-      return "bad_click_id";
-    }
-    if (!isStringOf(values[AD_ID], 1, 64, ClickParser::isIdChar)) {
-      return "bad_ad_id";
-    }
-    if (!(values[CLICK_TS] instanceof Long)) {
-      return "bad_click_ts";
-    }
-    long ts = (Long) values[CLICK_TS];
-    if (ts < minClickTsMs) {
-      return "click_ts_too_old";
-    }
-    if (ts > nowMs + maxFutureMs) {
-      return "click_ts_in_future";
-    }
-    if (!isStringOf(values[USER_ID], 1, 128, ClickParser::isUserIdChar)) {
-      return "bad_user_id";
-    }
-    if (!isStringOf(values[IP], 2, 45, ClickParser::isIpChar)) {
-      return "bad_ip";
-    }
-    if (!isStringOf(values[COUNTRY], 2, 2, ClickParser::isUpper)) {
-      return "bad_country";
-    }
-    if (!isDevice(values[DEVICE])) {
-      return "bad_device";
+    for (int f = 0; f < RULES.length; f++) {
+      if (f == CLICK_TS) {
+        if (!(values[CLICK_TS] instanceof Long)) {
+          return RULES[f].reason;
+        }
+        long ts = (Long) values[CLICK_TS];
+        if (ts < minClickTsMs) {
+          return "click_ts_too_old";
+        }
+        if (ts > nowMs + maxFutureMs) {
+          return "click_ts_in_future";
+        }
+      } else if (f == DEVICE ? !isDevice(values[f]) : !isStringOf(values[f], RULES[f])) {
+        return RULES[f].reason;
+      }
     }
     clickId = (String) values[CLICK_ID];
     adId = (String) values[AD_ID];
-    clickTs = ts;
+    clickTs = (Long) values[CLICK_TS];
     userId = (String) values[USER_ID];
     ip = (String) values[IP];
     country = (String) values[COUNTRY];
@@ -159,17 +186,17 @@ public final class ClickParser {
 
   // ---- field rules -------------------------------------------------------------------------
 
-  /** A String of min to max chars, each one `allowed`. */
-  private static boolean isStringOf(Object value, int min, int max, IntPredicate allowed) {
+  /** A String of rule.min to rule.max chars, each one rule.allowed. */
+  private static boolean isStringOf(Object value, Rule rule) {
     if (!(value instanceof String)) {
       return false;
     }
     String s = (String) value;
-    if (s.length() < min || s.length() > max) {
+    if (s.length() < rule.min || s.length() > rule.max) {
       return false;
     }
     for (int i = 0; i < s.length(); i++) {
-      if (!allowed.test(s.charAt(i))) {
+      if (!rule.allowed.test(s.charAt(i))) {
         return false;
       }
     }
@@ -551,11 +578,16 @@ public final class ClickParser {
   /**
    * Parity check: reads lines "now_ms base64-payload" (a lone "-" for a null payload) and
    * prints, per line, the reason or "ok" followed by the tab-separated fields.
-   * Arguments: maxPayloadBytes minClickTsMs maxFutureMs, or --reasons to print REASONS.
+   * Arguments: maxPayloadBytes minClickTsMs maxFutureMs, or --reasons to print REASONS, or
+   * --contract to print the rules (printContract).
    */
   public static void main(String[] args) throws Exception {
     if (args.length == 1 && args[0].equals("--reasons")) {
       System.out.println(String.join(",", REASONS));
+      return;
+    }
+    if (args.length == 1 && args[0].equals("--contract")) {
+      printContract();
       return;
     }
     ClickParser parser = new ClickParser(Integer.parseInt(args[0]), Long.parseLong(args[1]),
@@ -580,6 +612,36 @@ public final class ClickParser {
       }
       out.append('\n');
     }
+    System.out.print(out);
+  }
+
+  /**
+   * The rules as this class applies them, one tab-separated line each, for the field-by-field
+   * comparison with adclick/contract.py: "field NAME REASON MIN MAX CHARS" (CHARS: every char
+   * the rule allows, tested over all 65,536), "time NAME", "oneof NAME VALUES", then "limits MAX_DEPTH
+   * MAX_TS_DIGITS" (ClickFormatFactory's main prints the format's columns and defaults).
+   */
+  static void printContract() {
+    StringBuilder out = new StringBuilder();
+    for (int f = 0; f < RULES.length; f++) {
+      Rule rule = RULES[f];
+      if (f == CLICK_TS) {
+        out.append("time\t").append(rule.field);
+      } else if (f == DEVICE) {
+        out.append("oneof\t").append(rule.field).append('\t').append(String.join(",", DEVICES));
+      } else {
+        StringBuilder chars = new StringBuilder();
+        for (int c = 0; c <= Character.MAX_VALUE; c++) {
+          if (rule.allowed.test(c)) {
+            chars.append((char) c);
+          }
+        }
+        out.append("field\t").append(rule.field).append('\t').append(rule.reason).append('\t')
+            .append(rule.min).append('\t').append(rule.max).append('\t').append(chars);
+      }
+      out.append('\n');
+    }
+    out.append("limits\t").append(MAX_DEPTH).append('\t').append(MAX_TS_DIGITS).append('\n');
     System.out.print(out);
   }
 }
