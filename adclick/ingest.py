@@ -101,13 +101,16 @@ class Loader:
     """Consumes the topics, inserts batches, then commits offsets; one thread, one consumer."""
 
     def __init__(self, client, database=config.DATABASE, bootstrap=config.KAFKA_BOOTSTRAP,
-                 topic_prefix="", group_id="adclick-loader", raw=True, max_batch=20000):
+                 topic_prefix="", group_id="adclick-loader", raw=True, max_batch=20000,
+                 unassigned_s=60):
         self.client = client
         self.database = database
         self.routes = table_routes(config.Topics.with_prefix(topic_prefix), raw=raw)
         self.bootstrap = bootstrap
         self.group_id = group_id
         self.max_batch = max_batch
+        self.unassigned_s = unassigned_s
+        self.reconnects = 0
         self.stopping = threading.Event()
         self.rows_loaded = {table: 0 for table, _ in self.routes.values()}
         self.last_batch_at = None
@@ -148,17 +151,29 @@ class Loader:
         return {table: len(rows) for table, rows in batches.items()}
 
     def run(self):
-        """Poll, insert, commit, until stop(); reconnects after Kafka or ClickHouse errors."""
+        """Poll, insert, commit, until stop(); reconnects after Kafka or ClickHouse errors, and
+        when the consumer has had no partition for unassigned_s."""
         while not self.stopping.is_set():
             consumer = None
             try:
                 consumer = self._consumer()
+                assigned_at = time.monotonic()
                 while not self.stopping.is_set():
                     polled = consumer.poll(timeout_ms=500)
                     if polled:
                         self.load(polled)
                         consumer.commit()
                         self.last_batch_at = time.time()
+                    if consumer.assignment():
+                        assigned_at = time.monotonic()
+                    elif time.monotonic() - assigned_at > self.unassigned_s:
+                        # kafka-python 3.0.12 once stayed in a group rebalance for minutes after
+                        # the topics appeared, loading nothing; a new consumer joins afresh.
+                        # (Also the case while no topic exists yet: then it costs a rejoin.)
+                        log.warning("no partition assigned for %d s; reconnecting",
+                                    self.unassigned_s)
+                        self.reconnects += 1
+                        break
             except Exception:  # noqa: BLE001 - keep loading through broker/store restarts
                 log.exception("loader error; retrying in 2 s (uncommitted batch will replay)")
                 self.stopping.wait(2)
