@@ -18,6 +18,7 @@ import base64
 import collections
 import hashlib
 import json
+import os
 import random
 from datetime import datetime
 from datetime import timezone
@@ -191,7 +192,16 @@ def bind_in_memory(env, t_env, rows, out_dir):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("pipeline-logic")
+    # The Python top-N merge in a worker process of its own: in PyFlink's default local
+    # "loopback" mode it runs inside this pytest process and leaves PYFLINK_GATEWAY_DISABLED
+    # in its environment, which broke every job a later test started from here.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("_python_worker_execution_mode", "process")
+        yield run_pipeline(tmp_path_factory.mktemp("pipeline-logic"))
+    assert "PYFLINK_GATEWAY_DISABLED" not in os.environ
+
+
+def run_pipeline(work):
     rows = make_rows()
     args = job.parse_args([
         "--parallelism", "2", "--checkpoint-interval-ms", "1000",
