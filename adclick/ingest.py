@@ -169,7 +169,7 @@ class Loader:
                     elif time.monotonic() - assigned_at > self.unassigned_s:
                         # kafka-python 3.0.12 once stayed in a group rebalance for minutes after
                         # the topics appeared, loading nothing; a new consumer joins afresh.
-                        # (Also the case while no topic exists yet: then it costs a rejoin.)
+                        # (A member that rightly has no partition pays a rejoin a minute.)
                         log.warning("no partition assigned for %d s; reconnecting",
                                     self.unassigned_s)
                         self.reconnects += 1
