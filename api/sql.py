@@ -4,8 +4,9 @@ The embedded store can be open in one process only, the one running the pipeline
 so ad-hoc SQL (adclick sql, sql/analyses/*.sql) comes in through here. Safety does not rest on
 parsing the SQL: it runs in a ClickHouse session opened with readonly=1 and fixed limits
 (api.db.Store.sql_client), so the engine itself refuses writes, DDL, file/url table functions
-and any attempt to change a setting. The API adds only what the engine cannot: one statement
-per request, a cap on returned rows (reported when hit) and JSON-safe values.
+and any attempt to change a setting. The API adds what the engine cannot: what may be read
+(api.sql_scope: the data tables, not the API's keys), one statement per request, a cap on
+returned rows (reported when hit) and JSON-safe values.
 """
 
 import math
@@ -24,6 +25,7 @@ from flask import request
 from api import auth
 from api import db
 from api import params
+from api import sql_scope
 from api.errors import ApiError
 from api.errors import clickhouse_error_name
 
@@ -80,6 +82,7 @@ def run_sql():
                                  current_app.config["SQL_MAX_QUERY_CHARS"])
     max_rows = current_app.config["SQL_MAX_ROWS"]
     client = db.get_store().sql_client()  # a store that is down is a 503, not a refusal
+    sql_scope.check(client, statement, db.database())
     try:
         result = client.query(statement, query_formats=BYTES_FORMATS)
         columns = list(result.column_names)

@@ -14,6 +14,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from clickhouse_connect.driver.exceptions import DatabaseError
 
 from adclick import queries
 from api import auth
@@ -718,32 +719,92 @@ def test_sql_empty_result_keeps_columns(api):
     assert body["columns"] == ["ad_id", "clicks"] and body["rows"] == []
 
 
-@pytest.mark.parametrize("statement", [
-    "INSERT INTO ad_click_counts (ad_id) VALUES ('x')",
-    "INSERT INTO ad_click_counts SELECT * FROM ad_click_counts",
-    "DROP TABLE ad_click_counts",
-    "DROP DATABASE " + DB,
-    "TRUNCATE TABLE ad_click_counts",
-    "CREATE TABLE evil (a Int8) ENGINE = Memory",
-    "ALTER TABLE ad_click_counts DELETE WHERE 1",
-    "ALTER TABLE ad_click_counts ADD COLUMN evil UInt8",
-    "RENAME TABLE ad_click_counts TO evil",
-    "OPTIMIZE TABLE ad_click_counts FINAL",
-    "SET readonly = 0",
-    "SET max_execution_time = 1000",
-    "SELECT 1 SETTINGS readonly = 0",
-    "SELECT 1 SETTINGS max_execution_time = 1000",
-    "SELECT * FROM file('/etc/passwd', 'LineAsString')",
-    "SELECT * FROM url('http://127.0.0.1:1/', 'LineAsString')",
-    "INSERT INTO FUNCTION file('/tmp/adclick-evil.csv', 'CSV', 'a UInt8') VALUES (1)",
-    "SYSTEM DROP DNS CACHE",
+NOT_A_READ = "only statements that read"
+
+
+@pytest.mark.parametrize("statement,status,reason", [
+    ("INSERT INTO ad_click_counts (ad_id) VALUES ('x')", 400, NOT_A_READ),
+    ("INSERT INTO ad_click_counts SELECT * FROM ad_click_counts", 400, NOT_A_READ),
+    ("DROP TABLE ad_click_counts", 400, NOT_A_READ),
+    ("DROP DATABASE " + DB, 400, NOT_A_READ),
+    ("TRUNCATE TABLE ad_click_counts", 400, NOT_A_READ),
+    ("CREATE TABLE evil (a Int8) ENGINE = Memory", 400, NOT_A_READ),
+    ("ALTER TABLE ad_click_counts DELETE WHERE 1", 400, NOT_A_READ),
+    ("ALTER TABLE ad_click_counts ADD COLUMN evil UInt8", 400, NOT_A_READ),
+    ("RENAME TABLE ad_click_counts TO evil", 400, NOT_A_READ),
+    ("OPTIMIZE TABLE ad_click_counts FINAL", 400, NOT_A_READ),
+    ("SET readonly = 0", 400, NOT_A_READ),
+    ("SET max_execution_time = 1000", 400, NOT_A_READ),
+    ("SELECT 1 SETTINGS readonly = 0", 400, "READONLY"),
+    ("SELECT 1 SETTINGS max_execution_time = 1000", 400, "READONLY"),
+    ("SELECT * FROM file('/etc/passwd', 'LineAsString')", 403, "table function file"),
+    ("SELECT * FROM url('http://127.0.0.1:1/', 'LineAsString')", 403, "table function url"),
+    ("INSERT INTO FUNCTION file('/tmp/adclick-evil.csv', 'CSV', 'a UInt8') VALUES (1)", 400,
+     NOT_A_READ),
+    ("SYSTEM DROP DNS CACHE", 400, NOT_A_READ),
 ])
-def test_sql_writes_and_setting_changes_are_refused(api, dataset, statement):
+def test_sql_writes_and_setting_changes_are_refused(api, dataset, statement, status, reason):
     client, _ = dataset
     before = client.query(f"SELECT count() FROM {DB}.ad_click_counts").result_rows
-    error = api.sql(statement, 400)["error"]
-    assert "ClickHouse refused" in error
+    assert reason in api.sql(statement, status)["error"]
     assert client.query(f"SELECT count() FROM {DB}.ad_click_counts").result_rows == before
+
+
+@pytest.mark.parametrize("statement", [
+    "INSERT INTO ad_click_counts (ad_id) VALUES ('x')",
+    "DROP TABLE ad_click_counts",
+    "SET readonly = 0",
+    "SELECT * FROM file('/etc/passwd', 'LineAsString')",
+])
+def test_sql_session_refuses_writes_by_itself(app, dataset, statement):
+    """Behind api.sql_scope, the engine's readonly session refuses what the scope lets by."""
+    client, _ = dataset
+    before = client.query(f"SELECT count() FROM {DB}.ad_click_counts").result_rows
+    with app.app_context():
+        session = db.get_store().sql_client()
+    with pytest.raises(DatabaseError, match="READONLY"):
+        session.query(statement)
+    assert client.query(f"SELECT count() FROM {DB}.ad_click_counts").result_rows == before
+
+
+@pytest.mark.parametrize("statement,reason", [
+    ("SELECT * FROM api_keys", "table api_keys"),
+    ("SELECT key_hash FROM api_keys FINAL", "table api_keys"),
+    (f"SELECT * FROM {DB}.api_keys", "table api_keys"),
+    ("FROM api_keys SELECT name", "table api_keys"),
+    ("SELECT count() FROM ad_click_counts WHERE ad_id IN (SELECT key_hash FROM api_keys)",
+     "table api_keys"),
+    ("WITH k AS (SELECT * FROM api_keys) SELECT * FROM k", "table api_keys"),
+    ("SELECT 1 WHERE ('h', 'n', now(), now(), 0) IN api_keys", "table api_keys"),
+    ("DESCRIBE (SELECT * FROM api_keys)", "table api_keys"),
+    ("EXPLAIN SELECT * FROM api_keys", "table api_keys"),
+    (f"SELECT * FROM merge('{DB}', 'api')", "table function merge"),
+    (f"SELECT * FROM mergeTreeIndex('{DB}', 'api_keys')", "table function mergeTreeIndex"),
+    ("SELECT * FROM view(SELECT * FROM numbers(1))", "table function view"),
+    ("SELECT file('/etc/hostname')", "function file"),
+    ("SELECT query FROM system.processes", "system.processes"),
+    ("SELECT * FROM t_other.ad_click_counts", "only the tables of database"),
+])
+def test_sql_cannot_read_the_api_keys(api, key, dataset, statement, reason):
+    """Any key reads the data tables through /v1/sql, never the keys' hashes and names."""
+    client, _ = dataset
+    hashes = {row[0] for row in client.query(f"SELECT key_hash FROM {DB}.api_keys").result_rows}
+    assert auth.hash_key(key) in hashes
+    body = api.sql(statement, 403)
+    assert reason in body["error"]
+    assert not any(digest in str(body) for digest in hashes)
+
+
+@pytest.mark.parametrize("statement,rows", [
+    ("SELECT a.ad_id FROM ad_click_counts AS a WHERE a.ad_id = 'ad-01' LIMIT 1", [["ad-01"]]),
+    ("WITH k AS (SELECT 1 AS x) SELECT x FROM k", [[1]]),
+    ("SELECT count() FROM numbers(3)", [[3]]),
+    ("SELECT name FROM system.tables WHERE database = currentDatabase() AND name = 'raw_clicks'",
+     [["raw_clicks"]]),
+    ("EXISTS TABLE late_clicks", [[1]]),
+])
+def test_sql_still_reads_the_data(api, dataset, statement, rows):
+    assert api.sql(statement, 200)["rows"] == rows
 
 
 @pytest.mark.parametrize("statement", [
