@@ -4,7 +4,6 @@ import argparse
 import logging
 import sys
 
-from adclick import config
 from apps import server
 
 
@@ -24,9 +23,7 @@ def main(argv=None):
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
     serve = commands.add_parser("serve", help="load the store and serve the API (owns chdb)")
     server.add_arguments(serve)
-    serve.add_argument("--host", default=config.API_HOST)
-    serve.add_argument("--port", type=int, default=config.API_PORT)
-    serve.add_argument("--api-key-file", help="create an API key and write it here")
+    server.add_serve_arguments(serve)
     ingest = commands.add_parser("ingest", help="only load the store (with a ClickHouse server)")
     server.add_arguments(ingest)
     for name, (_module, help_text) in tools.items():

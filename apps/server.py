@@ -1,15 +1,22 @@
 """`adclick serve`: the process that owns the store, loading it and answering the API.
 
 With the embedded store only one process may open the chdb path, so this one process runs the
-loader thread and the Flask API side by side on the same client. With a ClickHouse server the
-two can run apart instead: `adclick ingest` and `gunicorn 'api:create_app()'`.
+loader thread and the Flask API side by side on the same client. The API is served by waitress,
+a production WSGI server that runs the app in a pool of threads of this process (a forking
+server such as gunicorn would need a process per worker, and only one may open the store).
+With a ClickHouse server the two can run apart instead: `adclick ingest` and
+`gunicorn 'api:create_app()'`.
+
+SIGTERM or Ctrl-C stops it within seconds whatever Kafka is doing: the loader is told to stop
+and given LOADER_STOP_S; a batch it was loading and had not committed is loaded again by the
+next start (the store's tables collapse the replay).
 """
 
 import logging
 import signal
 import threading
 
-from werkzeug.serving import make_server
+import waitress
 
 from adclick import config
 from adclick import store
@@ -18,6 +25,7 @@ from api import create_app
 from api.auth import create_key
 
 log = logging.getLogger(__name__)
+LOADER_STOP_S = 3
 
 
 def add_arguments(parser):
@@ -28,6 +36,14 @@ def add_arguments(parser):
     parser.add_argument("--loader-group-id", default="adclick-loader")
     parser.add_argument("--no-raw", action="store_true",
                         help="do not store raw clicks (reconciliation needs them)")
+
+
+def add_serve_arguments(parser):
+    parser.add_argument("--host", default=config.API_HOST)
+    parser.add_argument("--port", type=int, default=config.API_PORT)
+    parser.add_argument("--threads", type=int, default=8,
+                        help="requests answered at once (waitress's thread pool)")
+    parser.add_argument("--api-key-file", help="create an API key and write it here")
 
 
 def start_loader(args, client):
@@ -55,13 +71,20 @@ def serve(args):
         with open(args.api_key_file, "w") as out:
             out.write(key + "\n")
         print(f"API key: {key}", flush=True)
-    server = make_server(args.host, args.port, app, threaded=True)
-    stop_on_signals(server.shutdown)
-    print(f"adclick API on http://{args.host}:{server.server_port}", flush=True)
+    server = waitress.create_server(app, host=args.host, port=args.port, threads=args.threads)
+
+    def exit_serving(signum, _frame):
+        # waitress runs its loop in this (the main) thread and closes itself on SystemExit.
+        log.info("signal %d: shutting down", signum)
+        raise SystemExit(0)
+    signal.signal(signal.SIGINT, exit_serving)
+    signal.signal(signal.SIGTERM, exit_serving)
+    print(f"adclick API on http://{args.host}:{server.effective_port}", flush=True)
     try:
-        server.serve_forever()
+        server.run()
     finally:
-        loader.stop()
+        server.close()
+        loader.stop(timeout=LOADER_STOP_S)
         log.info("stopped; rows loaded: %s", loader.rows_loaded)
 
 
