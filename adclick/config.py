@@ -18,6 +18,8 @@ KAFKA_BOOTSTRAP = os.environ.get("ADCLICK_KAFKA", "127.0.0.1:9092")
 CLICKHOUSE_URL = os.environ.get("ADCLICK_CLICKHOUSE_URL", f"chdb://{STACK_DIR / 'chdb'}")
 API_HOST = os.environ.get("ADCLICK_API_HOST", "127.0.0.1")
 API_PORT = int(os.environ.get("ADCLICK_API_PORT", "8000"))
+# The REST API of `make demo`'s local job (a standalone cluster's is 8081, flink-conf/).
+DEMO_FLINK_REST_PORT = int(os.environ.get("ADCLICK_DEMO_FLINK_REST_PORT", "8082"))
 DATABASE = os.environ.get("ADCLICK_DATABASE", "adclick")
 DEMO_API_KEY_FILE = STACK_DIR / "api-key"  # written by `make demo` (adclick serve --api-key-file)
 

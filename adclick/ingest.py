@@ -114,6 +114,9 @@ class Loader:
         self.stopping = threading.Event()
         self.rows_loaded = {table: 0 for table, _ in self.routes.values()}
         self.last_batch_at = None
+        # Records each topic still holds for this loader (high watermark minus position over
+        # its assigned partitions), as of the last poll; None until a fetch has told.
+        self.lag = {topic: None for topic in self.routes}
         self._thread = None
 
     def _consumer(self):
@@ -164,6 +167,7 @@ class Loader:
                         self.load(polled)
                         consumer.commit()
                         self.last_batch_at = time.time()
+                    self._measure_lag(consumer)
                     if consumer.assignment():
                         assigned_at = time.monotonic()
                     elif time.monotonic() - assigned_at > self.unassigned_s:
@@ -176,10 +180,24 @@ class Loader:
                         break
             except Exception:  # noqa: BLE001 - keep loading through broker/store restarts
                 log.exception("loader error; retrying in 2 s (uncommitted batch will replay)")
+                self.lag = {topic: None for topic in self.routes}  # unknown until it reconnects
                 self.stopping.wait(2)
             finally:
                 if consumer is not None:
                     consumer.close(autocommit=False)
+
+    def _measure_lag(self, consumer):
+        # highwater() is what the last fetch response said: no request is sent. Under
+        # read_committed it includes the records of a transaction still open (at most one
+        # checkpoint interval of the job's output).
+        lag = {topic: None for topic in self.routes}
+        for partition in consumer.assignment():
+            highwater = consumer.highwater(partition)
+            if highwater is None:
+                continue
+            behind = max(0, highwater - consumer.position(partition))
+            lag[partition.topic] = (lag[partition.topic] or 0) + behind
+        self.lag = lag
 
     def start(self):
         self._thread = threading.Thread(target=self.run, name="adclick-loader", daemon=True)

@@ -51,6 +51,47 @@ ORDER BY count DESC, ad_id ASC
 LIMIT {limit:UInt32}
 """
 
+# Clicks per minute over [start, end), of one ad or of all ads (an empty ad_ids), filtered.
+# Minutes without clicks are absent; the API fills them in.
+CLICKS_PER_MINUTE = """
+SELECT toUnixTimestamp(minute) AS minute, sum(clicks)
+FROM {db:Identifier}.ad_click_counts FINAL
+WHERE minute >= toDateTime({start:UInt32}, 'UTC')
+  AND minute < toDateTime({end:UInt32}, 'UTC')
+  AND (empty({ad_ids:Array(String)}) OR ad_id IN {ad_ids:Array(String)})
+""" + _FILTERS + """
+GROUP BY minute
+ORDER BY minute
+"""
+
+# What did not count on time, per minute over [start, end): clicks that came late but within
+# the allowed lateness (correction rows, by their click's minute), clicks too late to count
+# (by their click's minute) and records that were not clicks at all (by arrival).
+LATE_PER_MINUTE = """
+SELECT minute, sum(corrections), sum(too_late), sum(dead_letters)
+FROM (
+    SELECT toUnixTimestamp(minute) AS minute, sum(clicks) AS corrections,
+           0 AS too_late, 0 AS dead_letters
+    FROM {db:Identifier}.ad_click_counts FINAL
+    WHERE late = 1
+      AND minute >= toDateTime({start:UInt32}, 'UTC') AND minute < toDateTime({end:UInt32}, 'UTC')
+    GROUP BY minute
+    UNION ALL
+    SELECT toUnixTimestamp(minute), 0, count(), 0
+    FROM {db:Identifier}.late_clicks FINAL
+    WHERE minute >= toDateTime({start:UInt32}, 'UTC') AND minute < toDateTime({end:UInt32}, 'UTC')
+    GROUP BY minute
+    UNION ALL
+    SELECT toUnixTimestamp(toStartOfMinute(received_at)), 0, 0, count()
+    FROM {db:Identifier}.dead_letters FINAL
+    WHERE received_at >= toDateTime({start:UInt32}, 'UTC')
+      AND received_at < toDateTime({end:UInt32}, 'UTC')
+    GROUP BY 1
+)
+GROUP BY minute
+ORDER BY minute
+"""
+
 HEALTH_CHECK = "SELECT 1"
 
 VALID_KEY_HASHES = """
@@ -122,6 +163,26 @@ def popular_ads(client, db, start, end, limit, countries=(), devices=(), setting
     rows = client.query(POPULAR_ADS, parameters=parameters,
                         settings=_settings(settings)).result_rows
     return [(ad_id, int(count)) for ad_id, count in rows]
+
+
+def clicks_per_minute(client, db, start, end, ad_ids=(), countries=(), devices=(),
+                      settings=None):
+    """{minute start (aware UTC datetime): clicks} over [start, end); minutes with none absent."""
+    parameters = _range_parameters(db, start, end, countries, devices)
+    parameters["ad_ids"] = sorted(set(ad_ids or ()))
+    rows = client.query(CLICKS_PER_MINUTE, parameters=parameters,
+                        settings=_settings(settings)).result_rows
+    return {datetime.fromtimestamp(minute, tz=timezone.utc): int(clicks)
+            for minute, clicks in rows}
+
+
+def late_per_minute(client, db, start, end, settings=None):
+    """{minute start: (late corrections, too late, dead letters)} over [start, end)."""
+    parameters = _range_parameters(db, start, end, (), ())
+    rows = client.query(LATE_PER_MINUTE, parameters=parameters,
+                        settings=_settings(settings)).result_rows
+    return {datetime.fromtimestamp(minute, tz=timezone.utc): tuple(int(n) for n in counts)
+            for minute, *counts in rows}
 
 
 def health_check(client, settings=None):

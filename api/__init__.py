@@ -39,6 +39,7 @@ def create_app(test_config=None):
         # Request bodies (POST /v1/sql): room for SQL_MAX_QUERY_CHARS even if every character is
         # JSON-escaped (12 bytes for a surrogate pair); a larger body gets a 413.
         MAX_CONTENT_LENGTH=2 * 1024 * 1024,
+        FLINK_REST_URL=None,  # the job's Flink REST API, for its last checkpoint (api.status)
     )
     if test_config is None:
         app.config.from_prefixed_env("ADCLICK")
@@ -47,16 +48,23 @@ def create_app(test_config=None):
 
     from api import ads
     from api import auth
+    from api import dashboard
     from api import db
     from api import errors
     from api import health
+    from api import metrics
     from api import sql
+    from api import status
 
     errors.init_app(app)
     db.init_app(app)
     auth.init_app(app)
+    metrics.init_app(app)
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
     app.register_blueprint(ads.bp)
+    app.register_blueprint(status.bp)
     app.register_blueprint(sql.bp)
+    app.register_blueprint(dashboard.bp)
     db.warm_up(app)
     return app

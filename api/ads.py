@@ -1,4 +1,5 @@
-"""The ads resource: API 1 (one ad's click count) and API 2 (the most clicked ads).
+"""The ads resource: API 1 (one ad's click count), API 2 (the most clicked ads), and the clicks
+of each minute (one ad's or all, for charts).
 
 Both answer for a range of whole minutes. `minutes=M` means the M most recent complete minutes:
 a minute is complete once the job's window for it has fired, which is when it appears in
@@ -28,6 +29,7 @@ bp.before_request(auth.require_key)
 
 COUNT_PARAMETERS = params.RANGE_PARAMETERS + params.FILTER_PARAMETERS
 POPULAR_PARAMETERS = COUNT_PARAMETERS + ("count",)
+PER_MINUTE_PARAMETERS = COUNT_PARAMETERS + ("ad_id",)
 
 
 def _current_minute():
@@ -76,3 +78,24 @@ def popular_ads():
                                     filters.countries, filters.devices, db.read_settings()))
     return jsonify({"from": params.iso(start), "to": params.iso(end),
                     "ads": [{"ad_id": ad_id, "count": count} for ad_id, count in rows]})
+
+
+@bp.get("/per_minute")
+def per_minute():
+    """Clicks in each minute of the range, of one ad (ad_id=...) or of all, optionally filtered;
+    every minute of the range is listed, oldest first, 0 where there were none."""
+    requested, filters = _parse(PER_MINUTE_PARAMETERS)
+    ad_id = params.ad_id(request.args["ad_id"]) if "ad_id" in request.args else None
+    start, end = resolve_range(requested)
+    counts = db.cached(
+        ("per_minute", ad_id, start, end, filters),
+        lambda: queries.clicks_per_minute(db.client(), db.database(), start, end,
+                                          [ad_id] if ad_id else (), filters.countries,
+                                          filters.devices, db.read_settings()))
+    minutes = []
+    minute = start
+    while minute < end:
+        minutes.append({"minute": params.iso(minute), "clicks": counts.get(minute, 0)})
+        minute += params.MINUTE
+    return jsonify({"ad_id": ad_id, "from": params.iso(start), "to": params.iso(end),
+                    "minutes": minutes})

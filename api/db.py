@@ -75,6 +75,8 @@ class ResultCache:
         self._lock = threading.Lock()
         self._entries = {}  # key -> [value, computed_at, refreshing]
         self._pending = {}  # key -> _Computation, while a caller computes a missing answer
+        # Answers by how they were found (fresh, stale, computed): /metrics reports them.
+        self.lookups = {"fresh": 0, "stale": 0, "computed": 0}
 
     def get(self, key, compute):
         """The answer for key: fresh, stale while refreshed in the background, or computed."""
@@ -85,13 +87,16 @@ class ResultCache:
             if entry is not None:
                 age = time.monotonic() - entry[1]
                 if age < self.ttl_s:
+                    self.lookups["fresh"] += 1
                     return entry[0]
                 if age < self.max_stale_s:
+                    self.lookups["stale"] += 1
                     if not entry[2]:
                         entry[2] = True
                         threading.Thread(target=self._refresh, args=(key, compute),
                                          daemon=True).start()
                     return entry[0]
+            self.lookups["computed"] += 1
             computation = self._pending.get(key)
             owner = computation is None
             if owner:

@@ -111,14 +111,17 @@ def main(argv=None):
     key_file = config.DEMO_API_KEY_FILE
     key_file.unlink(missing_ok=True)
     python = sys.executable
+    flink_rest = f"http://127.0.0.1:{config.DEMO_FLINK_REST_PORT}"
     print("starting the pipeline:", flush=True)
     announcements = JobAnnouncements(LOG_DIR / "job.log")
     # Stopped in reverse order: the generator first, then the job (with a savepoint), then the
     # server, which has loaded what the job committed by then (and resumes the rest next time).
     children = [
         ("server", start("server", [python, "-m", "apps.cli", "serve", "--port",
-                                    str(args.port), "--api-key-file", str(key_file)])),
+                                    str(args.port), "--api-key-file", str(key_file),
+                                    "--flink-rest-url", flink_rest])),
         ("job", start("job", [python, "-m", "jobs.ad_click_aggregation",
+                              "--rest-port", str(config.DEMO_FLINK_REST_PORT),
                               *(["--fresh"] if args.fresh else [])])),
     ]
     if args.rate:
@@ -145,11 +148,14 @@ def main(argv=None):
             return 1 if exited else 0
         key = key_file.read_text().strip()
         print(f"\nAPI:      {api}\nAPI key: {key}\n"
+              f"Dashboard: {api}/dashboard#key={key}\n"
               f"Try:      curl -H 'Authorization: Bearer {key}' "
               f"'{api}/v1/ads/popular_ads?count=10&minutes=5'\n"
               f"          curl -H 'Authorization: Bearer {key}' "
               f"'{api}/v1/ads/ad-000001/aggregated_count?minutes=5'\n"
-              f"Flink:    the job runs on a local MiniCluster (log: {LOG_DIR / 'job.log'})\n"
+              f"Flink:    the job runs on a local MiniCluster, REST API {flink_rest}"
+              f" (log: {LOG_DIR / 'job.log'})\n"
+              f"Metrics:  {api}/metrics\n"
               "Waiting for the first complete minute (a minute closes when the watermark "
               "passes it) ...", flush=True)
         answered = first_answer(api, key, stop, began, watch)

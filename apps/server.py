@@ -22,6 +22,7 @@ from adclick import config
 from adclick import store
 from adclick.ingest import Loader
 from api import create_app
+from api import status
 from api.auth import create_key
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,9 @@ def add_serve_arguments(parser):
     parser.add_argument("--threads", type=int, default=8,
                         help="requests answered at once (waitress's thread pool)")
     parser.add_argument("--api-key-file", help="create an API key and write it here")
+    parser.add_argument("--flink-rest-url", default=None,
+                        help="the Flink job's REST API (e.g. http://127.0.0.1:8081), for the"
+                             " status of its checkpoints in /v1/status and the dashboard")
 
 
 def start_loader(args, client):
@@ -65,7 +69,9 @@ def stop_on_signals(stop):
 def serve(args):
     client = store.connect(args.clickhouse_url)
     loader = start_loader(args, client)
-    app = create_app({"CLICKHOUSE_URL": args.clickhouse_url, "DATABASE": args.database})
+    app = create_app({"CLICKHOUSE_URL": args.clickhouse_url, "DATABASE": args.database,
+                      "FLINK_REST_URL": args.flink_rest_url})
+    status.attach_loader(app, loader)
     if args.api_key_file:
         key = create_key(client, args.database, "demo")
         with open(args.api_key_file, "w") as out:

@@ -103,6 +103,10 @@ def parse_args(argv=None):
     p.add_argument("--sql-dir", type=Path, default=SQL_DIR,
                    help="the job's statements, run in file name order (a changed copy of"
                         " sql/flink/ restores the state of the statements it keeps)")
+    p.add_argument("--rest-port", type=int, default=None,
+                   help="a local run's Flink REST API on this port (the dashboard reads the"
+                        " job's checkpoints there); default: a free port Flink picks. A cluster"
+                        " has its own (flink-conf/)")
     p.add_argument("--startup-mode", default="group-offsets",
                    choices=["group-offsets", "earliest-offset", "latest-offset"],
                    help="where a fresh start (no checkpoint) begins reading; group offsets fall"
@@ -199,6 +203,9 @@ def configure(t_env, args):
         # cluster cannot change it, so there it does nothing.
         conf.set("taskmanager.memory.managed.size",
                  f"{LOCAL_MANAGED_MIB_PER_SLOT * args.parallelism}m")
+    if args.rest_port is not None and conf.get("execution.target", "local") == "local":
+        conf.set("rest.bind-port", str(args.rest_port))
+        conf.set("rest.port", str(args.rest_port))
     conf.set("python.executable", sys.executable)
     # Flink SQL operators do not keep references to their input rows, so chained operators can
     # hand rows on without copying each one.

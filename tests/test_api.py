@@ -5,6 +5,8 @@ inserted rows (tests/api_fixtures.py), and every response is validated against t
 api/openapi.yaml documents for its path, method and status.
 """
 
+import collections
+import re
 import threading
 import time
 from datetime import datetime
@@ -15,7 +17,9 @@ import jsonschema
 import pytest
 import yaml
 from clickhouse_connect.driver.exceptions import DatabaseError
+from prometheus_client.parser import text_string_to_metric_families
 
+from adclick import contract
 from adclick import queries
 from api import auth
 from api import create_app
@@ -119,6 +123,18 @@ def openapi():
     return yaml.safe_load((ROOT / "api" / "openapi.yaml").read_text())
 
 
+def json_schema(node):
+    """An OpenAPI 3.0 schema as JSON Schema: `nullable: true` becomes "or null"."""
+    if isinstance(node, list):
+        return [json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    converted = {name: json_schema(value) for name, value in node.items() if name != "nullable"}
+    if node.get("nullable"):
+        return {"anyOf": [converted, {"type": "null"}]}
+    return converted
+
+
 class Api:
     """A test client that validates every response against the OpenAPI document."""
 
@@ -154,8 +170,8 @@ class Api:
             documented = self.openapi["components"]["responses"][
                 documented["$ref"].rsplit("/", 1)[1]]
         schema = documented["content"]["application/json"]["schema"]
-        jsonschema.Draft202012Validator(
-            {"allOf": [schema], "components": self.openapi["components"]}
+        jsonschema.Draft202012Validator(json_schema(
+            {"allOf": [schema], "components": self.openapi["components"]})
         ).validate(response.get_json())
 
 
@@ -639,7 +655,7 @@ def test_openapi_served(api, openapi):
 def _flask_routes(app):
     routes = set()
     for rule in app.url_map.iter_rules():
-        path = rule.rule.replace("<", "{").replace(">", "}")
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             routes.add((path, method.lower()))
     return routes
@@ -947,3 +963,126 @@ def test_single_statement(text, expected):
 def test_single_statement_refuses(text):
     with pytest.raises(ApiError):
         params.single_statement(text)
+
+
+# --- GET /v1/ads/per_minute, /v1/status, /metrics --------------------------------------------
+
+PER_MINUTE_PATH = "/v1/ads/per_minute"
+
+
+def truth_per_minute(rows, start, end, ad_id=None, countries=(), devices=()):
+    """[(minute, clicks)] for every minute of [start, end), from the rows."""
+    totals = collections.Counter()
+    for row in dedup(rows):
+        if not start <= row["minute"] < end or (ad_id and row["ad_id"] != ad_id):
+            continue
+        if (countries and row["country"] not in countries) or (
+                devices and row["device"] not in devices):
+            continue
+        totals[row["minute"]] += row["clicks"]
+    return [(iso(start + i * MINUTE), totals[start + i * MINUTE])
+            for i in range((end - start) // MINUTE)]
+
+
+@pytest.mark.parametrize("query", [
+    {"minutes": 10},
+    {"minutes": 10, "ad_id": "ad-00"},
+    {"minutes": 3, "ad_id": "ad-03", "country": "KR,JP", "device": "mobile"},
+    {"from": iso(T0 + 8 * MINUTE), "to": iso(T0 + 12 * MINUTE), "device": "tablet"},
+    {"minutes": 2, "ad_id": "no-such-ad"},
+])
+def test_per_minute_equals_the_truth(api, dataset, query):
+    _, rows = dataset
+    response = api.get(PER_MINUTE_PATH, **query)
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    if "minutes" in query:
+        start, end = LATEST_END - query["minutes"] * MINUTE, LATEST_END
+    else:
+        start, end = T0 + 8 * MINUTE, T0 + 12 * MINUTE
+    countries = query.get("country", "").split(",") if "country" in query else ()
+    devices = [query["device"]] if "device" in query else ()
+    expected = truth_per_minute(rows, start, end, query.get("ad_id"), countries, devices)
+    assert [(m["minute"], m["clicks"]) for m in body["minutes"]] == expected
+    assert body["ad_id"] == query.get("ad_id")
+    assert (body["from"], body["to"]) == (iso(start), iso(end))
+    assert any(clicks for _, clicks in expected) or query.get("ad_id") == "no-such-ad"
+
+
+def test_status_counts_what_did_not_count_on_time(api, dataset):
+    _, rows = dataset
+    raw_clicks, late_clicks = side_rows(rows)
+    body = api.get("/v1/status", minutes=10).get_json()
+    assert body["newest_complete_minute"] == iso(LATEST_END - MINUTE)
+    assert abs(body["freshness_s"] - (time.time() - LATEST_END.timestamp())) < 5
+    assert body["loader"] is None and body["flink"] is None  # neither in this process
+    corrections = collections.Counter()
+    for row in dedup(rows):
+        if row["late"]:
+            corrections[row["minute"]] += row["clicks"]
+    too_late = collections.Counter(click["minute"] for click in late_clicks)
+    dead = {T0: 1, T0 + MINUTE: 1, T0 + 2 * MINUTE: 1}  # _load_side_tables
+    expected = [{"minute": iso(T0 + i * MINUTE), "late_corrections": corrections[T0 + i * MINUTE],
+                 "too_late": too_late[T0 + i * MINUTE], "dead_letters": dead.get(
+                     T0 + i * MINUTE, 0)} for i in range(10)]
+    assert body["minutes"] == expected
+    assert sum(m["late_corrections"] for m in expected) > 0
+
+
+def test_status_says_when_flink_does_not_answer(chdb_url, dataset, key, openapi):  # noqa: F811
+    down = Api(make_app(chdb_url, FLINK_REST_URL=DOWN_URL), key, openapi)
+    flink = down.get("/v1/status").get_json()["flink"]
+    assert "did not answer" in flink["error"]
+
+
+def _scrape(api):
+    response = api.client.get("/metrics")
+    assert response.status_code == 200
+    assert response.content_type.startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(response.get_data(as_text=True)):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def test_metrics_count_requests_and_report_freshness(api, dataset):
+    popular_200 = ("adclick_http_requests_total", (("endpoint", POPULAR_PATH),
+                                                  ("method", "GET"), ("status", "200")))
+    popular_400 = ("adclick_http_requests_total", (("endpoint", POPULAR_PATH),
+                                                  ("method", "GET"), ("status", "400")))
+    before = _scrape(api)
+    popular(api, minutes=3)
+    assert api.get(POPULAR_PATH, minutes="x").status_code == 400
+    after = _scrape(api)
+    assert after[popular_200] - before.get(popular_200, 0) == 1
+    assert after[popular_400] - before.get(popular_400, 0) == 1
+    latency = ("adclick_http_request_duration_seconds_count",
+               (("endpoint", POPULAR_PATH), ("method", "GET")))
+    assert after[latency] - before.get(latency, 0) == 2
+    assert after[("adclick_store_up", ())] == 1
+    age = after[("adclick_newest_complete_minute_age_seconds", ())]
+    assert abs(age - (time.time() - LATEST_END.timestamp())) < 5
+    lookups = sum(value for (name, _), value in after.items()
+                  if name == "adclick_result_cache_lookups_total")
+    assert lookups > 0
+    assert not any(name.startswith("adclick_loader") for name, _ in after)  # no loader here
+
+
+def test_metrics_say_when_the_store_is_down(key, openapi):
+    down = Api(make_app(DOWN_URL), key, openapi)
+    samples = _scrape(down)
+    assert samples[("adclick_store_up", ())] == 0
+    assert ("adclick_newest_complete_minute_age_seconds", ()) not in samples
+
+
+def test_dashboard_page_is_self_contained(api):
+    response = api.client.get("/dashboard")
+    assert response.status_code == 200 and response.content_type.startswith("text/html")
+    assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+    page = response.get_data(as_text=True)
+    for asset in re.findall(r'(?:src|href)="([^"]+)"', page):
+        assert asset.startswith("/dashboard/static/"), asset  # no CDN: nothing from elsewhere
+        assert api.client.get(asset).status_code == 200
+    for device in contract.DEVICES:
+        assert f'<option value="{device}">' in page

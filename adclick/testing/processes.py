@@ -212,10 +212,10 @@ def start_job(log_dir, bootstrap, prefix, checkpoint_dir, *extra, name="job", en
 
 
 def start_server(log_dir, bootstrap, prefix, store_dir, port=None, raw=True,
-                 group_suffix="loader", name="server", timeout=120):
+                 group_suffix="loader", name="server", timeout=120, flink_rest_url=None):
     """`python -m apps.cli serve` (loader + API) on an embedded store in store_dir, its loader
-    group prefix + group_suffix; raw=False loads no raw clicks. Returns (process, Api) once it
-    answers."""
+    group prefix + group_suffix; raw=False loads no raw clicks; flink_rest_url: the job's REST
+    API, for /v1/status. Returns (process, Api) once it answers."""
     port = port or free_port()
     key_file = Path(log_dir) / f"{name}.api-key"
     key_file.unlink(missing_ok=True)
@@ -225,6 +225,8 @@ def start_server(log_dir, bootstrap, prefix, store_dir, port=None, raw=True,
             "--api-key-file", str(key_file)]
     if not raw:
         argv.append("--no-raw")
+    if flink_rest_url:
+        argv += ["--flink-rest-url", flink_rest_url]
     process = Process(name, argv, log_dir)
     base = f"http://127.0.0.1:{port}"
 

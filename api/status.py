@@ -1,0 +1,138 @@
+"""The pipeline's health as one answer: GET /v1/status (the dashboard's health strip).
+
+What a data team checks before trusting a number:
+- freshness: how long ago the newest complete minute ended (the job fires a minute once the
+  watermark passes it, the loader stores it after the job's next checkpoint: normally 10-15 s);
+- the loader: records each topic still holds for it, rows stored, its last batch (only when the
+  loader runs in this process, as under `adclick serve`: attach_loader);
+- what did not count on time, per minute: late corrections, clicks too late, dead letters;
+- the Flink job's newest completed checkpoint, from Flink's REST API (FLINK_REST_URL).
+
+The same values feed /metrics (api.metrics).
+"""
+
+import json
+import time
+import urllib.request
+from datetime import datetime
+from datetime import timezone
+
+from flask import Blueprint
+from flask import current_app
+from flask import jsonify
+from flask import request
+
+from adclick import queries
+from api import auth
+from api import db
+from api import params
+
+bp = Blueprint("status", __name__, url_prefix="/v1")
+bp.before_request(auth.require_key)
+
+LOADER = "adclick.loader"
+FLINK_TIMEOUT_S = 2
+TERMINAL_JOB_STATES = {"FINISHED", "CANCELED", "FAILED", "SUSPENDED"}
+
+
+def attach_loader(app, loader):
+    """Report loader (an adclick.ingest.Loader running in this process) in status and metrics."""
+    app.extensions[LOADER] = loader
+
+
+def loader_of(app):
+    return app.extensions.get(LOADER)
+
+
+def newest_complete_minute():
+    """The start of the newest complete minute, or None (cached like the API's answers)."""
+    return db.cached(("latest_complete_minute",), lambda: queries.latest_complete_minute(
+        db.client(), db.database(), db.read_settings()))
+
+
+def freshness_s(minute, now=None):
+    """Seconds since the minute starting at `minute` ended (None without one)."""
+    if minute is None:
+        return None
+    now = time.time() if now is None else now
+    return round(now - (minute + params.MINUTE).timestamp(), 3)
+
+
+def loader_status(loader):
+    if loader is None:
+        return None
+    last = loader.last_batch_at
+    return {
+        "lag": dict(loader.lag),
+        "rows": dict(loader.rows_loaded),
+        "last_batch_at": None if last is None else params.iso(
+            datetime.fromtimestamp(last, tz=timezone.utc)),
+        "reconnects": loader.reconnects,
+    }
+
+
+def _get_json(url):
+    with urllib.request.urlopen(url, timeout=FLINK_TIMEOUT_S) as response:
+        return json.loads(response.read())
+
+
+def flink_jobs(rest_url):
+    """The live jobs of the Flink cluster at rest_url, each with its newest completed checkpoint.
+
+    None when no REST URL is configured; {"error": ...} when Flink does not answer.
+    """
+    if not rest_url:
+        return None
+    base = rest_url.rstrip("/")
+    try:
+        jobs = []
+        for job in _get_json(f"{base}/jobs/overview")["jobs"]:
+            if job["state"] in TERMINAL_JOB_STATES:
+                continue
+            completed = (_get_json(f"{base}/jobs/{job['jid']}/checkpoints").get("latest")
+                         or {}).get("completed")
+            checkpoint = None
+            if completed:
+                at = completed["latest_ack_timestamp"] / 1000
+                checkpoint = {"id": completed["id"],
+                              "completed_at": params.iso(datetime.fromtimestamp(
+                                  at, tz=timezone.utc)),
+                              "age_s": round(time.time() - at, 3)}
+            jobs.append({"name": job["name"], "state": job["state"],
+                         "last_checkpoint": checkpoint})
+        return {"jobs": jobs}
+    except (OSError, ValueError, KeyError) as error:
+        return {"error": f"Flink REST API at {base} did not answer: {error}"}
+
+
+def late_minutes(minutes):
+    """The last `minutes` minutes up to the newest complete one: corrections, too late, dead."""
+    newest = newest_complete_minute()
+    end = (newest + params.MINUTE) if newest is not None else datetime.now(
+        timezone.utc).replace(second=0, microsecond=0)
+    start = end - minutes * params.MINUTE
+    counts = db.cached(("late", start, end), lambda: queries.late_per_minute(
+        db.client(), db.database(), start, end, db.read_settings()))
+    rows, minute = [], start
+    while minute < end:
+        corrections, too_late, dead = counts.get(minute, (0, 0, 0))
+        rows.append({"minute": params.iso(minute), "late_corrections": corrections,
+                     "too_late": too_late, "dead_letters": dead})
+        minute += params.MINUTE
+    return rows
+
+
+@bp.get("/status")
+def status():
+    """Freshness, the loader, late and dead letters per minute, the job's last checkpoint."""
+    params.check_known(request.args, ("minutes",))
+    minutes = params.integer(request.args, "minutes", 10, 1, 60)
+    newest = newest_complete_minute()
+    app = current_app._get_current_object()
+    return jsonify({
+        "newest_complete_minute": None if newest is None else params.iso(newest),
+        "freshness_s": freshness_s(newest),
+        "loader": loader_status(loader_of(app)),
+        "minutes": late_minutes(minutes),
+        "flink": db.cached(("flink",), lambda: flink_jobs(app.config.get("FLINK_REST_URL"))),
+    })
