@@ -24,6 +24,7 @@ from adclick import config
 from adclick import contract
 
 log = logging.getLogger("adclick.ingest")
+LAG_INTERVAL_S = 1  # how often the loader asks the broker how far behind it is
 
 COLUMNS = {
     "ad_click_counts": ["minute", "ad_id", "country", "device", "clicks", "late", "click_id",
@@ -114,8 +115,8 @@ class Loader:
         self.stopping = threading.Event()
         self.rows_loaded = {table: 0 for table, _ in self.routes.values()}
         self.last_batch_at = None
-        # Records each topic still holds for this loader (high watermark minus position over
-        # its assigned partitions), as of the last poll; None until a fetch has told.
+        # Records each topic still holds for this loader (end offset minus position over its
+        # assigned partitions), measured every LAG_INTERVAL_S; None while not known.
         self.lag = {topic: None for topic in self.routes}
         self._thread = None
 
@@ -160,14 +161,16 @@ class Loader:
             consumer = None
             try:
                 consumer = self._consumer()
-                assigned_at = time.monotonic()
+                assigned_at = measured_at = time.monotonic()
                 while not self.stopping.is_set():
                     polled = consumer.poll(timeout_ms=500)
                     if polled:
                         self.load(polled)
                         consumer.commit()
                         self.last_batch_at = time.time()
-                    self._measure_lag(consumer)
+                    if time.monotonic() - measured_at >= LAG_INTERVAL_S:
+                        self._measure_lag(consumer)
+                        measured_at = time.monotonic()
                     if consumer.assignment():
                         assigned_at = time.monotonic()
                     elif time.monotonic() - assigned_at > self.unassigned_s:
@@ -187,16 +190,15 @@ class Loader:
                     consumer.close(autocommit=False)
 
     def _measure_lag(self, consumer):
-        # highwater() is what the last fetch response said: no request is sent. Under
-        # read_committed it includes the records of a transaction still open (at most one
-        # checkpoint interval of the job's output).
+        # The topics' end offsets now (one ListOffsets request), not the high watermark of the
+        # last fetch: the records that arrived while a batch was being stored count as well.
         lag = {topic: None for topic in self.routes}
-        for partition in consumer.assignment():
-            highwater = consumer.highwater(partition)
-            if highwater is None:
-                continue
-            behind = max(0, highwater - consumer.position(partition))
-            lag[partition.topic] = (lag[partition.topic] or 0) + behind
+        partitions = list(consumer.assignment())
+        if partitions:
+            ends = consumer.end_offsets(partitions)
+            for partition in partitions:
+                behind = max(0, ends[partition] - consumer.position(partition))
+                lag[partition.topic] = (lag[partition.topic] or 0) + behind
         self.lag = lag
 
     def start(self):

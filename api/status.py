@@ -1,8 +1,9 @@
 """The pipeline's health as one answer: GET /v1/status (the dashboard's health strip).
 
 What a data team checks before trusting a number:
-- freshness: how long ago the newest complete minute ended (the job fires a minute once the
-  watermark passes it, the loader stores it after the job's next checkpoint: normally 10-15 s);
+- freshness: how long ago the newest complete minute ended. The job fires a minute once the
+  watermark passes it and the loader stores it after the job's next checkpoint, 10-20 s after
+  the minute's end; so under traffic this climbs to 70-80 s and drops back every minute;
 - the loader: records each topic still holds for it, rows stored, its last batch (only when the
   loader runs in this process, as under `adclick serve`: attach_loader);
 - what did not count on time, per minute: late corrections, clicks too late, dead letters;

@@ -10,8 +10,9 @@
 # cluster forgets its jobs when the JobManager goes away (a crash or a stop): start it again and
 # resubmit; the job resumes its newest savepoint or retained checkpoint (docs/ARCHITECTURE.md).
 #
-# FLINK_STACK_DIR (.stack/flink, relative to the repository), FLINK_REST_PORT (8081) and
-# FLINK_RPC_PORT (6123) let a test run its own cluster beside the default one.
+# FLINK_STACK_DIR (.stack/flink, relative to the repository), FLINK_REST_PORT (8081),
+# FLINK_RPC_PORT (6123) and FLINK_PROMETHEUS_PORTS (9249-9250: the daemons' metrics for
+# Prometheus) let a test run its own cluster beside the default one.
 # `conf` writes the resolved configuration and prints its directory (used by submit-job.sh).
 set -euo pipefail
 
@@ -21,6 +22,7 @@ STATE="${FLINK_STACK_DIR:-.stack/flink}"
 [[ "$STATE" = /* ]] || STATE="$ROOT/$STATE"
 REST_PORT="${FLINK_REST_PORT:-8081}"
 RPC_PORT="${FLINK_RPC_PORT:-6123}"
+PROMETHEUS_PORTS="${FLINK_PROMETHEUS_PORTS:-9249-9250}"
 REST="http://127.0.0.1:$REST_PORT"
 
 FLINK_HOMES=("$ROOT"/.venv/lib/python3*/site-packages/pyflink)  # the wheel's Flink distribution
@@ -46,6 +48,7 @@ write_conf() {
   find "$FLINK_LIB_DIR" -xtype l -delete  # links left from another Flink version
   sed -e "s|@ROOT@|$ROOT|g" -e "s|@STATE@|$STATE|g" \
       -e "s|@REST_PORT@|$REST_PORT|g" -e "s|@RPC_PORT@|$RPC_PORT|g" \
+      -e "s|@PROMETHEUS_PORTS@|$PROMETHEUS_PORTS|g" \
       "$ROOT/flink-conf/config.yaml" >"$FLINK_CONF_DIR/config.yaml.tmp"
   # Renamed into place: a daemon starting meanwhile never reads a half-written file.
   mv "$FLINK_CONF_DIR/config.yaml.tmp" "$FLINK_CONF_DIR/config.yaml"

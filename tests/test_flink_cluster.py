@@ -10,12 +10,14 @@ import collections
 import contextlib
 import json
 import time
+import urllib.request
 import uuid
 from datetime import datetime
 
 import pytest
 from kafka import KafkaConsumer
 from kafka import KafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 
 from adclick import config
 from adclick import contract
@@ -60,6 +62,33 @@ def clicks(first_minute_ms):
 
 def minute_of(iso_timestamp):
     return int(datetime.fromisoformat(iso_timestamp).timestamp() * 1000)
+
+
+def scrape_flink(flink):
+    """{metric name: [values]} from both daemons' Prometheus reporters (flink-conf/)."""
+    first, last = map(int, flink["FLINK_PROMETHEUS_PORTS"].split("-"))
+    samples = collections.defaultdict(list)
+    for port in range(first, last + 1):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            for family in text_string_to_metric_families(response.read().decode()):
+                for sample in family.samples:
+                    samples[sample.name].append(sample.value)
+    return samples
+
+
+def check_prometheus_metrics(flink):
+    """The running job, seen the way Prometheus sees it: its checkpoints, its Kafka source's
+    backlog, the TaskManager's JVM."""
+    def checkpointed():
+        samples = scrape_flink(flink)
+        return samples if samples["flink_jobmanager_job_numberOfCompletedCheckpoints"] else None
+    samples = wait_for(checkpointed, 60, "the job's metrics")
+    assert samples["flink_jobmanager_numRegisteredTaskManagers"] == [1.0]
+    assert max(samples["flink_jobmanager_job_numberOfCompletedCheckpoints"]) > 0
+    assert samples["flink_jobmanager_job_lastCheckpointDuration"]
+    assert samples["flink_taskmanager_Status_JVM_CPU_Load"]
+    pending = [name for name in samples if name.endswith("_pendingRecords")]
+    assert pending, sorted(samples)[:50]
 
 
 def test_job_on_standalone_cluster_counts_every_click(kafka, flink, tmp_path):
@@ -127,6 +156,7 @@ def test_job_on_standalone_cluster_counts_every_click(kafka, flink, tmp_path):
         print(f"\njob {job_id}: first committed count {first_result[0]:.1f} s after submit")
         got = {key: n for key, n in counted.items() if key[0] in {m for m, _ in expected}}
         assert got == dict(expected)
+        check_prometheus_metrics(flink)
     except BaseException:
         with contextlib.suppress(Exception):  # keep the original failure; stopping ends the job
             cancel()

@@ -5,6 +5,7 @@ developer's stack (default ports) or another run. Everything started here is sto
 object that started it, by its pid or process group, never by name.
 """
 
+import contextlib
 import importlib.util
 import os
 import signal
@@ -130,9 +131,22 @@ def kafka_env(data_dir, brokers=1):
     return env
 
 
+def free_port_pair():
+    """p such that ports p and p + 1 are both free (for a range like Flink's 'p-(p+1)')."""
+    for _ in range(50):
+        port = free_port()
+        with contextlib.suppress(OSError), socket.socket() as probe:
+            probe.bind(("127.0.0.1", port + 1))
+            return port
+    raise AssertionError("no two consecutive free ports found")
+
+
 def flink_env(state_dir):
-    """Environment for scripts/flink-cluster.sh and submit-job.sh: a cluster on free ports."""
+    """Environment for scripts/flink-cluster.sh and submit-job.sh: a cluster on free ports (its
+    JobManager's Prometheus metrics on FLINK_PROMETHEUS_PORTS's first, the TaskManager's next)."""
+    prometheus = free_port_pair()
     return dict(os.environ, FLINK_REST_PORT=str(free_port()), FLINK_RPC_PORT=str(free_port()),
+                FLINK_PROMETHEUS_PORTS=f"{prometheus}-{prometheus + 1}",
                 FLINK_STACK_DIR=str(state_dir))
 
 

@@ -5,6 +5,9 @@
 (function () {
   const REFRESH_MS = 5000;
   const TOP_COUNT = 20;
+  // Freshness is a sawtooth: it climbs through each minute and drops when the next one lands
+  // (10-20 s after that minute's end), so it is normally below 80 s.
+  const STALE_S = 90;
   const KEY_ITEM = "adclick.api-key";
   const SVG = "http://www.w3.org/2000/svg";
   const state = {key: null, ad: null, generation: 0};
@@ -138,7 +141,7 @@
     const fresh = status.freshness_s;
     $("freshness").textContent = fresh === null ? "no complete minute yet"
       : seconds(fresh) + " (minute " + hhmm(status.newest_complete_minute) + ")";
-    $("freshness").className = fresh !== null && fresh > 60 ? "warn" : "";
+    $("freshness").className = fresh !== null && fresh > STALE_S ? "warn" : "";
     if (status.loader === null) {
       $("lag").textContent = "no loader in this process";
     } else {
