@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
 .PHONY: help venv jars setup kafka-start kafka-stop topics flink-cluster flink-cluster-stop \
-        submit test lint demo bench bench-api reconcile clean
+        submit test lint browser demo bench bench-api reconcile clean
 
 help:
 	@echo "make venv                 create .venv and pip install -e '.[test,bench]'"
@@ -30,6 +30,7 @@ help:
 	@echo "make submit               submit the job to that cluster (JOB_ARGS=...)"
 	@echo "make test                 run ruff, then all tests (they start what they need themselves)"
 	@echo "make lint                 ruff (pyproject.toml: pyflakes and pycodestyle, 100 columns)"
+	@echo "make browser              install Chromium and chromedriver (the dashboard's test)"
 	@echo "make demo                 run the whole pipeline in the foreground; a restart"
 	@echo "                          resumes the job's state (DEMO_ARGS=--fresh starts empty)"
 	@echo "make bench                run the pipeline benchmarks (docs/bench/report.json)"
@@ -76,8 +77,16 @@ flink-cluster-stop:
 submit: setup
 	scripts/submit-job.sh $(JOB_ARGS)
 
-test: setup lint
+test: setup lint browser
 	$(PY) -m pytest -x -q $(PYTEST_ARGS)
+
+# The dashboard's test drives Debian's Chromium through chromedriver: installed once if missing.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  $$sudo apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q chromium chromium-driver; \
+	fi
 
 lint: venv
 	$(VENV)/bin/ruff check .

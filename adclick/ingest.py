@@ -19,12 +19,14 @@ from datetime import datetime
 from datetime import timezone
 
 from kafka import KafkaConsumer
+from kafka.errors import KafkaError
 
 from adclick import config
 from adclick import contract
 
 log = logging.getLogger("adclick.ingest")
 LAG_INTERVAL_S = 1  # how often the loader asks the broker how far behind it is
+LAG_TIMEOUT_MS = 1000  # and how long it waits for the answer (a stuck ask must not stop loading)
 
 COLUMNS = {
     "ad_click_counts": ["minute", "ad_id", "country", "device", "clicks", "late", "click_id",
@@ -193,12 +195,18 @@ class Loader:
         # The topics' end offsets now (one ListOffsets request), not the high watermark of the
         # last fetch: the records that arrived while a batch was being stored count as well.
         lag = {topic: None for topic in self.routes}
-        partitions = list(consumer.assignment())
-        if partitions:
-            ends = consumer.end_offsets(partitions)
+        try:
+            partitions = list(consumer.assignment())
+            ends = consumer.end_offsets(partitions, timeout_ms=LAG_TIMEOUT_MS) if partitions else {}
             for partition in partitions:
-                behind = max(0, ends[partition] - consumer.position(partition))
+                position = consumer.position(partition, timeout_ms=LAG_TIMEOUT_MS)
+                if position is None:  # not known within the timeout
+                    raise KafkaError(f"no position for {partition}")
+                behind = max(0, ends[partition] - position)
                 lag[partition.topic] = (lag[partition.topic] or 0) + behind
+        except KafkaError as error:  # a broker away: lag unknown, loading goes on when it is back
+            log.debug("no end offsets: %s", error)
+            lag = {topic: None for topic in self.routes}
         self.lag = lag
 
     def start(self):
