@@ -1,8 +1,8 @@
 """GET /metrics: the API process's metrics in Prometheus's text format, for machines to scrape.
 
 - adclick_http_requests_total{endpoint,method,status} and
-  adclick_http_request_duration_seconds{endpoint,method}: every request, by its route (the URL
-  rule, not the URL, so that ad ids do not become label values);
+  adclick_http_request_duration_seconds{endpoint,method,status}: every request, by its route
+  (the URL rule, not the URL, so that ad ids do not become label values);
 - adclick_newest_complete_minute_age_seconds: freshness (api.status);
 - adclick_loader_lag_records{topic}, adclick_loader_rows_total{table},
   adclick_loader_last_batch_timestamp_seconds, adclick_loader_reconnects_total: the loader of
@@ -48,8 +48,9 @@ class AppMetrics:
         self.requests = Counter("adclick_http_requests", "HTTP requests answered",
                                 ["endpoint", "method", "status"], registry=self.registry)
         self.latency = Histogram("adclick_http_request_duration_seconds",
-                                 "Time to answer an HTTP request", ["endpoint", "method"],
-                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+                                 "Time to answer an HTTP request",
+                                 ["endpoint", "method", "status"], buckets=LATENCY_BUCKETS,
+                                 registry=self.registry)
         self.registry.register(StateCollector(app))
 
 
@@ -118,10 +119,11 @@ def _start_timer():
 def _observe(response):
     metrics = current_app.extensions[EXTENSION]
     endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
+    labels = (endpoint, request.method, str(response.status_code))
+    metrics.requests.labels(*labels).inc()
     started = g.get("adclick_started")
     if started is not None:
-        metrics.latency.labels(endpoint, request.method).observe(time.perf_counter() - started)
+        metrics.latency.labels(*labels).observe(time.perf_counter() - started)
     return response
 
 

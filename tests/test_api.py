@@ -1057,9 +1057,10 @@ def test_metrics_count_requests_and_report_freshness(api, dataset):
     after = _scrape(api)
     assert after[popular_200] - before.get(popular_200, 0) == 1
     assert after[popular_400] - before.get(popular_400, 0) == 1
-    latency = ("adclick_http_request_duration_seconds_count",
-               (("endpoint", POPULAR_PATH), ("method", "GET")))
-    assert after[latency] - before.get(latency, 0) == 2
+    for status in ("200", "400"):
+        latency = ("adclick_http_request_duration_seconds_count",
+                   (("endpoint", POPULAR_PATH), ("method", "GET"), ("status", status)))
+        assert after[latency] - before.get(latency, 0) == 1
     assert after[("adclick_store_up", ())] == 1
     age = after[("adclick_newest_complete_minute_age_seconds", ())]
     assert abs(age - (time.time() - LATEST_END.timestamp())) < 5

@@ -31,6 +31,7 @@ from adclick.topics import create_topics
 
 pytestmark = pytest.mark.integration
 BURST = 40_000
+MALFORMED = 25  # records among the burst that are not clicks: dead letters
 PAGE_MINUTES = "15"  # the page's default range
 
 
@@ -68,6 +69,7 @@ def clicks_lag(samples, topic):
 
 FRESHNESS = ("adclick_newest_complete_minute_age_seconds", ())
 RAW_ROWS = ("adclick_loader_rows_total", (("table", "raw_clicks"),))
+DEAD_ROWS = ("adclick_loader_rows_total", (("table", "dead_letters"),))
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +94,18 @@ def burst(stack, kafka_bootstrap):
     traffic = LiveTraffic(kafka_bootstrap, topic, duplicates=0)
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=20,
                              batch_size=256 * 1024)
+    # All in one minute (the page and the API are then compared on data that no longer
+    # changes): a burst takes a few seconds, so it does not start late in a minute.
+    while time.time() % 60 > 40:
+        time.sleep(0.5)
+    for serial in range(MALFORMED):
+        producer.send(topic, f"not a click {serial}".encode())
     for _ in range(BURST):
         producer.send(topic, json.dumps(traffic.click()).encode())
     producer.flush()
     producer.close()
-    wait_for(lambda: scrape(api).get(RAW_ROWS) == BURST and clicks_lag(
+    wait_for(lambda: scrape(api).get(RAW_ROWS) == BURST and scrape(api).get(DEAD_ROWS) == MALFORMED
+             and clicks_lag(
         scrape(api), topic) == 0, 120, "the loader to store the burst", processes)
     complete = wait_for(lambda: FRESHNESS in scrape(api) and scrape(api), 150,
                         "the burst's minute to be complete", processes)
@@ -138,6 +147,11 @@ def test_dashboard_in_chromium(stack, burst, tmp_path):
         assert "s (minute" in page.text("freshness")
         assert burst["topic"] in page.text("lag")
         assert page.text("checkpoint").startswith("#")  # the job's last completed checkpoint
+        _, status = api.get("/v1/status")
+        assert page.late_minutes() == [
+            (m["minute"][11:16], m["late_corrections"], m["too_late"], m["dead_letters"])
+            for m in reversed(status["minutes"])]
+        assert sum(m["dead_letters"] for m in status["minutes"]) == MALFORMED
         screenshot = tmp_path / "dashboard.png"
         page.screenshot(screenshot)
         if os.environ.get("ADCLICK_DASHBOARD_SCREENSHOT"):

@@ -81,6 +81,13 @@ class Dashboard:
             f"return [...document.querySelectorAll('#chart {shape}')]"
             ".map(s => [s.dataset.minute, s.dataset.clicks])")]
 
+    def late_minutes(self):
+        """The not-counted-on-time table: [(minute HH:MM, corrections, too late, dead)]."""
+        rows = self._script(
+            "return [...document.querySelectorAll('#late-minutes tbody tr')]"
+            ".map(r => [...r.cells].map(c => c.textContent))")
+        return [(minute, *map(int, counts)) for minute, *counts in rows]
+
     def text(self, element_id):
         return self._script(f"return document.getElementById('{element_id}').textContent")
 

@@ -134,7 +134,13 @@
   }
 
   function seconds(value) {
-    return value === null || value === undefined ? "-" : Math.round(value) + " s";
+    if (value === null || value === undefined) {
+      return "-";
+    }
+    if (value >= 7200) {
+      return (value / 3600).toFixed(1) + " h";
+    }
+    return Math.round(value) + " s";
   }
 
   function renderHealth(status) {
@@ -149,9 +155,14 @@
         .map(([topic, lag]) => topic + " " + (lag === null ? "?" : lag.toLocaleString("en")))
         .join(" · ");
     }
-    const last = status.minutes[status.minutes.length - 1];
-    $("late").textContent = last
-      ? [last.late_corrections, last.too_late, last.dead_letters].join(" / ") : "-";
+    // Newest first: what a person looks at is whether the last minutes are clean.
+    $("late-minutes").tBodies[0].replaceChildren(...status.minutes.slice().reverse().map((m) => {
+      const row = element("tr", {"data-minute": m.minute});
+      row.append(element("td", {}, hhmm(m.minute)),
+        ...[m.late_corrections, m.too_late, m.dead_letters].map((n) =>
+          element("td", {class: n > 0 ? "number warn-soft" : "number"}, String(n))));
+      return row;
+    }));
     const flink = status.flink;
     if (flink === null) {
       $("checkpoint").textContent = "Flink REST URL not configured";
