@@ -92,10 +92,7 @@ def per_minute():
         lambda: queries.clicks_per_minute(db.client(), db.database(), start, end,
                                           [ad_id] if ad_id else (), filters.countries,
                                           filters.devices, db.read_settings()))
-    minutes = []
-    minute = start
-    while minute < end:
-        minutes.append({"minute": params.iso(minute), "clicks": counts.get(minute, 0)})
-        minute += params.MINUTE
+    minutes = [{"minute": params.iso(minute), "clicks": counts.get(minute, 0)}
+               for minute in params.minutes_of(start, end)]
     return jsonify({"ad_id": ad_id, "from": params.iso(start), "to": params.iso(end),
                     "minutes": minutes})

@@ -140,6 +140,14 @@ def ad_id(value):
     return value
 
 
+def minutes_of(start, end):
+    """The start of every minute of [start, end), oldest first."""
+    minute = start
+    while minute < end:
+        yield minute
+        minute += MINUTE
+
+
 def iso(moment):
     """An aware datetime as ISO 8601 UTC with a Z (2026-11-24T10:00:00Z)."""
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -12,9 +12,7 @@ What a data team checks before trusting a number:
 The same values feed /metrics (api.metrics).
 """
 
-import json
 import time
-import urllib.request
 from datetime import datetime
 from datetime import timezone
 
@@ -23,6 +21,7 @@ from flask import current_app
 from flask import jsonify
 from flask import request
 
+from adclick import flink_rest
 from adclick import queries
 from api import auth
 from api import db
@@ -33,7 +32,6 @@ bp.before_request(auth.require_key)
 
 LOADER = "adclick.loader"
 FLINK_TIMEOUT_S = 2
-TERMINAL_JOB_STATES = {"FINISHED", "CANCELED", "FAILED", "SUSPENDED"}
 
 
 def attach_loader(app, loader):
@@ -72,11 +70,6 @@ def loader_status(loader):
     }
 
 
-def _get_json(url):
-    with urllib.request.urlopen(url, timeout=FLINK_TIMEOUT_S) as response:
-        return json.loads(response.read())
-
-
 def flink_jobs(rest_url):
     """The live jobs of the Flink cluster at rest_url, each with its newest completed checkpoint.
 
@@ -84,14 +77,10 @@ def flink_jobs(rest_url):
     """
     if not rest_url:
         return None
-    base = rest_url.rstrip("/")
     try:
         jobs = []
-        for job in _get_json(f"{base}/jobs/overview")["jobs"]:
-            if job["state"] in TERMINAL_JOB_STATES:
-                continue
-            completed = (_get_json(f"{base}/jobs/{job['jid']}/checkpoints").get("latest")
-                         or {}).get("completed")
+        for job in flink_rest.live_jobs(rest_url, FLINK_TIMEOUT_S):
+            completed = flink_rest.newest_checkpoint(rest_url, job["jid"], FLINK_TIMEOUT_S)
             checkpoint = None
             if completed:
                 at = completed["latest_ack_timestamp"] / 1000
@@ -103,7 +92,7 @@ def flink_jobs(rest_url):
                          "last_checkpoint": checkpoint})
         return {"jobs": jobs}
     except (OSError, ValueError, KeyError) as error:
-        return {"error": f"Flink REST API at {base} did not answer: {error}"}
+        return {"error": f"Flink REST API at {rest_url} did not answer: {error}"}
 
 
 def late_minutes(minutes):
@@ -114,12 +103,11 @@ def late_minutes(minutes):
     start = end - minutes * params.MINUTE
     counts = db.cached(("late", start, end), lambda: queries.late_per_minute(
         db.client(), db.database(), start, end, db.read_settings()))
-    rows, minute = [], start
-    while minute < end:
+    rows = []
+    for minute in params.minutes_of(start, end):
         corrections, too_late, dead = counts.get(minute, (0, 0, 0))
         rows.append({"minute": params.iso(minute), "late_corrections": corrections,
                      "too_late": too_late, "dead_letters": dead})
-        minute += params.MINUTE
     return rows
 
 

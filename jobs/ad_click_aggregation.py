@@ -14,14 +14,12 @@ Submit to a cluster:        flink run -py jobs/ad_click_aggregation.py -pyexec <
 """
 
 import argparse
-import json
 import logging
 import re
 import signal
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 from py4j.protocol import Py4JJavaError
@@ -42,6 +40,7 @@ if str(ROOT) not in sys.path:  # `flink run -py` starts this file as a script
 
 from adclick import config  # noqa: E402
 from adclick.contract import CLICK  # noqa: E402
+from adclick import flink_rest  # noqa: E402
 from adclick import job_state  # noqa: E402
 from udfs.top_n import TOP_ENTRY  # noqa: E402
 from udfs.top_n import merge_top_n  # noqa: E402
@@ -57,7 +56,6 @@ MIN_IDLE_TIMEOUT_MS = 1000
 # cluster slot the same).
 LOCAL_MANAGED_MIB_PER_SLOT = 512
 JOB_NAME = "adclick: ad click aggregation"
-TERMINAL_JOB_STATES = {"FINISHED", "CANCELED", "FAILED", "SUSPENDED"}
 # The job's savepoint folder, published in its configuration (REST: /jobs/<id>/config).
 SAVEPOINT_DIR_PARAMETER = "adclick.savepoint-dir"
 
@@ -535,13 +533,12 @@ def refuse_a_second_copy(t_env):
     port = conf.get("rest.port", "8081")
     name = conf.get("pipeline.name", "")
     try:
-        with urllib.request.urlopen(f"http://{address}:{port}/jobs/overview", timeout=10) as r:
-            jobs = json.loads(r.read())["jobs"]
+        jobs = flink_rest.live_jobs(f"http://{address}:{port}", timeout_s=10)
     except OSError as error:
         logging.warning("could not list the cluster's jobs (%s); not checking for a copy", error)
         return
     for job in jobs:
-        if job["name"] == name and job["state"] not in TERMINAL_JOB_STATES:
+        if job["name"] == name:
             raise job_state.PipelineBusy(f"job {job['jid']} of this pipeline is {job['state']}")
 
 

@@ -17,7 +17,6 @@ import jsonschema
 import pytest
 import yaml
 from clickhouse_connect.driver.exceptions import DatabaseError
-from prometheus_client.parser import text_string_to_metric_families
 
 from adclick import contract
 from adclick import queries
@@ -26,6 +25,7 @@ from api import create_app
 from api import db
 from api import errors
 from api import params
+from adclick.testing.api import prometheus_samples
 from api.errors import ApiError
 from tests.api_fixtures import ADS
 from tests.api_fixtures import COMPLETE_MINUTES
@@ -1039,11 +1039,7 @@ def _scrape(api):
     response = api.client.get("/metrics")
     assert response.status_code == 200
     assert response.content_type.startswith("text/plain")
-    samples = {}
-    for family in text_string_to_metric_families(response.get_data(as_text=True)):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
+    return prometheus_samples(response.get_data(as_text=True))
 
 
 def test_metrics_count_requests_and_report_freshness(api, dataset):

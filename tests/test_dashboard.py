@@ -13,14 +13,12 @@ import json
 import os
 import threading
 import time
-import urllib.request
 import uuid
 from datetime import datetime
 from datetime import timezone
 
 import pytest
 from kafka import KafkaProducer
-from prometheus_client.parser import text_string_to_metric_families
 
 from adclick import config
 from adclick.testing import browser
@@ -57,14 +55,6 @@ def stack(tmp_path_factory, kafka_bootstrap):
                 process.stop()
 
 
-def scrape(api):
-    """{(name, labels as sorted tuple): value} of GET /metrics."""
-    with urllib.request.urlopen(f"{api.base}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
-
-
 def iso_minute(ms):
     """The start of the minute of epoch ms ms, as the API writes it."""
     return datetime.fromtimestamp(ms // 60_000 * 60, tz=timezone.utc).strftime(
@@ -86,16 +76,16 @@ def burst(stack, kafka_bootstrap):
     the scrapes before, during and after (until the minute is complete and a while later)."""
     api, prefix, processes = stack
     topic = config.Topics.with_prefix(prefix)["clicks"]
-    wait_for(lambda: clicks_lag(scrape(api), topic) is not None, 90,
+    wait_for(lambda: clicks_lag(api.metrics(), topic) is not None, 90,
              "the loader to be assigned the clicks topic", processes)
-    before = scrape(api)
+    before = api.metrics()
     during = []
     sending = threading.Event()
     sending.set()
 
     def watch():
         while sending.is_set():
-            during.append(scrape(api))
+            during.append(api.metrics())
             time.sleep(0.2)
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -116,20 +106,22 @@ def burst(stack, kafka_bootstrap):
         producer.send(topic, json.dumps(click).encode())
     producer.flush()
     producer.close()
-    wait_for(lambda: scrape(api).get(RAW_ROWS) == BURST and scrape(api).get(DEAD_ROWS) == MALFORMED
-             and clicks_lag(
-        scrape(api), topic) == 0, 120, "the loader to store the burst", processes)
+    def stored():
+        samples = api.metrics()
+        return (samples.get(RAW_ROWS) == BURST and samples.get(DEAD_ROWS) == MALFORMED
+                and clicks_lag(samples, topic) == 0)
+    wait_for(stored, 120, "the loader to store the burst", processes)
     burst_minute = iso_minute(newest_ts)
 
     def burst_complete():
         _, status = api.get("/v1/status")
-        return status["newest_complete_minute"] == burst_minute and scrape(api)
+        return status["newest_complete_minute"] == burst_minute and api.metrics()
     complete = wait_for(burst_complete, 150, f"the burst's minute {burst_minute} to be complete",
                         processes)
     sending.clear()
     watcher.join()
     time.sleep(3)
-    later = scrape(api)
+    later = api.metrics()
     return {"topic": topic, "before": before, "during": during, "complete": complete,
             "later": later}
 

@@ -17,10 +17,10 @@ from datetime import datetime
 import pytest
 from kafka import KafkaConsumer
 from kafka import KafkaProducer
-from prometheus_client.parser import text_string_to_metric_families
 
 from adclick import config
 from adclick import contract
+from adclick.testing.api import prometheus_samples
 from adclick.testing.processes import Broker
 from adclick.testing.processes import flink_cli
 from adclick.testing.processes import run_script
@@ -70,9 +70,8 @@ def scrape_flink(flink):
     samples = collections.defaultdict(list)
     for port in range(first, last + 1):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-            for family in text_string_to_metric_families(response.read().decode()):
-                for sample in family.samples:
-                    samples[sample.name].append(sample.value)
+            for (name, _labels), value in prometheus_samples(response.read().decode()).items():
+                samples[name].append(value)
     return samples
 
 

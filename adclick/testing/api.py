@@ -7,6 +7,15 @@ import urllib.request
 from datetime import datetime
 from datetime import timezone
 
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def prometheus_samples(text):
+    """{(sample name, labels as a sorted tuple of pairs): value} of a Prometheus text page,
+    read with the Prometheus client's own parser."""
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
 
 def iso(ms):
     """Epoch milliseconds as the API's timestamps: 2024-05-01T12:34:00Z."""
@@ -40,6 +49,11 @@ class Api:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read() or b"{}")
+
+    def metrics(self, timeout=10):
+        """GET /metrics (no key needed), as prometheus_samples."""
+        with urllib.request.urlopen(f"{self.base}/metrics", timeout=timeout) as response:
+            return prometheus_samples(response.read().decode())
 
     def sql(self, query, timeout=30):
         """The rows of a read-only query through POST /v1/sql (raises on an error status)."""
