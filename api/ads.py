@@ -36,12 +36,17 @@ def _current_minute():
     return datetime.now(timezone.utc).replace(second=0, microsecond=0)
 
 
+def newest_complete_minute():
+    """The start of the store's newest complete minute, or None (cached like the answers)."""
+    return db.cached(("latest_complete_minute",), lambda: queries.latest_complete_minute(
+        db.client(), db.database(), db.read_settings()))
+
+
 def resolve_range(requested):
     """[start, end) of a RangeRequest, asking the store for its latest complete minute."""
     if requested.minutes is None:
         return requested.start, requested.end
-    latest = db.cached(("latest_complete_minute",), lambda: queries.latest_complete_minute(
-        db.client(), db.database(), db.read_settings()))
+    latest = newest_complete_minute()
     end = _current_minute() if latest is None else latest + params.MINUTE
     return end - requested.minutes * params.MINUTE, end
 

@@ -31,6 +31,7 @@ from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.core import GaugeMetricFamily
 
+from api import ads
 from api import db
 from api import status
 
@@ -76,7 +77,7 @@ class StateCollector:
         up = GaugeMetricFamily("adclick_store_up", "1 if the store answered the last scrape")
         try:
             with self.app.app_context():
-                age = status.freshness_s(status.newest_complete_minute())
+                age = status.freshness_s(ads.newest_complete_minute())
         except ClickHouseError:
             up.add_metric([], 0)
             yield up

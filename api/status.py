@@ -23,6 +23,7 @@ from flask import request
 
 from adclick import flink_rest
 from adclick import queries
+from api import ads
 from api import auth
 from api import db
 from api import params
@@ -41,12 +42,6 @@ def attach_loader(app, loader):
 
 def loader_of(app):
     return app.extensions.get(LOADER)
-
-
-def newest_complete_minute():
-    """The start of the newest complete minute, or None (cached like the API's answers)."""
-    return db.cached(("latest_complete_minute",), lambda: queries.latest_complete_minute(
-        db.client(), db.database(), db.read_settings()))
 
 
 def freshness_s(minute, now=None):
@@ -97,10 +92,7 @@ def flink_jobs(rest_url):
 
 def late_minutes(minutes):
     """The last `minutes` minutes up to the newest complete one: corrections, too late, dead."""
-    newest = newest_complete_minute()
-    end = (newest + params.MINUTE) if newest is not None else datetime.now(
-        timezone.utc).replace(second=0, microsecond=0)
-    start = end - minutes * params.MINUTE
+    start, end = ads.resolve_range(params.RangeRequest(minutes=minutes))
     counts = db.cached(("late", start, end), lambda: queries.late_per_minute(
         db.client(), db.database(), start, end, db.read_settings()))
     rows = []
@@ -116,7 +108,7 @@ def status():
     """Freshness, the loader, late and dead letters per minute, the job's last checkpoint."""
     params.check_known(request.args, ("minutes",))
     minutes = params.integer(request.args, "minutes", 10, 1, 60)
-    newest = newest_complete_minute()
+    newest = ads.newest_complete_minute()
     app = current_app._get_current_object()
     return jsonify({
         "newest_complete_minute": None if newest is None else params.iso(newest),
