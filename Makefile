@@ -53,7 +53,7 @@ jars: .stack/jars/.installed $(FORMAT_JAR)
 	mvn -q -B -f deps/pom.xml package
 	touch $@
 
-# adclick's own JVM code: the 'adclick-click' format that parses clicks in the Flink source.
+# adclick's own JVM code: the 'adclick-event' format that parses events in the Flink source.
 $(FORMAT_JAR): $(FORMAT_SOURCES)
 	mvn -q -B -f udfs/java/pom.xml package
 

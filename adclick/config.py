@@ -33,23 +33,38 @@ def default_api_key():
 
 
 class Topics:
-    """Kafka topics: the input and the four the Flink job writes transactionally."""
+    """Kafka topics: the three inputs and the six the Flink job writes transactionally.
+
+    The late and dead-letter topics keep their first names, from when clicks were the only
+    input; their records name the event type they hold.
+    """
 
     CLICKS = os.environ.get("ADCLICK_TOPIC_CLICKS", "ad-clicks")
+    IMPRESSIONS = os.environ.get("ADCLICK_TOPIC_IMPRESSIONS", "ad-impressions")
+    CONVERSIONS = os.environ.get("ADCLICK_TOPIC_CONVERSIONS", "ad-conversions")
     COUNTS = os.environ.get("ADCLICK_TOPIC_COUNTS", "ad-click-counts")
     TOP = os.environ.get("ADCLICK_TOPIC_TOP", "ad-top-minute")
     LATE = os.environ.get("ADCLICK_TOPIC_LATE", "ad-clicks-late")
     DLQ = os.environ.get("ADCLICK_TOPIC_DLQ", "ad-clicks-dlq")
+    CONVERSIONS_UNIQUE = os.environ.get("ADCLICK_TOPIC_CONVERSIONS_UNIQUE",
+                                        "ad-conversions-unique")
+    ATTRIBUTIONS = os.environ.get("ADCLICK_TOPIC_ATTRIBUTIONS", "ad-conversion-attributions")
+
+    INPUTS = ("clicks", "impressions", "conversions")
 
     @classmethod
     def with_prefix(cls, prefix):
         """Topic names for an isolated run (tests, benchmarks) sharing one broker."""
         return {
             "clicks": prefix + cls.CLICKS,
+            "impressions": prefix + cls.IMPRESSIONS,
+            "conversions": prefix + cls.CONVERSIONS,
             "counts": prefix + cls.COUNTS,
             "top": prefix + cls.TOP,
             "late": prefix + cls.LATE,
             "dlq": prefix + cls.DLQ,
+            "conversions_unique": prefix + cls.CONVERSIONS_UNIQUE,
+            "attributions": prefix + cls.ATTRIBUTIONS,
         }
 
 
@@ -70,3 +85,7 @@ TOP_N = 100
 MAX_PAYLOAD_BYTES = 4096
 MAX_FUTURE_SECONDS = 3600
 MIN_CLICK_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: older timestamps are absurd
+# A conversion counts for its click when it comes within this long after the click.
+ATTRIBUTION_WINDOW_SECONDS = 7 * 24 * 3600
+# How long a conversion whose click has not been counted yet waits for it.
+CONVERSION_WAIT_SECONDS = 3600

@@ -1,13 +1,15 @@
-"""The event contract, declared once: each field of the click, its type and its rule.
+"""The event contracts, declared once: each field of a click, an impression and a conversion,
+its type and its rule.
 
-Everything that knows the click's shape takes it from CLICK below: the Flink job's source and
-sink columns (jobs/ad_click_aggregation.py), the loader's raw-clicks rows (adclick.ingest), the
-API's ad_id check (api/params.py), the generator, and validate() here, which the raw store and
-the reconciliation use. Two copies remain on purpose, each checked against this declaration:
-the job's parser in the JVM (udfs/java/.../ClickParser.java, the hot path, which prints its
-rules with --contract; tests/test_contract_parity.py compares them field by field, then runs
-both over the same 23,000 payloads) and the ClickHouse tables (sql/clickhouse/001_tables.sql,
-whose click columns tests/test_contract.py compares with clickhouse_type below).
+Everything that knows an event's shape takes it from CLICK, IMPRESSION and CONVERSION below: the
+Flink job's source and sink columns (jobs/ad_click_aggregation.py), the loader's raw rows
+(adclick.ingest), the API's ad_id check (api/params.py), the generator, and validate() here,
+which the raw store and the reconciliation use. Two copies remain on purpose, each checked
+against this declaration: the job's parser in the JVM (udfs/java/.../EventParser.java, the hot
+path, which prints its rules with --contract; tests/test_contract_parity.py compares them field
+by field, then runs both over the same payloads) and the ClickHouse tables
+(sql/clickhouse/001_tables.sql, whose columns tests/test_store_schema.py compares with
+clickhouse_type below).
 
 The rules, checked in this order, the first failure naming the reason: a payload over
 config.MAX_PAYLOAD_BYTES is `oversized`; one that is not strict UTF-8 holding exactly one JSON
@@ -24,7 +26,7 @@ from adclick import config
 
 ENVELOPE_REASONS = ("oversized", "not_json_object", "duplicate_field")
 MAX_DEPTH = 64  # nesting of objects and arrays, the top-level object being 1
-MAX_TS_DIGITS = 15  # an epoch-millisecond integer; more digits are not a time
+MAX_DIGITS = 15  # of an integer field: an epoch-millisecond time fits; more digits are not one
 
 
 class Text:
@@ -83,13 +85,31 @@ class EventTime:
     def check(self, value, now_ms):
         # bool is an int subclass in Python, but true/false are not JSON numbers; 1.0 and 1e3
         # are floats here, and not integers for the job either.
-        if type(value) is not int or len(str(abs(value))) > MAX_TS_DIGITS:
+        if type(value) is not int or len(str(abs(value))) > MAX_DIGITS:
             return self.reasons[0]
         if value < config.MIN_CLICK_TS_MS:
             return self.reasons[1]
         if value > now_ms + config.MAX_FUTURE_SECONDS * 1000:
             return self.reasons[2]
         return None
+
+
+class Count:
+    """An optional count: absent (or null), or an integer of at least 0 (at most MAX_DIGITS
+    digits)."""
+
+    sql_type = "BIGINT"
+    clickhouse_type = "Nullable(UInt64)"
+
+    def __init__(self, name):
+        self.name = name
+        self.reasons = (f"bad_{name}",)
+
+    def check(self, value, now_ms):
+        if value is None or (type(value) is int and 0 <= value
+                             and len(str(value)) <= MAX_DIGITS):
+            return None
+        return self.reasons[0]
 
 
 class EventContract:
@@ -166,6 +186,33 @@ CLICK = EventContract(
     id_field="click_id",
     time_field="click_ts",
 )
+
+IMPRESSION = EventContract(
+    "impression",
+    fields=[
+        Text("impression_id", "A-Za-z0-9_.:-", 1, 64),
+        # The same rules as the click's fields of the same name.
+        *(CLICK.field(name) if name != "impression_ts" else EventTime(name)
+          for name in ("ad_id", "impression_ts", "user_id", "ip", "country", "device")),
+    ],
+    id_field="impression_id",
+    time_field="impression_ts",
+)
+
+CONVERSION = EventContract(
+    "conversion",
+    fields=[
+        Text("conversion_id", "A-Za-z0-9_.:-", 1, 64),
+        Text("click_id", "A-Za-z0-9_.:-", 1, 64),  # the click it is attributed to
+        EventTime("conversion_ts"),
+        OneOf("type", ("purchase", "signup", "inquiry")),
+        Count("value_micros"),  # the order's value, when there is one
+    ],
+    id_field="conversion_id",
+    time_field="conversion_ts",
+)
+
+CONTRACTS = {contract.name: contract for contract in (CLICK, IMPRESSION, CONVERSION)}
 
 # The click's names, for the code that handles clicks only.
 Click = CLICK.Event

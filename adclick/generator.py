@@ -18,6 +18,8 @@ import uuid
 from typing import NamedTuple
 
 from adclick import config
+from adclick.contract import CONVERSION
+from adclick.contract import IMPRESSION
 from adclick.contract import Click
 from adclick.contract import encode
 
@@ -27,6 +29,9 @@ COUNTRY_WEIGHTS = {
     "CA": 5, "MX": 4, "AU": 3, "ES": 3, "IT": 3, "ID": 3, "NL": 2, "SE": 1,
 }
 DEVICE_WEIGHTS = {"mobile": 60, "desktop": 30, "tablet": 8, "other": 2}
+# Shares of conversions by type.
+CONVERSION_TYPE_WEIGHTS = {"purchase": 50, "signup": 35, "inquiry": 15}
+CONVERSION_TYPES = list(CONVERSION_TYPE_WEIGHTS)
 
 # Kind of malformed payload -> the reason the contract (and the job) rejects it with.
 # missing_field and wrong_type hit a random field, so their reason is bad_<that field>.
@@ -51,6 +56,9 @@ _WRONG_VALUES = {
 
 def _cumulative(weights):
     return list(itertools.accumulate(weights))
+
+
+_CONVERSION_TYPE_CUM = list(itertools.accumulate(CONVERSION_TYPE_WEIGHTS.values()))
 
 
 def _pick(rng, values, cum):
@@ -112,6 +120,30 @@ class ClickFactory:
             country=_pick(rng, self._countries, self._country_cum),
             device=_pick(rng, self._devices, self._device_cum),
         )
+
+    def impression(self, impression_ts):
+        """A new valid impression (an ad shown) at impression_ts, drawn like a click."""
+        click = self.click(impression_ts)
+        return IMPRESSION.Event(
+            impression_id=f"{self.run_id}-i{click.click_id.rsplit('-', 1)[1]}",
+            ad_id=click.ad_id, impression_ts=click.click_ts, user_id=click.user_id, ip=click.ip,
+            country=click.country, device=click.device)
+
+    def click_on(self, impression, click_ts):
+        """A new click on impression: its ad, user and attributes, at click_ts."""
+        return Click(
+            click_id=f"{self.run_id}-{next(self._counter)}", ad_id=impression.ad_id,
+            click_ts=int(click_ts), user_id=impression.user_id, ip=impression.ip,
+            country=impression.country, device=impression.device)
+
+    def conversion(self, click_id, conversion_ts):
+        """A new conversion naming click_id: a purchase (with a value), sign-up or inquiry."""
+        rng = self.rng
+        kind = _pick(rng, CONVERSION_TYPES, _CONVERSION_TYPE_CUM)
+        return CONVERSION.Event(
+            conversion_id=f"{self.run_id}-v{next(self._counter)}", click_id=click_id,
+            conversion_ts=int(conversion_ts), type=kind,
+            value_micros=rng.randrange(1, 500) * 1_000_000 if kind == "purchase" else None)
 
 
 class Malformed(NamedTuple):

@@ -29,15 +29,22 @@ LAG_INTERVAL_S = 1  # how often the loader asks the broker how far behind it is
 LAG_TIMEOUT_MS = 1000  # and how long it waits for the answer (a stuck ask must not stop loading)
 
 COLUMNS = {
-    "ad_click_counts": ["minute", "ad_id", "country", "device", "clicks", "late", "click_id",
-                        "src_partition", "src_offset"],
+    "ad_click_counts": ["minute", "ad_id", "country", "device", "clicks", "impressions", "late",
+                        "click_id", "src_partition", "src_offset"],
     "top_ads_minute": ["minute", "rank", "ad_id", "clicks", "src_offset"],
     "late_clicks": ["minute", "click_id", "ad_id", "country", "device", "user_id", "ip",
                     "click_ts", "watermark"],
-    "dead_letters": ["received_at", "reason", "payload_base64", "source_partition",
+    "late_impressions": ["minute", "impression_id", "ad_id", "country", "device", "user_id",
+                         "ip", "impression_ts", "watermark"],
+    "dead_letters": ["event", "received_at", "reason", "payload_base64", "source_partition",
                      "source_offset"],
     # The click's own fields (the contract's), with its minute and Kafka coordinates.
     "raw_clicks": ["minute", *contract.CLICK.names, "src_partition", "src_offset"],
+    "conversions": ["minute", "conversion_id", "click_id", "type", "value_micros",
+                    "conversion_ts"],
+    "conversion_attributions": ["minute", "ad_id", "country", "device", "conversion_id",
+                                "click_id", "type", "value_micros", "conversion_ts", "click_ts",
+                                "user_id", "ip", "outcome"],
 }
 
 
@@ -50,31 +57,54 @@ def from_millis(ms):
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
+# Each converter yields (table, row) for one record of its topic.
+
 def count_rows(record):
     event = json.loads(record.value)
-    yield [parse_time(event["minute"]), event["ad_id"], event["country"], event["device"],
-           int(event["clicks"]), 1 if event["late"] else 0, event.get("click_id") or "",
-           record.partition, record.offset]
+    yield "ad_click_counts", [
+        parse_time(event["minute"]), event["ad_id"], event["country"], event["device"],
+        int(event["clicks"]), int(event["impressions"]), 1 if event["late"] else 0,
+        event.get("event_id") or "", record.partition, record.offset]
 
 
 def top_rows(record):
     event = json.loads(record.value)
     minute = parse_time(event["minute"])
     for rank, entry in enumerate(event["top"], start=1):
-        yield [minute, rank, entry["ad_id"], int(entry["clicks"]), record.offset]
+        yield "top_ads_minute", [minute, rank, entry["ad_id"], int(entry["clicks"]),
+                                 record.offset]
 
 
 def late_rows(record):
+    """A too-late click into late_clicks, a too-late impression into late_impressions."""
     event = json.loads(record.value)
-    yield [parse_time(event["minute"]), event["click_id"], event["ad_id"], event["country"],
-           event["device"], event["user_id"], event["ip"], from_millis(event["click_ts"]),
-           parse_time(event["watermark"])]
+    table = {"click": "late_clicks", "impression": "late_impressions"}[event["event"]]
+    yield table, [parse_time(event["minute"]), event["event_id"], event["ad_id"],
+                  event["country"], event["device"], event["user_id"], event["ip"],
+                  from_millis(event["event_ts"]), parse_time(event["watermark"])]
 
 
 def dead_letter_rows(record):
     event = json.loads(record.value)
-    yield [parse_time(event["source_timestamp"]), event["reason"], event["payload_base64"],
-           int(event["source_partition"]), int(event["source_offset"])]
+    yield "dead_letters", [event["event"], parse_time(event["source_timestamp"]), event["reason"],
+                           event["payload_base64"], int(event["source_partition"]),
+                           int(event["source_offset"])]
+
+
+def conversion_rows(record):
+    event = json.loads(record.value)
+    yield "conversions", [parse_time(event["minute"]), event["conversion_id"], event["click_id"],
+                          event["type"], event["value_micros"],
+                          from_millis(event["conversion_ts"])]
+
+
+def attribution_rows(record):
+    event = json.loads(record.value)
+    yield "conversion_attributions", [
+        parse_time(event["minute"]), event["ad_id"], event["country"], event["device"],
+        event["conversion_id"], event["click_id"], event["type"], event["value_micros"],
+        from_millis(event["conversion_ts"]), from_millis(event["click_ts"]), event["user_id"],
+        event["ip"], event["outcome"]]
 
 
 def raw_click_rows(record):
@@ -83,20 +113,22 @@ def raw_click_rows(record):
     if click is None:
         return
     ts = from_millis(click.click_ts)
-    yield [ts.replace(second=0, microsecond=0), *click._replace(click_ts=ts), record.partition,
-           record.offset]
+    yield "raw_clicks", [ts.replace(second=0, microsecond=0), *click._replace(click_ts=ts),
+                         record.partition, record.offset]
 
 
 def table_routes(topics, raw=True):
-    """topic name -> (table, row converter)."""
+    """topic name -> (the tables it fills, its converter)."""
     routes = {
-        topics["counts"]: ("ad_click_counts", count_rows),
-        topics["top"]: ("top_ads_minute", top_rows),
-        topics["late"]: ("late_clicks", late_rows),
-        topics["dlq"]: ("dead_letters", dead_letter_rows),
+        topics["counts"]: (("ad_click_counts",), count_rows),
+        topics["top"]: (("top_ads_minute",), top_rows),
+        topics["late"]: (("late_clicks", "late_impressions"), late_rows),
+        topics["dlq"]: (("dead_letters",), dead_letter_rows),
+        topics["conversions_unique"]: (("conversions",), conversion_rows),
+        topics["attributions"]: (("conversion_attributions",), attribution_rows),
     }
     if raw:
-        routes[topics["clicks"]] = ("raw_clicks", raw_click_rows)
+        routes[topics["clicks"]] = (("raw_clicks",), raw_click_rows)
     return routes
 
 
@@ -115,7 +147,7 @@ class Loader:
         self.unassigned_s = unassigned_s
         self.reconnects = 0
         self.stopping = threading.Event()
-        self.rows_loaded = {table: 0 for table, _ in self.routes.values()}
+        self.rows_loaded = {table: 0 for tables, _ in self.routes.values() for table in tables}
         self.last_batch_at = None
         # Records each topic still holds for this loader (end offset minus position over its
         # assigned partitions), measured every LAG_INTERVAL_S; None while not known.
@@ -140,11 +172,11 @@ class Loader:
         """Convert and insert one poll's records; returns rows inserted per table."""
         batches = {}
         for topic_partition, records in records_by_partition.items():
-            table, convert = self.routes[topic_partition.topic]
-            rows = batches.setdefault(table, [])
+            _tables, convert = self.routes[topic_partition.topic]
             for record in records:
                 try:
-                    rows.extend(convert(record))
+                    for table, row in convert(record):
+                        batches.setdefault(table, []).append(row)
                 except (ValueError, KeyError, TypeError) as error:
                     # The job writes these topics; a bad record here is a bug, not input.
                     log.error("skipping unreadable record %s@%d: %s",

@@ -51,6 +51,61 @@ ORDER BY count DESC, ad_id ASC
 LIMIT {limit:UInt32}
 """
 
+# Impressions, clicks and conversions of each ad over [start, end), filtered, side by side: the
+# counts from ad_click_counts, the conversions from the attributions that count (a conversion
+# counts for its click's ad, country and device, in the minute of its conversion_ts).
+_FUNNEL_ROWS = """
+    SELECT ad_id, impressions, clicks, toUInt64(0) AS conversions
+    FROM {db:Identifier}.ad_click_counts FINAL
+    WHERE minute >= toDateTime({start:UInt32}, 'UTC')
+      AND minute < toDateTime({end:UInt32}, 'UTC')
+      AND (empty({ad_ids:Array(String)}) OR ad_id IN {ad_ids:Array(String)})
+""" + _FILTERS + """
+    UNION ALL
+    SELECT ad_id, toUInt64(0), toUInt64(0), toUInt64(1)
+    FROM {db:Identifier}.conversion_attributions FINAL
+    WHERE minute >= toDateTime({start:UInt32}, 'UTC')
+      AND minute < toDateTime({end:UInt32}, 'UTC')
+      AND (empty({ad_ids:Array(String)}) OR ad_id IN {ad_ids:Array(String)})
+      AND outcome = 'attributed'
+""" + _FILTERS
+
+# One ad's (or, with no ad_ids, every ad's) impressions, clicks and conversions.
+AD_METRICS = """
+SELECT sum(impressions), sum(clicks), sum(conversions)
+FROM (""" + _FUNNEL_ROWS + """)
+"""
+
+# What popular_ads can rank by: the SQL of each (chosen from this table, never from input).
+# A ratio with a zero divisor has no value; such ads are left out of a ranking by it.
+RANKINGS = {
+    "clicks": "clicks",
+    "impressions": "impressions",
+    "conversions": "conversions",
+    "ctr": "clicks / impressions",
+    "cvr": "conversions / clicks",
+}
+RATIO_DIVISORS = {"ctr": "impressions", "cvr": "clicks"}
+
+
+def popular_by_sql(by):
+    """API 2 ranked by one of RANKINGS, with the three counts of each ad; an ad needs
+    min_impressions impressions (and a divisor above 0) to be ranked by a ratio."""
+    floor = ""
+    if by in RATIO_DIVISORS:
+        floor = (f"HAVING impressions >= {{min_impressions:UInt64}}"
+                 f" AND {RATIO_DIVISORS[by]} > 0")
+    return f"""
+SELECT ad_id, sum(impressions) AS impressions, sum(clicks) AS clicks,
+       sum(conversions) AS conversions
+FROM ({_FUNNEL_ROWS})
+GROUP BY ad_id
+{floor}
+ORDER BY {RANKINGS[by]} DESC, ad_id ASC
+LIMIT {{limit:UInt32}}
+"""
+
+
 # Clicks per minute over [start, end), of one ad or of all ads (an empty ad_ids), filtered.
 # Minutes without clicks are absent; the API fills them in.
 CLICKS_PER_MINUTE = """
@@ -163,6 +218,31 @@ def popular_ads(client, db, start, end, limit, countries=(), devices=(), setting
     rows = client.query(POPULAR_ADS, parameters=parameters,
                         settings=_settings(settings)).result_rows
     return [(ad_id, int(count)) for ad_id, count in rows]
+
+
+def ratio(part, whole):
+    """part / whole, or None when whole is 0 (a rate of nothing is not 0)."""
+    return part / whole if whole else None
+
+
+def ad_metrics(client, db, ad_id, start, end, countries=(), devices=(), settings=None):
+    """(impressions, clicks, conversions) of ad_id over [start, end), filtered."""
+    parameters = _range_parameters(db, start, end, countries, devices)
+    parameters["ad_ids"] = [ad_id]
+    rows = client.query(AD_METRICS, parameters=parameters,
+                        settings=_settings(settings)).result_rows
+    return tuple(int(value or 0) for value in rows[0]) if rows else (0, 0, 0)
+
+
+def popular_ads_by(client, db, by, start, end, limit, min_impressions, countries=(),
+                   devices=(), settings=None):
+    """The limit best ads by `by` (a RANKINGS key) over [start, end) as
+    [(ad_id, impressions, clicks, conversions)], best first."""
+    parameters = _range_parameters(db, start, end, countries, devices)
+    parameters.update({"ad_ids": [], "limit": int(limit), "min_impressions": int(min_impressions)})
+    rows = client.query(popular_by_sql(by), parameters=parameters,
+                        settings=_settings(settings)).result_rows
+    return [(ad_id, int(i), int(c), int(v)) for ad_id, i, c, v in rows]
 
 
 def clicks_per_minute(client, db, start, end, ad_ids=(), countries=(), devices=(),

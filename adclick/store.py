@@ -52,7 +52,32 @@ def schema_statements(database=None):
                 yield statement.strip().replace("{db}", db)
 
 
+# Tables whose sorting key changed since an earlier release, which ALTER cannot do: (table,
+# the column whose absence marks the old layout, that column's value for the old rows). An old
+# table is set aside, created anew by the schema, filled from the old one, then dropped.
+RELAYOUTS = [
+    # Dead letters of impressions and conversions: the event type joined the key, since their
+    # topics' (partition, offset) repeat the clicks'. Every older dead letter was a click's.
+    ("dead_letters", "event", "click"),
+]
+
+
 def apply_schema(client, database=None):
-    """Create the database and tables if missing (idempotent, run at every start)."""
-    for statement in schema_statements(database):
+    """Create the database and tables if missing, and bring an older store's tables to this
+    release's layout (idempotent, run at every start)."""
+    db = check_identifier(database or config.DATABASE)
+    set_aside = []
+    for table, column, old_value in RELAYOUTS:
+        columns = client.query(
+            "SELECT name FROM system.columns WHERE database = {db:String} AND table = {t:String}",
+            parameters={"db": db, "t": table}).result_columns
+        if columns and column not in columns[0]:
+            client.command(f"RENAME TABLE {db}.{table} TO {db}.{table}_before_{column}")
+            set_aside.append((table, column, old_value))
+    for statement in schema_statements(db):
         client.command(statement)
+    for table, column, old_value in set_aside:
+        old = f"{db}.{table}_before_{column}"
+        client.command(f"INSERT INTO {db}.{table} SELECT {{value:String}} AS {column}, * "
+                       f"FROM {old}", parameters={"value": old_value})
+        client.command(f"DROP TABLE {old}")

@@ -1,5 +1,6 @@
-"""The ads resource: API 1 (one ad's click count), API 2 (the most clicked ads), and the clicks
-of each minute (one ad's or all, for charts).
+"""The ads resource: API 1 (one ad's click count), API 2 (the most clicked ads, or the best by
+impressions, conversions, CTR or CVR), one ad's metrics (impressions, clicks, conversions, CTR,
+CVR), and the clicks of each minute (one ad's or all, for charts).
 
 Both answer for a range of whole minutes. `minutes=M` means the M most recent complete minutes:
 a minute is complete once the job's window for it has fired, which is when it appears in
@@ -28,7 +29,7 @@ bp = Blueprint("ads", __name__, url_prefix="/v1/ads")
 bp.before_request(auth.require_key)
 
 COUNT_PARAMETERS = params.RANGE_PARAMETERS + params.FILTER_PARAMETERS
-POPULAR_PARAMETERS = COUNT_PARAMETERS + ("count",)
+POPULAR_PARAMETERS = COUNT_PARAMETERS + ("count", "by", "min_impressions")
 PER_MINUTE_PARAMETERS = COUNT_PARAMETERS + ("ad_id",)
 
 
@@ -71,18 +72,56 @@ def aggregated_count(ad_id):
                     "from": params.iso(start), "to": params.iso(end)})
 
 
+@bp.get("/<ad_id>/metrics")
+def metrics(ad_id):
+    """One ad's impressions, clicks and attributed conversions over the range, optionally
+    filtered, with CTR (clicks / impressions) and CVR (conversions / clicks); a ratio is null
+    when its divisor is 0."""
+    ad_id = params.ad_id(ad_id)
+    requested, filters = _parse(COUNT_PARAMETERS)
+    start, end = resolve_range(requested)
+    impressions, clicks, conversions = db.cached(
+        ("metrics", ad_id, start, end, filters),
+        lambda: queries.ad_metrics(db.client(), db.database(), ad_id, start, end,
+                                   filters.countries, filters.devices, db.read_settings()))
+    return jsonify({"ad_id": ad_id, "from": params.iso(start), "to": params.iso(end),
+                    **_funnel(impressions, clicks, conversions)})
+
+
+def _funnel(impressions, clicks, conversions):
+    return {"impressions": impressions, "clicks": clicks, "conversions": conversions,
+            "ctr": queries.ratio(clicks, impressions), "cvr": queries.ratio(conversions, clicks)}
+
+
 @bp.get("/popular_ads")
 def popular_ads():
-    """API 2: the `count` most clicked ads over the range, highest first, ties by ad_id."""
+    """API 2: the `count` best ads over the range by `by` (default clicks), highest first, ties
+    by ad_id. Ranked by a ratio, an ad needs min_impressions impressions."""
     requested, filters = _parse(POPULAR_PARAMETERS)
     limit = params.integer(request.args, "count", params.POPULAR_DEFAULT, 1, params.POPULAR_MAX)
+    by = params.choice(request.args, "by", "clicks", tuple(queries.RANKINGS))
+    min_impressions = params.integer(request.args, "min_impressions",
+                                     params.MIN_IMPRESSIONS_DEFAULT, 0, params.INTEGER_MAX)
     start, end = resolve_range(requested)
+    answer = {"from": params.iso(start), "to": params.iso(end)}
+    if by == "clicks":  # the brief's API 2, from the clicks alone
+        rows = db.cached(
+            ("popular", start, end, limit, filters),
+            lambda: queries.popular_ads(db.client(), db.database(), start, end, limit,
+                                        filters.countries, filters.devices, db.read_settings()))
+        return jsonify({**answer,
+                        "ads": [{"ad_id": ad_id, "count": count} for ad_id, count in rows]})
     rows = db.cached(
-        ("popular", start, end, limit, filters),
-        lambda: queries.popular_ads(db.client(), db.database(), start, end, limit,
-                                    filters.countries, filters.devices, db.read_settings()))
-    return jsonify({"from": params.iso(start), "to": params.iso(end),
-                    "ads": [{"ad_id": ad_id, "count": count} for ad_id, count in rows]})
+        ("popular_by", by, start, end, limit, min_impressions, filters),
+        lambda: queries.popular_ads_by(db.client(), db.database(), by, start, end, limit,
+                                       min_impressions, filters.countries, filters.devices,
+                                       db.read_settings()))
+    ads = []
+    for ad_id, impressions, clicks, conversions in rows:
+        funnel = _funnel(impressions, clicks, conversions)
+        ads.append({"ad_id": ad_id, "count": funnel[by], **funnel})
+    extra = {"min_impressions": min_impressions} if by in queries.RATIO_DIVISORS else {}
+    return jsonify({**answer, "by": by, **extra, "ads": ads})
 
 
 @bp.get("/per_minute")

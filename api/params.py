@@ -25,6 +25,10 @@ TIMESTAMP = re.compile(
 MAX_FILTER_VALUES = 50
 POPULAR_DEFAULT = 100
 POPULAR_MAX = 1000
+# Ranked by CTR or CVR, an ad needs this many impressions: with a handful, one click is a
+# CTR of 10 % or more and would lead the list.
+MIN_IMPRESSIONS_DEFAULT = 100
+INTEGER_MAX = 999_999_999  # the largest INTEGER
 # ClickHouse's DateTime ends in 2106; a day's margin keeps every [from, to) representable.
 EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
 LATEST = datetime(2106, 1, 1, tzinfo=timezone.utc)
@@ -70,6 +74,16 @@ def integer(args, name, default, low, high):
     if not INTEGER.match(text) or not low <= int(text) <= high:
         raise ApiError(f"'{name}' must be an integer from {low} to {high}, got {text!r}")
     return int(text)
+
+
+def choice(args, name, default, allowed):
+    """args[name] as one of allowed, or default if absent."""
+    text = args.get(name)
+    if text is None:
+        return default
+    if text not in allowed:
+        raise ApiError(f"'{name}' must be one of {', '.join(allowed)}, got {text[:80]!r}")
+    return text
 
 
 def timestamp(args, name):

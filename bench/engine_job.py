@@ -18,7 +18,7 @@ each click_id (UNIQUE_CLICKS), the engine's limit with adclick's deduplication d
 
 With --adclick-stages, the adclick job then runs over the same topic, bounded, in the same JVM,
 into blackhole sinks, with the job's own settings (exactly-once checkpoints every 5 s, heap
-state): its first operator chain alone (the 'adclick-click' format and sql/flink/10_parse.sql),
+state): its first operator chain alone (the 'adclick-event' format and sql/flink/10_parse.sql),
 the whole job without its deduplication, and the whole job. The three say what each part of
 the job costs against the same engine limit.
 Prints one JSON object on stdout, on the line that starts with RESULT_MARK.
@@ -111,21 +111,27 @@ def run_job(t_env, args, topic, name, dedup=False):
 
 def adclick_env(args, stage):
     """A fresh table environment (same JVM) with the adclick job's settings and its bounded
-    source: the same schema, 'adclick-click' format and watermark, from the earliest to the
-    latest offset."""
+    sources: the same schema, 'adclick-event' format and watermark, from the earliest to the
+    latest offset; the clicks from --topic, the impressions and conversions from the empty
+    topic (the job's click path is what is measured)."""
     job_args = job.parse_args(["--bootstrap-servers", args.bootstrap_servers,
                                "--parallelism", str(args.parallelism),
                                "--checkpoint-dir", f"{args.checkpoint_dir}/{stage}"])
     t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
     job.configure(t_env, job_args)
-    builder = TableDescriptor.for_connector("kafka").schema(job.source_schema(job_args))
-    builder = builder.format(job.click_format(job_args))
-    for key, value in {"topic": args.topic, "properties.bootstrap.servers": args.bootstrap_servers,
-                       "properties.group.id": f"bench-{stage}",
-                       "scan.startup.mode": "earliest-offset",
-                       "scan.bounded.mode": "latest-offset"}.items():
-        builder = builder.option(key, value)
-    t_env.create_temporary_table("clicks_raw", builder.build())
+    for name, event in job.INPUTS.items():
+        topic = args.topic if event == "click" else args.empty_topic
+        if topic is None:
+            raise SystemExit("the adclick stages need --empty-topic for the other inputs")
+        builder = TableDescriptor.for_connector("kafka").schema(
+            job.source_schema(job_args, event))
+        builder = builder.format(job.event_format(job_args, event))
+        for key, value in {"topic": topic, "properties.bootstrap.servers": args.bootstrap_servers,
+                           "properties.group.id": f"bench-{stage}",
+                           "scan.startup.mode": "earliest-offset",
+                           "scan.bounded.mode": "latest-offset"}.items():
+            builder = builder.option(key, value)
+        t_env.create_temporary_table(f"{name}_raw", builder.build())
     return t_env, job_args
 
 
@@ -140,29 +146,29 @@ def run_adclick_parse(args):
                       "WITH ('connector' = 'blackhole')")
     statements = job.sql_statements(job.sql_parameters(job_args), [job.SQL_DIR / "10_parse.sql"])
     inserts = job.statement_set(t_env, statements)
-    inserts.add_insert_sql("INSERT INTO parsed_sink SELECT click_id, ad_id, country, device, "
-                           "event_time FROM clicks_valid")
+    inserts.add_insert_sql("INSERT INTO parsed_sink SELECT event_id, ad_id, country, device, "
+                           "event_time FROM events_valid")
     inserts.add_insert_sql("INSERT INTO rejects_sink SELECT reject_reason, "
-                           "TO_BASE64(payload) FROM clicks_rejected")
+                           "TO_BASE64(payload) FROM events_rejected")
     return timed(inserts.execute)
 
 
-# Stands in for the dedup stage of sql/flink/20_dedup_and_lateness.sql: every valid click
-# passes, as if each were the first of its click_id.
-WITHOUT_DEDUP = ("SELECT click_id, ad_id, click_ts_ms, user_id, ip, country, device, event_time "
-                 "FROM clicks_valid")
+# Stands in for the dedup stage of sql/flink/20_dedup_and_lateness.sql: every valid event
+# passes, as if each were the first of its id.
+WITHOUT_DEDUP = ("SELECT event, event_id, ad_id, event_ts_ms, user_id, ip, country, device, "
+                 "event_time FROM events_valid")
 
 
 def run_adclick_job(args, dedup=True):
-    """The whole adclick job (sql/flink/*.sql), bounded, its four sinks bound to blackhole
-    ones; with dedup=False its dedup stage (the view clicks_unique) is WITHOUT_DEDUP."""
+    """The whole adclick job (sql/flink/*.sql), bounded, its sinks bound to blackhole ones;
+    with dedup=False its dedup stage (the view events_unique) is WITHOUT_DEDUP."""
     stage = "job" if dedup else "job-without-dedup"
     t_env, job_args = adclick_env(args, stage)
     t_env.create_temporary_table("job_clock", job.clock_descriptor(job_args, rows=16))
     for name, columns in job.SINK_COLUMNS.items():
         t_env.create_temporary_table(f"{name}_sink", TableDescriptor.for_connector("blackhole")
                                      .schema(job.sink_schema(columns)).build())
-    stages = {} if dedup else {"clicks_unique": WITHOUT_DEDUP}
+    stages = {} if dedup else {"events_unique": WITHOUT_DEDUP}
     return timed(job.build_pipeline(t_env, job_args, replace=stages).execute)
 
 

@@ -318,11 +318,11 @@ def main(argv=None):
                     stage["ratio_to_engine_with_dedup"] = round(
                         stage["records_per_s"] / dedup["records_per_s"], 3)
             stages["method"] = (
-                "the adclick job's own source (schema, 'adclick-click' format, watermark) and "
+                "the adclick job's own source (schema, 'adclick-event' format, watermark) and "
                 "settings (exactly-once checkpoints every 5 s, heap state), bounded, into "
                 "blackhole sinks, in the same JVM right after the plain job, timed the same way: "
                 "parse_only = sql/flink/10_parse.sql alone; without_dedup = every sql/flink/ file "
-                "with the clicks_unique view replaced by a pass-through; whole_job = every file "
+                "with the events_unique view replaced by a pass-through; whole_job = every file "
                 "(run in this order, so each finds the JVM warmer than the plain job did). "
                 "ratio_to_engine = records_per_s / the plain job's records_per_s; "
                 "ratio_to_engine_with_dedup = the same / engine_limit.with_dedup's (the plain "

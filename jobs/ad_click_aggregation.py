@@ -1,10 +1,13 @@
-"""adclick's streaming job: per-minute ad click counts and top-N, exactly once.
+"""adclick's streaming job: per-minute ad click and impression counts, top-N, and conversions
+attributed to their clicks, exactly once.
 
-Reads raw click events from Kafka, parses and validates them, drops repeated click_ids,
-counts clicks per 1-minute event-time tumbling window keyed by (ad_id, country, device), ranks
-ads per minute (local top-N in the JVM, global merge in Python), and writes four Kafka topics
-through transactional sinks: counts, top-N, too-late events and dead letters. ClickHouse
-ingests those topics (adclick.ingest). Everything per click runs in the JVM as Flink SQL.
+Reads raw clicks, impressions and conversions from Kafka, parses and validates them, drops
+repeated ids, counts clicks and impressions per 1-minute event-time tumbling window keyed by
+(ad_id, country, device), ranks ads per minute by clicks (local top-N in the JVM, global merge
+in Python), joins each conversion to the counted click it names, and writes six Kafka topics
+through transactional sinks: counts, top-N, too-late events, dead letters, unique conversions
+and attributions. ClickHouse ingests those topics (adclick.ingest). Everything per event runs
+in the JVM as Flink SQL.
 
 Every start resumes the pipeline's newest savepoint or retained checkpoint (adclick.job_state;
 --fresh starts empty); SIGTERM or Ctrl-C of a local run stops the job with a savepoint.
@@ -39,7 +42,7 @@ if str(ROOT) not in sys.path:  # `flink run -py` starts this file as a script
     sys.path.insert(0, str(ROOT))
 
 from adclick import config  # noqa: E402
-from adclick.contract import CLICK  # noqa: E402
+from adclick.contract import CONTRACTS  # noqa: E402
 from adclick import flink_rest  # noqa: E402
 from adclick import job_state  # noqa: E402
 from udfs.top_n import TOP_ENTRY  # noqa: E402
@@ -47,7 +50,7 @@ from udfs.top_n import merge_top_n  # noqa: E402
 
 SQL_DIR = ROOT / "sql" / "flink"
 JAR_DIR = config.JARS_DIR / "flink"
-CLICK_FORMAT = "adclick-click"  # udfs/java: parses and validates clicks in the source
+EVENT_FORMAT = "adclick-event"  # udfs/java: parses and validates events in the source
 # Rows a second of each subtask of the job's clock source: it must tick well within the idle
 # timeout, or the clock itself would be idle.
 CLOCK_TICKS_PER_SECOND = 4
@@ -63,7 +66,7 @@ SAVEPOINT_DIR_PARAMETER = "adclick.savepoint-dir"
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--bootstrap-servers", default=config.KAFKA_BOOTSTRAP)
-    p.add_argument("--topic-prefix", default="", help="prefix of all five topic names")
+    p.add_argument("--topic-prefix", default="", help="prefix of all nine topic names")
     p.add_argument("--group-id", default="adclick-aggregation")
     p.add_argument("--parallelism", type=int, default=2)
     p.add_argument("--checkpoint-interval-ms", type=int, default=5000,
@@ -76,6 +79,13 @@ def parse_args(argv=None):
                    help="how long after its window fired a click still corrects its minute")
     p.add_argument("--dedup-horizon-s", type=int, default=config.DEDUP_HORIZON_SECONDS,
                    help="how long a click_id is remembered to drop its duplicates")
+    p.add_argument("--attribution-window-s", type=int,
+                   default=config.ATTRIBUTION_WINDOW_SECONDS,
+                   help="a conversion counts for its click when it comes within this long after"
+                        " it (the join keeps each counted click this long, plus the wait)")
+    p.add_argument("--conversion-wait-s", type=int, default=config.CONVERSION_WAIT_SECONDS,
+                   help="how long a conversion waits for its click to be counted before it"
+                        " stays unattributed")
     p.add_argument("--idle-timeout-ms", type=int, default=10000,
                    help="a partition silent this long stops holding the watermark back")
     p.add_argument("--top-n", type=int, default=config.TOP_N)
@@ -115,7 +125,8 @@ def parse_args(argv=None):
     if not any(args.sql_dir.glob("*.sql")):
         p.error(f"--sql-dir: no *.sql files in {args.sql_dir}")
     for name in ("parallelism", "checkpoint_interval_ms", "top_n", "top_n_buckets",
-                 "max_payload_bytes", "dedup_horizon_s", "idle_timeout_ms", "stop_timeout_s"):
+                 "max_payload_bytes", "dedup_horizon_s", "idle_timeout_ms", "stop_timeout_s",
+                 "attribution_window_s", "conversion_wait_s"):
         if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
     for name in ("watermark_delay_ms", "allowed_lateness_s", "max_future_s"):
@@ -133,6 +144,9 @@ def sql_parameters(args):
         "allowed_lateness_s": int(args.allowed_lateness_s),
         "top_n": int(args.top_n),
         "top_n_buckets": int(args.top_n_buckets),
+        "attribution_window_s": int(args.attribution_window_s),
+        "conversion_wait_s": int(args.conversion_wait_s),
+        "click_retention_s": int(args.attribution_window_s) + int(args.conversion_wait_s),
     }
 
 
@@ -219,52 +233,72 @@ def configure(t_env, args):
 def job_jars():
     """The Kafka connector and adclick's format, as `make jars` leaves them (those found)."""
     connectors = sorted(JAR_DIR.glob("flink-sql-connector-kafka-*.jar"))
-    click_format = JAR_DIR / "adclick-flink.jar"
-    return connectors[-1:] + ([click_format] if click_format.exists() else [])
+    event_format = JAR_DIR / "adclick-flink.jar"
+    return connectors[-1:] + ([event_format] if event_format.exists() else [])
 
 
 def kafka_options(args, topic):
     return {"topic": topic, "properties.bootstrap.servers": args.bootstrap_servers}
 
 
-def source_schema(args):
-    """The click source's columns, event time and watermark (the benchmark reuses it).
+def source_columns(contract):
+    """What the 'adclick-event' format fills for an event type (udfs/java/.../EventColumns.java):
+    the contract's fields, then the format's own columns."""
+    return contract.sql_columns() + [
+        ("reject_reason", "STRING"),
+        ("payload", "BYTES"),
+        # The dedup key: a 128-bit fingerprint of the event's id (udfs/java/.../EventKey.java).
+        ("key_hi", "BIGINT"),
+        ("key_lo", "BIGINT"),
+    ]
 
-    The 'adclick-click' format (udfs/java) parses each record once and fills the click columns,
-    or only reject_reason and payload (the original bytes) for a record that breaks the
-    contract. A rejected record has no click_ts, so its event time is 0 and cannot move the
-    watermark.
+
+def source_schema(args, event="click"):
+    """An input's columns, event time and watermark (the benchmark reuses it).
+
+    The 'adclick-event' format (udfs/java) parses each record once and fills the event's
+    columns, or only reject_reason and payload (the original bytes) for a record that breaks the
+    contract. A rejected record has no event time, so its event_time is 0 and cannot move the
+    watermark. Conversions are not windowed: they have no watermark.
     """
+    contract = CONTRACTS[event]
     schema = Schema.new_builder()
-    for column, data_type in CLICK_COLUMNS:
+    for column, data_type in source_columns(contract):
         schema = schema.column(column, data_type)
-    return (
+    schema = (
         schema
         .column_by_metadata("kafka_partition", DataTypes.INT(), "partition", True)
         .column_by_metadata("kafka_offset", DataTypes.BIGINT(), "offset", True)
         .column_by_metadata("kafka_timestamp", DataTypes.TIMESTAMP_LTZ(3), "timestamp", True)
         .column_by_expression("proc_time", "PROCTIME()")
-        .column_by_expression("event_time", "TO_TIMESTAMP_LTZ(COALESCE(click_ts, 0), 3)")
+    )
+    if event == "conversion":
+        return schema.build()
+    return (
+        schema
+        .column_by_expression("event_time",
+                              f"TO_TIMESTAMP_LTZ(COALESCE({contract.time_field}, 0), 3)")
         .watermark("event_time",
                    f"TIMESTAMPADD(MILLISECOND, -{int(args.watermark_delay_ms)}, event_time)")
         .build()
     )
 
 
-def click_format(args):
-    """The contract's limits, handed to the 'adclick-click' format."""
+def event_format(args, event="click"):
+    """The contract's limits, handed to the 'adclick-event' format."""
     return (
-        FormatDescriptor.for_format(CLICK_FORMAT)
+        FormatDescriptor.for_format(EVENT_FORMAT)
+        .option("event", event)
         .option("max-payload-bytes", str(int(args.max_payload_bytes)))
-        .option("min-click-ts-ms", str(int(config.MIN_CLICK_TS_MS)))
+        .option("min-ts-ms", str(int(config.MIN_CLICK_TS_MS)))
         .option("max-future-ms", str(int(args.max_future_s) * 1000))
         .build()
     )
 
 
-def source_descriptor(args, topic):
-    builder = TableDescriptor.for_connector("kafka").schema(source_schema(args))
-    builder = builder.format(click_format(args))
+def source_descriptor(args, topic, event="click"):
+    builder = TableDescriptor.for_connector("kafka").schema(source_schema(args, event))
+    builder = builder.format(event_format(args, event))
     options = kafka_options(args, topic)
     options.update({
         "properties.group.id": args.group_id,
@@ -336,16 +370,6 @@ def sink_descriptor(args, topic, name, columns):
     return builder.build()
 
 
-# What the 'adclick-click' format fills (udfs/java/.../ClickColumns.java): the contract's
-# fields, then the format's own columns.
-CLICK_COLUMNS = CLICK.sql_columns() + [
-    ("reject_reason", "STRING"),
-    ("payload", "BYTES"),
-    # The dedup key: a 128-bit fingerprint of click_id (udfs/java/.../ClickKey.java).
-    ("click_key_hi", "BIGINT"),
-    ("click_key_lo", "BIGINT"),
-]
-
 SINK_COLUMNS = {
     "counts": [
         ("minute", DataTypes.TIMESTAMP_LTZ(3)),
@@ -353,41 +377,67 @@ SINK_COLUMNS = {
         ("country", DataTypes.STRING()),
         ("device", DataTypes.STRING()),
         ("clicks", DataTypes.BIGINT()),
+        ("impressions", DataTypes.BIGINT()),
         ("late", DataTypes.BOOLEAN()),
-        ("click_id", DataTypes.STRING()),
+        # A correction row's event: click or impression, its id, who and when.
+        ("event", DataTypes.STRING()),
+        ("event_id", DataTypes.STRING()),
         ("user_id", DataTypes.STRING()),
         ("ip", DataTypes.STRING()),
-        ("click_ts", DataTypes.BIGINT()),
+        ("event_ts", DataTypes.BIGINT()),
         ("watermark", DataTypes.TIMESTAMP_LTZ(3)),
     ],
     "top": [
         ("minute", DataTypes.TIMESTAMP_LTZ(3)),
         ("top", DataTypes.ARRAY(TOP_ENTRY)),
     ],
-    # The click as it came, its minute, and the watermark that excluded it.
-    "late": [("minute", "TIMESTAMP_LTZ(3)")] + CLICK.sql_columns()
-    + [("watermark", "TIMESTAMP_LTZ(3)")],
+    # The click or impression as it came (its id and time under the names event_id and
+    # event_ts), its minute, and the watermark that excluded it.
+    "late": [
+        ("minute", "TIMESTAMP_LTZ(3)"), ("event", "STRING"), ("event_id", "STRING"),
+        ("ad_id", "STRING"), ("event_ts", "BIGINT"), ("user_id", "STRING"), ("ip", "STRING"),
+        ("country", "STRING"), ("device", "STRING"), ("watermark", "TIMESTAMP_LTZ(3)"),
+    ],
     "dlq": [
+        ("event", DataTypes.STRING()),
         ("reason", DataTypes.STRING()),
         ("payload_base64", DataTypes.STRING()),
         ("source_partition", DataTypes.INT()),
         ("source_offset", DataTypes.BIGINT()),
         ("source_timestamp", DataTypes.TIMESTAMP_LTZ(3)),
     ],
+    "conversions_unique": [
+        ("minute", "TIMESTAMP_LTZ(3)"), ("conversion_id", "STRING"), ("click_id", "STRING"),
+        ("type", "STRING"), ("value_micros", "BIGINT"), ("conversion_ts", "BIGINT"),
+    ],
+    # A conversion that met its counted click: the click's ad and attributes, the outcome.
+    "attributions": [
+        ("minute", "TIMESTAMP_LTZ(3)"), ("ad_id", "STRING"), ("country", "STRING"),
+        ("device", "STRING"), ("conversion_id", "STRING"), ("click_id", "STRING"),
+        ("type", "STRING"), ("value_micros", "BIGINT"), ("conversion_ts", "BIGINT"),
+        ("click_ts", "BIGINT"), ("user_id", "STRING"), ("ip", "STRING"), ("outcome", "STRING"),
+    ],
 }
 
 
-# The pipeline's logical tables. Its statements (sql/flink/) read clicks_raw and job_clock and
-# write the four sinks; attach_connectors binds them to Kafka and the clock, and a test or the
-# benchmark may bind them to something else (tests/test_pipeline_logic.py: rows in memory).
-#   clicks_raw  CLICK_COLUMNS, kafka_partition INT, kafka_offset BIGINT, kafka_timestamp
-#               TIMESTAMP_LTZ(3), proc_time (processing time), event_time (rowtime, watermarked)
+# The pipeline's logical tables. Its statements (sql/flink/) read the three <input>_raw tables
+# and job_clock and write the six sinks; attach_connectors binds them to Kafka and the clock,
+# and a test or the benchmark may bind them to something else (tests/test_pipeline_logic.py:
+# rows in memory).
+#   clicks_raw, impressions_raw, conversions_raw
+#               source_columns(contract), kafka_partition INT, kafka_offset BIGINT,
+#               kafka_timestamp TIMESTAMP_LTZ(3), proc_time (processing time), and but for
+#               conversions event_time (rowtime, watermarked)
 #   job_clock   beat INT, proc_time, event_time (rowtime): rows never pass beat < 0
-#   <name>_sink SINK_COLUMNS[name], for name in counts, top, late, dlq
+#   <name>_sink SINK_COLUMNS[name]
+INPUTS = {"clicks": "click", "impressions": "impression", "conversions": "conversion"}
+
+
 def attach_connectors(t_env, args):
     """Bind the pipeline's logical tables to the Kafka topics and the job's clock."""
     topics = config.Topics.with_prefix(args.topic_prefix)
-    t_env.create_temporary_table("clicks_raw", source_descriptor(args, topics["clicks"]))
+    for name, event in INPUTS.items():
+        t_env.create_temporary_table(f"{name}_raw", source_descriptor(args, topics[name], event))
     t_env.create_temporary_table("job_clock", clock_descriptor(args))
     for name, columns in SINK_COLUMNS.items():
         t_env.create_temporary_table(
@@ -396,7 +446,7 @@ def attach_connectors(t_env, args):
 
 def build_pipeline(t_env, args, replace=None):
     """The job's transformation over its logical tables (parse result -> dedup -> timeliness ->
-    windows -> top-N -> outputs); returns the statement set of all outputs.
+    windows -> top-N, attribution -> outputs); returns the statement set of all outputs.
 
     replace: {view name: SELECT} swaps one stage of sql/flink/ for another query (the
     benchmark measures the job without its dedup this way).

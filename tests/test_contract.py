@@ -1,6 +1,6 @@
 """Tests of adclick.contract: every reason code, in the job's order, and the generator's output.
 
-The contract must agree with the job's parser (udfs/java/.../ClickParser.java) payload for
+The contract must agree with the job's parser (udfs/java/.../EventParser.java) payload for
 payload; tests/test_contract_parity.py runs both over the same payloads. These tests pin each
 rule and its edges on the Python side.
 """

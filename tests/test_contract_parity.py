@@ -1,11 +1,12 @@
-"""The job's parser (Java, in the source format) and adclick.contract (Python) agree.
+"""The job's parser (Java, in the source format) and adclick.contract (Python) agree, for each
+event type (click, impression, conversion).
 
-The job counts what udfs/java/.../ClickParser.java accepts; the raw-clicks loader and the
+The job counts what udfs/java/.../EventParser.java accepts; the raw-clicks loader and the
 reconciliation count what adclick/contract.py accepts. Their rules are compared field by field
 (each field's reason, lengths and every allowed character, as the Java rule table applies them),
 the format's columns and defaults with the job's, and then both run over the same payloads:
-the generator's valid and malformed clicks, hand-picked edge cases and thousands of random
-mutations, and must give the same reason, or the same fields, for every one.
+the generator's valid events (and malformed clicks), hand-picked edge cases and thousands of
+random mutations, and must give the same reason, or the same fields, for every one.
 """
 
 import base64
@@ -22,8 +23,7 @@ import pytest
 from adclick import config
 from adclick import contract
 from adclick import generator
-from adclick.contract import CLICK
-from adclick.contract import Click
+from adclick.contract import CONTRACTS
 from jobs import ad_click_aggregation as job
 
 JAR = config.JARS_DIR / "flink" / "adclick-flink.jar"
@@ -37,6 +37,7 @@ FRAGMENTS = [
     b"-0", b"true", b"false", b"null", b"NaN", b"Infinity", b" ", b"\t", b"\r\n", b"\x00",
     b"\x1f", b"\x7f", b"\xc3\xa9", b"\xf0\x9f\x98\x80", b"\xff", b"\xc0\xaf", b"\xed\xa0\x80",
     b"\xe2\x82", b"\xef\xbb\xbf", b'"click_ts":', b'"ad_id":"x",', b'"click_id":"a"',
+    b'"value_micros":', b'"type":"signup"', b'"impression_ts":',
 ]
 
 # Values a field may be given, of every JSON type and on both sides of each rule's edges.
@@ -45,35 +46,39 @@ VALUES = [
     config.MIN_CLICK_TS_MS - 1, config.MIN_CLICK_TS_MS, 1.5, 1e3, float(NOW), "", "x", "x" * 64,
     "x" * 65, "x" * 128, "x" * 129, "a@b", "a b", "KR", "kr", "K", "KRR", "é", "😀", "10.0.0.1",
     "::1", "g::1", "f" * 45, "f" * 46, "mobile", "desktop", "tablet", "other", "tv", "Mobile",
+    "purchase", "signup", "inquiry", "Purchase", -0, 10**15 + 1, -(10**14),
     str(NOW), [], ["mobile"], [NOW], {}, {"click_ts": 5}, "\ud83d", "a\u0000b", "a\nb",
 ]
 
 
-def java_reasons():
-    out = subprocess.run(["java", "-cp", str(JAR), "adclick.flink.ClickParser", "--reasons"],
-                         capture_output=True, text=True, check=True, timeout=60)
+EVENTS = list(CONTRACTS)
+
+
+def java_reasons(event):
+    out = subprocess.run(["java", "-cp", str(JAR), "adclick.flink.EventParser", event,
+                          "--reasons"], capture_output=True, text=True, check=True, timeout=60)
     return tuple(out.stdout.strip().split(","))
 
 
-def java_validate(items):
-    """[(now_ms, payload bytes or None)] -> what ClickParser.main prints, one str per item."""
+def java_validate(event, items):
+    """[(now_ms, payload bytes or None)] -> what EventParser.main prints, one str per item."""
     lines = [f"{now} {'-' if data is None else base64.b64encode(data).decode()}"
              for now, data in items]
     out = subprocess.run(
-        ["java", "-cp", str(JAR), "adclick.flink.ClickParser", str(config.MAX_PAYLOAD_BYTES),
-         str(config.MIN_CLICK_TS_MS), str(config.MAX_FUTURE_SECONDS * 1000)],
+        ["java", "-cp", str(JAR), "adclick.flink.EventParser", event,
+         str(config.MAX_PAYLOAD_BYTES), str(config.MIN_CLICK_TS_MS),
+         str(config.MAX_FUTURE_SECONDS * 1000)],
         input="\n".join(lines) + "\n", capture_output=True, text=True, check=True, timeout=300)
     results = out.stdout.split("\n")[:-1]
     assert len(results) == len(items), out.stderr[-2000:]
     return results
 
 
-def python_validate(now, data):
-    click, why = contract.validate(data, now_ms=now)
+def python_validate(event, now, data):
+    valid, why = CONTRACTS[event].validate(data, now_ms=now)
     if why is not None:
         return why
-    return "\t".join(["ok", click.click_id, click.ad_id, str(click.click_ts), click.user_id,
-                      click.ip, click.country, click.device])
+    return "\t".join(["ok", *("-" if value is None else str(value) for value in valid)])
 
 
 def dumps(fields):
@@ -96,16 +101,28 @@ def mutate(rng, data):
     return bytes(data)
 
 
-def corpus():
-    rng = random.Random(20261125)
+def valid_events(event, rng, count):
     factory = generator.ClickFactory(seed=3, ads=1_000)
-    valid = [factory.click(NOW - rng.randrange(600_000)) for _ in range(300)]
-    items = [(NOW, contract.encode(click)) for click in valid]
-    for kind in generator.MALFORMED_KINDS:
-        for click in valid[:60]:
-            items.append((NOW, generator.make_malformed(rng, kind, click, now=NOW).payload))
+    events = []
+    for _ in range(count):
+        ts = NOW - rng.randrange(600_000)
+        click = factory.click(ts)
+        events.append({"click": click, "impression": factory.impression(ts),
+                       "conversion": factory.conversion(click.click_id, ts)}[event])
+    return events
+
+
+def corpus(event):
+    rng = random.Random(20261125)
+    event_contract = CONTRACTS[event]
+    valid = valid_events(event, rng, 300)
+    items = [(NOW, event_contract.encode(one)) for one in valid]
+    if event == "click":
+        for kind in generator.MALFORMED_KINDS:
+            for click in valid[:60]:
+                items.append((NOW, generator.make_malformed(rng, kind, click, now=NOW).payload))
     for click in valid[:200]:  # each field set to each kind of value, or removed
-        for field in Click._fields:
+        for field in event_contract.names:
             fields = click._asdict()
             if rng.random() < 0.1:
                 del fields[field]
@@ -117,10 +134,10 @@ def corpus():
         text = dumps(fields)
         items += [
             (NOW, dumps(dict(fields, note=rng.choice(VALUES), meta={"a": [1, {"b": None}]}))),
-            (NOW, text.replace(b'"ad_id"', b'"ad\\u005fid"')),
+            (NOW, text.replace(b'_id"', b'\\u005fid"', 1)),
             (NOW, text.replace(b'"device"', b'"dev\\u0069ce"')
              .replace(b'"mobile"', b'"m\\u006fbile"')),
-            (NOW, text[:-1] + b', "click_id": "dup"}'),
+            (NOW, text[:-1] + f', "{event_contract.id_field}": "dup"}}'.encode()),
             (NOW, text[:-1] + b', "x": 1, "x": 2}'),
             (NOW, text[:-1] + b', "n": {"x": 1, "x": 2}}'),
             (NOW, b" \r\n\t" + text + b" \n"),
@@ -142,8 +159,9 @@ def java_available():
         pytest.fail(f"{JAR} is missing: run `make jars`")
 
 
-def test_reason_codes_and_their_order_are_the_same(java_available):
-    assert java_reasons() == contract.REASONS
+@pytest.mark.parametrize("event", EVENTS)
+def test_reason_codes_and_their_order_are_the_same(java_available, event):
+    assert java_reasons(event) == CONTRACTS[event].reasons
 
 
 def java_lines(main_class, *args, flink=False):
@@ -153,47 +171,56 @@ def java_lines(main_class, *args, flink=False):
     return [line.split("\t") for line in out.stdout.splitlines()]
 
 
-def test_each_fields_rule_is_the_contracts(java_available):
-    # What ClickParser applies, printed from its own rule table, against adclick.contract.CLICK:
-    # the same fields in the same order, each with the same reason, lengths and characters.
-    lines = java_lines("adclick.flink.ClickParser", "--contract")
-    rules, limits = lines[:-1], lines[-1]
-    assert [line[1] for line in rules] == list(CLICK.names)
-    for line, field in zip(rules, CLICK.fields):
+@pytest.mark.parametrize("event", EVENTS)
+def test_each_fields_rule_is_the_contracts(java_available, event):
+    # What EventParser applies, printed from its own rule table, against adclick.contract's
+    # declaration: the same fields in the same order, each with the same reason, lengths and
+    # characters, and the same id field.
+    event_contract = CONTRACTS[event]
+    lines = java_lines("adclick.flink.EventParser", event, "--contract")
+    rules, id_line, limits = lines[:-2], lines[-2], lines[-1]
+    assert [line[1] for line in rules] == list(event_contract.names)
+    for line, field in zip(rules, event_contract.fields):
         kind, name = line[:2]
-        if kind == "field":
+        if kind == "text":
             allowed = {chr(c) for c in range(0x10000) if re.fullmatch(f"[{field.chars}]", chr(c))}
             assert (line[2], int(line[3]), int(line[4]), set(line[5])) == \
                 (field.reasons[0], field.min_len, field.max_len, allowed), name
         elif kind == "time":
             assert isinstance(field, contract.EventTime), name
+        elif kind == "count":
+            assert isinstance(field, contract.Count), name
         else:
             assert kind == "oneof" and tuple(line[2].split(",")) == field.values, name
-    assert limits == ["limits", str(contract.MAX_DEPTH), str(contract.MAX_TS_DIGITS)]
+    assert id_line == ["id", event_contract.id_field]
+    assert limits == ["limits", str(contract.MAX_DEPTH), str(contract.MAX_DIGITS)]
 
 
 def test_the_formats_columns_and_defaults_are_the_jobs(java_available):
-    lines = dict((line[0], line[1:]) for line in
-                 java_lines("adclick.flink.ClickFormatFactory", flink=True))
-    assert lines["columns"][0].split(",") == [name for name, _ in job.CLICK_COLUMNS]
+    lines = java_lines("adclick.flink.EventFormatFactory", flink=True)
+    columns = {line[1]: line[2].split(",") for line in lines if line[0] == "columns"}
+    assert columns == {event: [name for name, _ in job.source_columns(CONTRACTS[event])]
+                       for event in EVENTS}
+    lines = dict((line[0], line[1:]) for line in lines)
     assert lines["defaults"] == [str(config.MAX_PAYLOAD_BYTES), str(config.MIN_CLICK_TS_MS),
                                  str(config.MAX_FUTURE_SECONDS * 1000)]
 
 
-def test_java_and_python_agree_on_every_payload(java_available):
-    items = corpus()
-    java = java_validate(items)
-    python = [python_validate(now, data) for now, data in items]
+@pytest.mark.parametrize("event", EVENTS)
+def test_java_and_python_agree_on_every_payload(java_available, event):
+    items = corpus(event)
+    java = java_validate(event, items)
+    python = [python_validate(event, now, data) for now, data in items]
     disagreements = [(data, j, p) for (_, data), j, p in zip(items, java, python) if j != p]
     assert not disagreements, f"{len(disagreements)} disagreements, e.g. {disagreements[:5]}"
-    # The corpus exercises every reason and plenty of valid clicks.
+    # The corpus exercises every reason and plenty of valid events.
     seen = {result.split("\t")[0] for result in python}
-    assert seen == set(contract.REASONS) | {"ok"}
+    assert seen == set(CONTRACTS[event].reasons) | {"ok"}
     assert sum(result.startswith("ok") for result in python) > 500
 
 
 def java_click_keys(click_ids):
-    out = subprocess.run(["java", "-cp", str(JAR), "adclick.flink.ClickKey"],
+    out = subprocess.run(["java", "-cp", str(JAR), "adclick.flink.EventKey"],
                          input="\n".join(click_ids) + "\n", capture_output=True, text=True,
                          check=True, timeout=60)
     return [tuple(int(part) for part in line.split()) for line in out.stdout.splitlines()]

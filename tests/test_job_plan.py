@@ -32,15 +32,33 @@ def execution_plan():
 
 def test_one_dedup_feeds_every_sink(execution_plan):
     # The classifiers (CURRENT_WATERMARK) are chained right after this one operator, so they
-    # all see the same watermark when a click passes: each click takes exactly one path.
-    assert len(re.findall(r"\bDeduplicate\(keep=\[FirstRow\]", execution_plan)) == 1
-    assert len(re.findall(r"\bSink\(table=", execution_plan)) == 4
+    # all see the same watermark when a click or impression passes: each takes exactly one
+    # path, the attribution's branch of counted clicks included. Conversions have a dedup of
+    # their own, shared by both of their sinks.
+    dedups = re.findall(r"\bDeduplicate\(keep=\[FirstRow\], key=\[([\w, ]+)\]", execution_plan)
+    assert dedups == ["event, key_hi, key_lo", "key_hi, key_lo"]
+    assert len(re.findall(r"CURRENT_WATERMARK", execution_plan)) == 2  # counts' and sinks' calc
+    assert len(re.findall(r"\bSink\(table=", execution_plan)) == 6
 
 
-def test_the_dedup_is_keyed_by_the_click_id_fingerprint(execution_plan):
-    # Two BIGINTs from the source format (ClickKey.java), not the click_id string: the keyed
-    # state's cost per click (measured in docs/SCALING.md).
-    assert "Deduplicate(keep=[FirstRow], key=[click_key_hi, click_key_lo]" in execution_plan
+def test_the_dedup_is_keyed_by_the_id_fingerprint(execution_plan):
+    # Two BIGINTs from the source format (EventKey.java), not the id string: the keyed state's
+    # cost per event (measured in docs/SCALING.md); and the event type, as a click and an
+    # impression may share an id.
+    assert "Deduplicate(keep=[FirstRow], key=[event, key_hi, key_lo]" in execution_plan
+
+
+def test_the_attribution_join_keeps_clicks_for_the_window_and_conversions_for_the_wait():
+    args = job.parse_args(["--topic-prefix", "plan-", "--attribution-window-s", "600",
+                           "--conversion-wait-s", "60"])
+    t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
+    job.configure(t_env, args)
+    job.attach_connectors(t_env, args)
+    plan = json.loads(
+        job.build_pipeline(t_env, args)._j_statement_set.compilePlan().asJsonString())
+    joins = [node for node in plan["nodes"] if node["type"].startswith("stream-exec-join")]
+    assert [(state["name"], state["ttl"]) for state in joins[0]["state"]] == \
+        [("leftState", "1 min"), ("rightState", "11 min")]
 
 
 def test_window_counts_are_two_phase(execution_plan):

@@ -40,8 +40,9 @@ def test_a_consumer_without_partitions_is_replaced_and_then_loads(kafka_bootstra
         holder.close(autocommit=False)
         producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
         producer.send(topics["dlq"], json.dumps({
-            "reason": "bad_ad_id", "payload_base64": "e30=", "source_partition": 1,
-            "source_offset": 7, "source_timestamp": "2026-01-01T00:00:00Z"}).encode()).get(30)
+            "event": "click", "reason": "bad_ad_id", "payload_base64": "e30=",
+            "source_partition": 1, "source_offset": 7,
+            "source_timestamp": "2026-01-01T00:00:00Z"}).encode()).get(30)
         producer.close()
         wait_for(lambda: loader.rows_loaded["dead_letters"] == 1, 90, "the dead letter loaded")
         rows = client.query("SELECT reason, source_offset FROM loader_test.dead_letters FINAL")

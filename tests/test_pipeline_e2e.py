@@ -1,9 +1,11 @@
 """End to end over the real broker, the real Flink job and the real ClickHouse engine.
 
 A known set of clicks goes in (with out-of-order jitter, duplicates resent, late clicks inside
-and beyond the allowed lateness, malformed records); API 1 and API 2 must then equal the truth
-computed here from the same events, per minute and over several minutes, with and without
-filters.
+and beyond the allowed lateness, malformed records), with impressions of the same ads (the
+same faults) and conversions of some clicks (repeated, before their click's arrival, of
+unknown and too-late clicks, before their click's time and after the attribution window);
+API 1, API 2 and the metrics endpoint must then equal the truth computed here from the same
+events, per minute and over several minutes, with and without filters, ratios included.
 """
 
 import base64
@@ -20,6 +22,7 @@ import pytest
 from kafka import KafkaProducer
 
 from adclick import config
+from adclick.contract import CONTRACTS
 from adclick.contract import Click
 from adclick.generator import MALFORMED_KINDS
 from adclick.generator import make_malformed
@@ -36,6 +39,7 @@ ADS = [f"ad-{i:03d}" for i in range(40)]
 COUNTRIES = ["KR", "US", "JP"]
 DEVICES = ["mobile", "desktop", "tablet"]
 TOP_N = 5  # the job's --top-n here: the length of each minute's pushed top list
+ATTRIBUTION_WINDOW_S = 600  # the job's --attribution-window-s here
 
 
 def iso(ms):
@@ -54,18 +58,96 @@ def make_click(rng, serial, minute_ms, run):
     }
 
 
+def make_impression(rng, serial, click):
+    """An impression of the clicked ad, shown to the same user up to 20 s before the click."""
+    return {"impression_id": f"imp-{serial}", "ad_id": click["ad_id"],
+            "impression_ts": click["click_ts"] - rng.randrange(20_000),
+            "user_id": click["user_id"], "ip": click["ip"], "country": click["country"],
+            "device": click["device"]}
+
+
+def make_conversion(rng, conversion_id, click_id, ts):
+    kind = rng.choice(["purchase", "signup", "inquiry"])
+    conversion = {"conversion_id": conversion_id, "click_id": click_id, "conversion_ts": ts,
+                  "type": kind}
+    if kind == "purchase":
+        conversion["value_micros"] = rng.randrange(1, 10**9)
+    return conversion
+
+
+def ratio(part, whole):
+    return part / whole if whole else None
+
+
 class Truth:
-    """Counts of the unique clicks that must be counted, by (minute, ad, country, device)."""
+    """Counts of the unique clicks and impressions that must be counted, by (minute, ad,
+    country, device), and the conversions that must be attributed."""
 
     def __init__(self):
         self.counts = collections.Counter()
+        self.impressions = collections.Counter()
         self.clicks = {}  # click_id -> (minute, ad_id)
+        self.click_rows = {}  # click_id -> the click
+        self.conversions = {}  # conversion_id -> the conversion (the first sent)
 
     def add(self, click):
         minute = click["click_ts"] - click["click_ts"] % MINUTE_MS
         self.counts[(minute, click["ad_id"], click["country"], click["device"])] += 1
         assert click["click_id"] not in self.clicks, click
         self.clicks[click["click_id"]] = (minute, click["ad_id"])
+        self.click_rows[click["click_id"]] = click
+
+    def add_impression(self, impression):
+        ts = impression["impression_ts"]
+        self.impressions[(ts - ts % MINUTE_MS, impression["ad_id"], impression["country"],
+                          impression["device"])] += 1
+
+    def add_conversion(self, conversion):
+        self.conversions.setdefault(conversion["conversion_id"], conversion)
+
+    def outcome(self, conversion):
+        """attributed, before_click, outside_window, or no_counted_click."""
+        click = self.click_rows.get(conversion["click_id"])
+        if click is None:
+            return "no_counted_click"
+        if conversion["conversion_ts"] < click["click_ts"]:
+            return "before_click"
+        if conversion["conversion_ts"] >= click["click_ts"] + ATTRIBUTION_WINDOW_S * 1000:
+            return "outside_window"
+        return "attributed"
+
+    def attributed(self):
+        """(minute, ad, country, device) of each attributed conversion: its click's."""
+        for conversion in self.conversions.values():
+            if self.outcome(conversion) == "attributed":
+                click = self.click_rows[conversion["click_id"]]
+                ts = conversion["conversion_ts"]
+                yield (ts - ts % MINUTE_MS, click["ad_id"], click["country"], click["device"])
+
+    def metrics(self, minutes, ad=None, countries=None, devices=None):
+        """{impressions, clicks, conversions, ctr, cvr} as the metrics endpoint answers."""
+        def total(cells):
+            return sum(n for (m, a, c, d), n in cells.items()
+                       if m in minutes and (ad is None or a == ad)
+                       and (countries is None or c in countries)
+                       and (devices is None or d in devices))
+        impressions = total(self.impressions)
+        clicks = total(self.counts)
+        conversions = total(collections.Counter(self.attributed()))
+        return {"impressions": impressions, "clicks": clicks, "conversions": conversions,
+                "ctr": ratio(clicks, impressions), "cvr": ratio(conversions, clicks)}
+
+    def ranked_by(self, by, minutes, n, min_impressions):
+        """popular_ads?by=... : [(ad_id, metrics)], best first."""
+        cells = list(self.counts) + list(self.impressions) + list(self.attributed())
+        ads = {a for (m, a, _c, _d) in cells if m in minutes}
+        rows = [(ad, self.metrics(minutes, ad)) for ad in ads]
+        if by in ("ctr", "cvr"):
+            divisor = "impressions" if by == "ctr" else "clicks"
+            rows = [(ad, m) for ad, m in rows
+                    if m["impressions"] >= min_impressions and m[divisor] > 0]
+        rows.sort(key=lambda row: (-row[1][by], row[0]))
+        return rows[:n]
 
     def minute_top(self, minute, n, leave_out=frozenset()):
         """[(ad_id, clicks)] of the minute's n most clicked ads, clicks desc then ad_id asc (as
@@ -94,7 +176,7 @@ class Truth:
 def pipeline(tmp_path, kafka_bootstrap, topic_prefix):
     job = start_job(tmp_path, kafka_bootstrap, topic_prefix, tmp_path / "checkpoints",
                     "--watermark-delay-ms", "2000", "--allowed-lateness-s", "300",
-                    "--top-n", str(TOP_N))
+                    "--top-n", str(TOP_N), "--attribution-window-s", str(ATTRIBUTION_WINDOW_S))
     server = None
     try:
         server, api = start_server(tmp_path, kafka_bootstrap, topic_prefix, tmp_path / "store")
@@ -109,7 +191,8 @@ def test_counts_and_top_equal_the_truth(pipeline, kafka_bootstrap, topic_prefix)
     api, processes = pipeline
     rng = random.Random(7)
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
-    topic = config.Topics.with_prefix(topic_prefix)["clicks"]
+    topics = config.Topics.with_prefix(topic_prefix)
+    topic = topics["clicks"]
     now = int(time.time() * 1000)
     base = now - now % MINUTE_MS - 20 * MINUTE_MS  # recent, so no click is "in the future"
     m0, m1, m2 = base, base + MINUTE_MS, base + 2 * MINUTE_MS
@@ -118,6 +201,26 @@ def test_counts_and_top_equal_the_truth(pipeline, kafka_bootstrap, topic_prefix)
 
     def send(click, raw=None):
         producer.send(topic, raw if raw is not None else json.dumps(click).encode())
+
+    def send_impression(impression):
+        producer.send(topics["impressions"], json.dumps(impression).encode())
+
+    def send_conversion(conversion):
+        # Keyed by its id, as a producer would: a resend lands behind the first on one partition.
+        producer.send(topics["conversions"], json.dumps(conversion).encode(),
+                      key=conversion["conversion_id"].encode())
+        truth.add_conversion(conversion)
+
+    conversion_serial = iter(range(10**6))
+
+    def convert(click, outcome="attributed"):
+        """A conversion of click whose conversion_ts gives it this outcome."""
+        ts = click["click_ts"] + {
+            "attributed": rng.randrange(120_000),
+            "before_click": -rng.randrange(1, 30_000),
+            "outside_window": ATTRIBUTION_WINDOW_S * 1000 + rng.randrange(100_000),
+        }[outcome]
+        return make_conversion(rng, f"conv-{next(conversion_serial)}", click["click_id"], ts)
 
     # This test replays minutes of 20 minutes ago. Were every partition silent for the idle
     # timeout, the job's clock would move the watermark to the present and the later phases
@@ -139,42 +242,85 @@ def test_counts_and_top_equal_the_truth(pipeline, kafka_bootstrap, topic_prefix)
                     truth.add(click)
                 producer.flush()
 
-    def send_minutes(minute_list, per_minute, serial0):
+    def send_minutes(minute_list, per_minute, serial0, conversions_first=0):
+        """per_minute clicks in each minute, each with an impression of its ad and one of
+        another; conversions of the first conversions_first clicks go before their clicks."""
         clicks = [make_click(rng, serial0 + i, m, "on") for m in minute_list
                   for i in range(per_minute)]
         clicks = [dict(c, click_id=f"on-{serial0}-{i}") for i, c in enumerate(clicks)]
+        impressions = []
+        for i, click in enumerate(clicks):
+            impressions.append(make_impression(rng, f"{serial0}-{i}", click))
+            unclicked = make_click(rng, 0, click["click_ts"] - click["click_ts"] % MINUTE_MS, "x")
+            impressions.append(make_impression(rng, f"{serial0}-{i}-x", unclicked))
+        for click in clicks[:conversions_first]:  # another producer, ahead of the clicks
+            send_conversion(convert(click))
         # Arrival order: event time plus up to 1.5 s of jitter (inside the 2 s watermark delay).
-        clicks.sort(key=lambda c: c["click_ts"] + rng.randrange(1500))
+        events = [(c["click_ts"], "click", c) for c in clicks] + \
+            [(i["impression_ts"], "impression", i) for i in impressions]
+        events.sort(key=lambda e: e[0] + rng.randrange(1500))
         with lock:
-            for click in clicks:
-                send(click)
-                truth.add(click)
-                sent.append(click)
+            for _ts, kind, event in events:
+                if kind == "click":
+                    send(event)
+                    truth.add(event)
+                    sent.append(event)
+                else:
+                    send_impression(event)
+                    truth.add_impression(event)
                 if rng.random() < 0.05:  # a duplicate resent right away: counted once
-                    send(click)
+                    send(event) if kind == "click" else send_impression(event)
             producer.flush()
             frontier["ts"] = max(frontier["ts"], max(c["click_ts"] for c in clicks))
+        return clicks
 
     def complete_minutes():
         return {row[0] for row in api.sql("SELECT toUnixTimestamp(minute) * 1000 "
                                           "FROM top_ads_minute FINAL GROUP BY minute")}
 
     # Phase 1: minutes 0 and 1, with malformed records of every kind mixed in.
-    send_minutes([m0, m1], 300, 0)
+    phase1 = send_minutes([m0, m1], 300, 0)
     threading.Thread(target=keepalive, daemon=True).start()
-    rejected = [make_malformed(rng, kind, Click(**sent[i]), now=now)
-                for i, kind in enumerate(MALFORMED_KINDS * 2)]
-    for bad in rejected:
-        send(None, bad.payload)
+    rejected = [("click", bad.reason, bad.payload)
+                for bad in (make_malformed(rng, kind, Click(**sent[i]), now=now)
+                            for i, kind in enumerate(MALFORMED_KINDS * 2))]
+    for _event, _reason, payload in rejected:
+        send(None, payload)
+    bad_impressions = [b'{"impression_id": "i-bad"}', b"not json", json.dumps(dict(
+        make_impression(rng, "bad", sent[0]), device="watch")).encode()]
+    bad_conversions = [b"[]", json.dumps(dict(convert(sent[1]), type="refund")).encode(),
+                       json.dumps(dict(convert(sent[2]), value_micros=-5)).encode()]
+    for event, payloads in (("impression", bad_impressions), ("conversion", bad_conversions)):
+        for payload in payloads:
+            producer.send(topics[event + "s"], payload)
+            _valid, reason = CONTRACTS[event].validate(payload, now_ms=now)
+            rejected.append((event, reason, payload))
+    # Conversions of a quarter of the clicks of minutes 0 and 1: most in time, some dated
+    # before their click or after the attribution window, some sent twice; and conversions
+    # of clicks nobody made.
+    for click in rng.sample(phase1, 150):
+        outcome = rng.choices(["attributed", "before_click", "outside_window"], [8, 1, 1])[0]
+        conversion = convert(click, outcome)
+        send_conversion(conversion)
+        if rng.random() < 0.1:
+            send_conversion(conversion)
+    for i in range(10):
+        send_conversion(make_conversion(rng, f"conv-unknown-{i}", f"nobody-{i}", m1))
     producer.flush()
     wait_for(lambda: m0 in complete_minutes(), 120, "minute 0 to close", processes)
 
-    # Phase 2: late clicks for minute 0 inside the allowed lateness: they correct minute 0.
+    # Phase 2: late clicks and impressions for minute 0 inside the allowed lateness: they
+    # correct minute 0.
     late = [dict(make_click(rng, i, m0, "late"), click_id=f"late-{i}") for i in range(25)]
+    late_impressions = [make_impression(rng, f"late-{i}", click) for i, click in
+                        enumerate(late[:10])]
     with lock:
         for click in late:
             send(click)
             truth.add(click)
+        for impression in late_impressions:
+            send_impression(impression)
+            truth.add_impression(impression)
         producer.flush()
 
     def corrections_landed():
@@ -190,7 +336,7 @@ def test_counts_and_top_equal_the_truth(pipeline, kafka_bootstrap, topic_prefix)
     # read again in any order, so a partition's minute-2 clicks may arrive after another
     # partition's closer has fired the window: they must still count, as late corrections
     # (the jump stays inside the lateness).
-    send_minutes([m2], 300, 10_000)
+    send_minutes([m2], 300, 10_000, conversions_first=20)
     with lock:
         for partition in range(config.PARTITIONS):
             closer = dict(make_click(rng, partition, m2 + 4 * MINUTE_MS, "close"),
@@ -208,6 +354,12 @@ def test_counts_and_top_equal_the_truth(pipeline, kafka_bootstrap, topic_prefix)
     too_late = [dict(make_click(rng, i, m0, "tl"), click_id=f"too-late-{i}") for i in range(7)]
     for click in too_late:
         send(click)
+    too_late_impressions = [make_impression(rng, f"too-late-{i}", click)
+                            for i, click in enumerate(too_late[:4])]
+    for impression in too_late_impressions:
+        send_impression(impression)
+    for click in too_late:  # a too-late click was not counted: its conversion is not either
+        send_conversion(convert(click))
     producer.flush()
 
     minutes = [m0, m1, m2]
@@ -250,13 +402,16 @@ def test_counts_and_top_equal_the_truth(pipeline, kafka_bootstrap, topic_prefix)
     assert (body["from"], body["to"]) == (iso(m0), iso(m2 + MINUTE_MS))
     assert body["ads"] == truth.top(minutes, 10)
 
-    # Every per-minute, per-ad, per-attribute count: none lost, none doubled.
-    stored = {(m, a, c, d): n for m, a, c, d, n in api.sql(
-        "SELECT toUnixTimestamp(minute) * 1000, ad_id, country, device, sum(clicks) "
-        "FROM ad_click_counts FINAL GROUP BY minute, ad_id, country, device")}
-    with lock:  # the keepalive thread adds clicks (of a later minute) meanwhile
-        expected = {k: v for k, v in truth.counts.items() if k[0] in minutes}
-    assert {k: v for k, v in stored.items() if k[0] in minutes} == expected
+    # Every per-minute, per-ad, per-attribute count of clicks and of impressions: none lost,
+    # none doubled.
+    stored = api.sql(
+        "SELECT toUnixTimestamp(minute) * 1000, ad_id, country, device, sum(clicks),"
+        " sum(impressions) FROM ad_click_counts FINAL GROUP BY minute, ad_id, country, device")
+    for column, cells in ((4, truth.counts), (5, truth.impressions)):
+        with lock:  # the keepalive thread adds clicks (of a later minute) meanwhile
+            expected = {k: v for k, v in cells.items() if k[0] in minutes}
+        assert {tuple(row[:4]): row[column] for row in stored
+                if row[0] in minutes and row[column]} == expected, column
 
     # The job's pushed top-N of each minute (ad-top-minute, in top_ads_minute: the brief's "top
     # 100 every minute", TOP_N here). It is ranked when the minute's window fires, so it counts
@@ -270,7 +425,7 @@ def test_counts_and_top_equal_the_truth(pipeline, kafka_bootstrap, topic_prefix)
     late_ids = collections.defaultdict(set)
     for minute, ad, click_id in api.sql(
             "SELECT toUnixTimestamp(minute) * 1000, ad_id, click_id "
-            "FROM ad_click_counts FINAL WHERE late = 1"):
+            "FROM ad_click_counts FINAL WHERE late = 1 AND clicks = 1"):
         with lock:
             assert truth.clicks.get(click_id) == (minute, ad), (click_id, minute, ad)
         late_ids[minute].add(click_id)
@@ -293,10 +448,69 @@ def test_counts_and_top_equal_the_truth(pipeline, kafka_bootstrap, topic_prefix)
     # (Other clicks may be corrections too: a partition read after another one moved the
     # watermark delivers its clicks late; they count all the same.)
     assert corrections_landed()
-    stored_bad = sorted((r[0], r[1]) for r in api.sql(
-        "SELECT reason, payload_base64 FROM dead_letters FINAL"))
-    assert stored_bad == sorted((bad.reason, base64.b64encode(bad.payload).decode())
-                                for bad in rejected)
+    stored_bad = sorted(tuple(row) for row in api.sql(
+        "SELECT event, reason, payload_base64 FROM dead_letters FINAL"))
+    assert stored_bad == sorted((event, reason, base64.b64encode(payload).decode())
+                                for event, reason, payload in rejected)
+    assert api.sql("SELECT count() FROM late_impressions FINAL")[0][0] == \
+        len(too_late_impressions)
+
+    # CTR and CVR: the metrics of each busy ad and one never shown, per minute and over the
+    # minutes the conversions reach (their conversion_ts is up to 2 minutes after the click);
+    # the keepalive clicks beyond them (at minute 2 + 4) are left out.
+    funnel = [m0 + i * MINUTE_MS for i in range(6)]
+
+    def metrics(ad, window, **filters):
+        status, body = api.get(f"/v1/ads/{ad}/metrics", **{
+            "from": iso(window[0]), "to": iso(window[-1] + MINUTE_MS)}, **filters)
+        assert status == 200, body
+        return body
+
+    def metrics_match():
+        with lock:
+            return all(
+                {k: v for k, v in metrics(ad, funnel).items() if k not in ("ad_id", "from", "to")}
+                == truth.metrics(funnel, ad) for ad in ADS[:3])
+
+    wait_for(metrics_match, 90, "the conversions to be attributed", processes)
+    with lock:
+        assert sum(1 for _ in truth.attributed()) > 50
+        outcomes = collections.Counter(truth.outcome(c) for c in truth.conversions.values())
+    assert set(outcomes) == {"attributed", "before_click", "outside_window", "no_counted_click"}
+    for ad in ADS[:5] + ["ad-never-clicked"]:
+        for window in ([m0], [m1], [m2], funnel):
+            body = metrics(ad, window)
+            with lock:
+                expected = truth.metrics(window, ad)
+            assert body == {"ad_id": ad, "from": iso(window[0]),
+                            "to": iso(window[-1] + MINUTE_MS), **expected}, (ad, window)
+    for countries, devices in filters:
+        query = {}
+        if countries:
+            query["country"] = ",".join(countries)
+        if devices:
+            query["device"] = ",".join(devices)
+        with lock:
+            expected = truth.metrics(funnel, ADS[0], countries, devices)
+        assert {k: v for k, v in metrics(ADS[0], funnel, **query).items()
+                if k not in ("ad_id", "from", "to")} == expected, query
+    # popular_ads ranked by each metric; by a ratio, only ads with enough impressions.
+    for by, floor in (("impressions", None), ("conversions", None), ("ctr", 20), ("cvr", 10)):
+        query = {"by": by, "count": 10, "from": iso(m0), "to": iso(m2 + MINUTE_MS)}
+        if floor is not None:
+            query["min_impressions"] = floor
+        status, body = api.get("/v1/ads/popular_ads", **query)
+        assert status == 200, body
+        with lock:
+            expected = truth.ranked_by(by, minutes, 10, floor or 0)
+        assert [(ad["ad_id"], {k: ad[k] for k in ("impressions", "clicks", "conversions", "ctr",
+                                                  "cvr")}) for ad in body["ads"]] == expected, by
+        assert [ad["count"] for ad in body["ads"]] == [m[by] for _ad, m in expected]
+    # The conversions that do not count, each with its reason.
+    unattributed = dict(api.sql("SELECT conversion_id, reason FROM unattributed_conversions"))
+    with lock:
+        assert unattributed == {cid: truth.outcome(c) for cid, c in truth.conversions.items()
+                                if truth.outcome(c) != "attributed"}
 
     # Reconciliation recounts the raw clicks independently and agrees...
     def reconcile():
@@ -311,7 +525,7 @@ def test_counts_and_top_equal_the_truth(pipeline, kafka_bootstrap, topic_prefix)
     injected = KafkaProducer(bootstrap_servers=kafka_bootstrap)
     injected.send(config.Topics.with_prefix(topic_prefix)["counts"], json.dumps({
         "minute": iso(m1), "ad_id": ADS[0], "country": "KR", "device": "mobile", "clicks": 1,
-        "late": False, "click_id": None}).encode()).get(30)
+        "impressions": 0, "late": False, "event_id": None}).encode()).get(30)
     injected.close()
     wait_for(lambda: reconcile().returncode == 1, 60, "reconcile to see the injected click",
              processes)

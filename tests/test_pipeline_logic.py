@@ -1,17 +1,18 @@
 """The job's transformation, without Kafka: rows in memory in, files out, against a truth.
 
 The pipeline (jobs/ad_click_aggregation.py build_pipeline over sql/flink/) runs at parallelism
-2 on a local MiniCluster over parse results held in memory (valid clicks, duplicates, rejected
-records, clicks late and too late), its four sinks bound to JSON files, the job's clock stage
-left out. A small model of the
-job's semantics (dedup first wins; each unique click classed against the watermark the
-classifier saw; windows; top-N) computes what each sink must hold, and the test requires the
-same rows.
+2 on a local MiniCluster over parse results held in memory (valid clicks and impressions,
+duplicates, rejected records, events late and too late, and conversions: attributed, before
+their click, outside the attribution window, of unknown or too-late clicks, repeated), its six
+sinks bound to JSON files, the job's clock stage left out. A small model of the job's semantics
+(dedup first wins; each unique event classed against the watermark the classifier saw;
+windows; top-N by clicks; each unique conversion joined to its counted click) computes what
+each sink must hold, and the test requires the same rows.
 
-The watermark is exact here because the rows come from one ordered, non-parallel source whose
-watermark follows each row that advances it by more than the emit interval (the rows are built
-so), and without the clock the dedup reads that source alone, so each click is classed against
-the watermark of the rows before it.
+The watermark is exact here because the clicks and impressions come from one ordered,
+non-parallel source whose watermark follows each row that advances it by more than the emit
+interval (the rows are built so), and without the clock the dedup reads that source alone, so
+each event is classed against the watermark of the rows before it.
 """
 
 import base64
@@ -33,104 +34,195 @@ from pyflink.table import TableDescriptor
 
 from adclick import config
 from adclick.contract import CLICK
+from adclick.contract import CONVERSION
 from jobs import ad_click_aggregation as job
 from udfs.top_n import rank_key
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 WATERMARK_DELAY_MS = 5_000
 ALLOWED_LATENESS_S = 120
+ATTRIBUTION_WINDOW_S = 180
 TOP_N = 3
 EMIT_INTERVAL_MS = 200  # pipeline.auto-watermark-interval: a larger advance is emitted at once
 ADS = ["a1", "a2", "a3", "a4", "a5", "a6"]
 
-# The source's columns beyond the format's: the Kafka record's coordinates.
+# One in-memory source for clicks and impressions (same shape: kind tells them apart), so
+# their watermark is one: an event's id and time under generic names, the format's own
+# columns, and the Kafka record's coordinates.
+EVENT_COLUMNS = [("kind", "STRING"), ("id", "STRING"), ("ad_id", "STRING"), ("ts", "BIGINT"),
+                 ("user_id", "STRING"), ("ip", "STRING"), ("country", "STRING"),
+                 ("device", "STRING")]
+FORMAT_COLUMNS = [("reject_reason", "STRING"), ("payload", "BYTES"), ("key_hi", "BIGINT"),
+                  ("key_lo", "BIGINT")]
 RECORD_COLUMNS = [("kafka_partition", "INT"), ("kafka_offset", "BIGINT"), ("kafka_ms", "BIGINT")]
+CONVERSION_COLUMNS = job.source_columns(CONVERSION) + RECORD_COLUMNS
 TYPE_INFO = {"STRING": Types.STRING(), "BIGINT": Types.LONG(), "INT": Types.INT(),
              "BYTES": Types.PRIMITIVE_ARRAY(Types.BYTE())}
 
 
-def fingerprint(click_id):
-    """The dedup key, as udfs/java/.../ClickKey.java computes it."""
-    digest = hashlib.md5(click_id.encode("ascii")).digest()
+def fingerprint(event_id):
+    """The dedup key, as udfs/java/.../EventKey.java computes it."""
+    digest = hashlib.md5(event_id.encode("ascii")).digest()
     return (int.from_bytes(digest[:8], "big", signed=True),
             int.from_bytes(digest[8:], "big", signed=True))
 
 
-def click_row(offset, click):
-    hi, lo = fingerprint(click.click_id)
-    return (*click, None, None, hi, lo, offset % config.PARTITIONS, offset, T0 + offset)
+def event_row(offset, kind, event):
+    hi, lo = fingerprint(event[0])
+    return (kind, *event, None, None, hi, lo, offset % config.PARTITIONS, offset, T0 + offset)
 
 
-def rejected_row(offset, reason, payload):
-    return (*([None] * len(CLICK.fields)), reason, payload, None, None,
+def rejected_row(offset, kind, reason, payload):
+    return (kind, *([None] * (len(EVENT_COLUMNS) - 1)), reason, payload, None, None,
             offset % config.PARTITIONS, offset, T0 + offset)
 
 
 def make_rows(seed=5):
-    """Parse results in arrival order: clicks moving forward in time, with duplicates,
-    out-of-order, late and too-late clicks and rejected records among them."""
+    """Parse results in arrival order: clicks and impressions moving forward in time, with
+    duplicates, out-of-order, late and too-late events and rejected records among them."""
     rng = random.Random(seed)
     rows, sent = [], []
     newest = T0
 
-    def click(ts, serial=None):
+    def event(ts, serial=None):
         ad = ADS[min(int(rng.paretovariate(1.2)) - 1, len(ADS) - 1)]
         return CLICK.Event(f"c{len(sent) if serial is None else serial}", ad, ts, "u1",
                            "192.0.2.1", rng.choice(["KR", "US"]), rng.choice(["mobile", "desktop"]))
 
     while newest < T0 + 9 * config.WINDOW_MS:
-        # Every click that moves time forward moves it by more than the emit interval.
+        # Every event that moves time forward moves it by more than the emit interval.
         newest += rng.randrange(EMIT_INTERVAL_MS + 100, 1500)
-        kind = rng.random()
-        if kind < 0.07 and sent:  # a producer's retry: the same click_id, maybe other fields
-            first = rng.choice(sent)
-            event = first if rng.random() < 0.5 else click(first.click_ts, first.click_id[1:])
-            rows.append(click_row(len(rows), event))
+        # Impressions outnumber clicks; some share a click's id (another id space).
+        kind = "impression" if rng.random() < 0.6 else "click"
+        roll = rng.random()
+        if roll < 0.07 and sent:  # a producer's retry: the same id, maybe other fields
+            first_kind, first = rng.choice(sent)
+            retry = first if rng.random() < 0.5 else event(first.click_ts, first.click_id[1:])
+            rows.append(event_row(len(rows), first_kind, retry))
             continue
-        if kind < 0.12:
-            rows.append(rejected_row(len(rows), "bad_ad_id", b'{"ad_id": "?"}'))
+        if roll < 0.12:
+            rows.append(rejected_row(len(rows), kind, "bad_ad_id", b'{"ad_id": "?"}'))
             continue
-        if kind < 0.2:  # behind the newest: out of order, late or too late
+        if roll < 0.2:  # behind the newest: out of order, late or too late
             ts = newest - rng.choice([2_000, 70_000, 100_000, 200_000, 330_000])
         else:
             ts = newest
-        sent.append(click(ts))
-        rows.append(click_row(len(rows), sent[-1]))
+        serial = len(sent) - 1 if kind == "impression" and sent and rng.random() < 0.1 else None
+        sent.append((kind, event(ts, serial)))
+        rows.append(event_row(len(rows), kind, sent[-1][1]))
     return rows
 
 
-def expected_outputs(rows):
+def make_conversions(rows, seed=6):
+    """Conversion parse results: of clicks sent (within the attribution window, before the
+    click, after the window), of unknown click ids, repeated, and rejected."""
+    rng = random.Random(seed)
+    click_ids = sorted({row[1] for row in rows if row[0] == "click" and row[1]})
+    click_ts = {row[1]: row[3] for row in reversed(rows) if row[0] == "click" and row[1]}
+    out = []
+
+    def conversion(click_id, ts):
+        kind = rng.choice(["purchase", "signup", "inquiry"])
+        value = rng.randrange(1, 10**9) if kind == "purchase" else None
+        return CONVERSION.Event(f"v{len(out)}", click_id, ts, kind, value)
+
+    def add(event):
+        hi, lo = fingerprint(event.conversion_id)
+        offset = len(out)
+        out.append((*event, None, None, hi, lo, offset % config.PARTITIONS, offset, T0 + offset))
+
+    for click_id in rng.sample(click_ids, len(click_ids) // 3):
+        ts = click_ts[click_id]
+        roll = rng.random()
+        if roll < 0.15:
+            ts -= rng.randint(1, 60_000)  # before its click
+        elif roll < 0.3:
+            ts += ATTRIBUTION_WINDOW_S * 1000 + rng.randint(0, 60_000)  # after the window
+        else:
+            ts += rng.randint(0, ATTRIBUTION_WINDOW_S * 1000 - 1)
+        add(conversion(click_id, ts))
+        if rng.random() < 0.1:  # the advertiser's retry: the same conversion_id
+            first = out[-1]
+            add(CONVERSION.Event(first[0], first[1], first[2] + 1, "signup", None))
+    for _ in range(20):
+        add(conversion(f"unknown-{rng.randrange(10**6)}", T0 + rng.randrange(600_000)))
+    for _ in range(5):
+        offset = len(out)
+        out.append((*([None] * len(CONVERSION.fields)), "bad_type", b'{"type": "?"}', None, None,
+                    offset % config.PARTITIONS, offset, T0 + offset))
+    rng.shuffle(out)  # conversions arrive in any order against the clicks
+    return out
+
+
+def expected_outputs(rows, conversions):
     """What each sink must hold, from the job's semantics (sql/flink/*.sql)."""
-    columns = [name for name, _ in job.CLICK_COLUMNS + RECORD_COLUMNS]
+    columns = [name for name, _ in EVENT_COLUMNS + FORMAT_COLUMNS + RECORD_COLUMNS]
     seen, watermark, newest = set(), None, None
-    windows = collections.Counter()
-    out = {"counts": [], "late": [], "dlq": [], "top": []}
+    windows = collections.defaultdict(collections.Counter)
+    counted_clicks = {}
+    out = {"counts": [], "late": [], "dlq": [], "top": [], "conversions_unique": [],
+           "attributions": []}
     for row in rows:
         r = dict(zip(columns, row))
-        event_ms = r["click_ts"] or 0  # a rejected record's event time is 0
+        event_ms = r["ts"] or 0  # a rejected record's event time is 0
         if r["reject_reason"]:
-            out["dlq"].append((r["reject_reason"], base64.b64encode(r["payload"]).decode(),
-                               r["kafka_partition"], r["kafka_offset"], r["kafka_ms"]))
-        elif r["click_id"] not in seen:
-            seen.add(r["click_id"])
+            out["dlq"].append((r["kind"], r["reject_reason"],
+                               base64.b64encode(r["payload"]).decode(), r["kafka_partition"],
+                               r["kafka_offset"], r["kafka_ms"]))
+        elif (r["kind"], r["id"]) not in seen:
+            seen.add((r["kind"], r["id"]))
             minute = event_ms - event_ms % config.WINDOW_MS
             closes = minute + config.WINDOW_MS - 1
             key = (minute, r["ad_id"], r["country"], r["device"])
             if watermark is None or watermark < closes:
-                windows[key] += 1
+                windows[key][r["kind"]] += 1
             elif watermark < closes + ALLOWED_LATENESS_S * 1000:
-                out["counts"].append((*key, 1, True, r["click_id"], watermark))
+                out["counts"].append((*key, int(r["kind"] == "click"),
+                                      int(r["kind"] == "impression"), True, r["kind"], r["id"],
+                                      watermark))
             else:
-                out["late"].append((minute, r["click_id"], r["ad_id"], watermark))
+                out["late"].append((minute, r["kind"], r["id"], r["ad_id"], watermark))
+                continue
+            if r["kind"] == "click":
+                counted_clicks[r["id"]] = r
         # The row's own watermark follows it.
         newest = event_ms if newest is None else max(newest, event_ms)
         watermark = max(watermark or 0, newest - WATERMARK_DELAY_MS)
-    out["counts"] += [(*key, clicks, False, None, None) for key, clicks in windows.items()]
+    out["counts"] += [(*key, kinds["click"], kinds["impression"], False, None, None, None)
+                      for key, kinds in windows.items()]
     per_ad = collections.defaultdict(collections.Counter)
-    for (minute, ad, _country, _device), clicks in windows.items():
-        per_ad[minute][ad] += clicks
+    for (minute, ad, _country, _device), kinds in windows.items():
+        if kinds["click"]:
+            per_ad[minute][ad] += kinds["click"]
     for minute, ads in per_ad.items():
         out["top"].append((minute, tuple(sorted(ads.items(), key=rank_key)[:TOP_N])))
+    names = [name for name, _ in CONVERSION_COLUMNS]
+    first = {}
+    for row in conversions:  # in arrival order
+        c = dict(zip(names, row))
+        if c["reject_reason"]:
+            out["dlq"].append(("conversion", c["reject_reason"],
+                               base64.b64encode(c["payload"]).decode(), c["kafka_partition"],
+                               c["kafka_offset"], c["kafka_ms"]))
+        else:
+            first.setdefault(c["conversion_id"], c)
+    for c in first.values():
+        minute = c["conversion_ts"] - c["conversion_ts"] % config.WINDOW_MS
+        out["conversions_unique"].append((minute, c["conversion_id"], c["click_id"], c["type"],
+                                          c["value_micros"], c["conversion_ts"]))
+        click = counted_clicks.get(c["click_id"])
+        if click is None:
+            continue
+        if c["conversion_ts"] < click["ts"]:
+            outcome = "before_click"
+        elif c["conversion_ts"] >= click["ts"] + ATTRIBUTION_WINDOW_S * 1000:
+            outcome = "outside_window"
+        else:
+            outcome = "attributed"
+        out["attributions"].append((minute, click["ad_id"], click["country"], click["device"],
+                                    c["conversion_id"], c["click_id"], c["type"],
+                                    c["value_micros"], c["conversion_ts"], click["ts"],
+                                    click["user_id"], click["ip"], outcome))
     return {name: sorted(values, key=repr) for name, values in out.items()}
 
 
@@ -145,29 +237,40 @@ def read_sink(directory):
 
 
 def actual_outputs(out_dir):
-    counts = [(millis(r["minute"]), r["ad_id"], r["country"], r["device"], r["clicks"], r["late"],
-               r["click_id"], millis(r["watermark"]) if r["watermark"] else None)
+    counts = [(millis(r["minute"]), r["ad_id"], r["country"], r["device"], r["clicks"],
+               r["impressions"], r["late"], r["event"], r["event_id"],
+               millis(r["watermark"]) if r["watermark"] else None)
               for r in read_sink(out_dir / "counts")]
-    late = [(millis(r["minute"]), r["click_id"], r["ad_id"], millis(r["watermark"]))
+    late = [(millis(r["minute"]), r["event"], r["event_id"], r["ad_id"], millis(r["watermark"]))
             for r in read_sink(out_dir / "late")]
-    dlq = [(r["reason"], r["payload_base64"], r["source_partition"], r["source_offset"],
-            millis(r["source_timestamp"])) for r in read_sink(out_dir / "dlq")]
+    dlq = [(r["event"], r["reason"], r["payload_base64"], r["source_partition"],
+            r["source_offset"], millis(r["source_timestamp"])) for r in read_sink(out_dir / "dlq")]
     top = [(millis(r["minute"]), tuple((e["ad_id"], e["clicks"]) for e in r["top"]))
            for r in read_sink(out_dir / "top")]
-    out = {"counts": counts, "late": late, "dlq": dlq, "top": top}
+    conversions = [(millis(r["minute"]), r["conversion_id"], r["click_id"], r["type"],
+                    r["value_micros"], r["conversion_ts"])
+                   for r in read_sink(out_dir / "conversions_unique")]
+    attributions = [(millis(r["minute"]), r["ad_id"], r["country"], r["device"],
+                     r["conversion_id"], r["click_id"], r["type"], r["value_micros"],
+                     r["conversion_ts"], r["click_ts"], r["user_id"], r["ip"], r["outcome"])
+                    for r in read_sink(out_dir / "attributions")]
+    out = {"counts": counts, "late": late, "dlq": dlq, "top": top,
+           "conversions_unique": conversions, "attributions": attributions}
     return {name: sorted(values, key=repr) for name, values in out.items()}
 
 
-# The job's clock stage left out: time is the clicks' own watermark, and the dedup has one
-# input, whose records and watermarks arrive in the order the source emitted them.
-WITHOUT_CLOCK = ("SELECT click_id, ad_id, click_ts_ms, user_id, ip, country, device, proc_time,"
-                 " event_time, click_key_hi, click_key_lo FROM clicks_valid")
+# The job's clock stage left out: time is the events' own watermark, and the dedup has one
+# input, whose records and watermarks arrive in the order the source emitted them. It reads
+# the valid events straight from the one source: through events_valid's union of the clicks'
+# and the impressions' branches, a record of one branch may overtake a watermark still
+# travelling in the other, and meet an older watermark than the model's (the rejected records
+# still go through the job's own events_rejected).
+WITHOUT_CLOCK = ("SELECT kind AS event, id AS event_id, ad_id, ts AS event_ts_ms, user_id, ip,"
+                 " country, device, proc_time, event_time, key_hi, key_lo FROM events_mem"
+                 " WHERE reject_reason IS NULL")
 
 
-def bind_in_memory(env, t_env, rows, out_dir):
-    """The pipeline's logical tables: clicks_raw from rows (one ordered source), sinks into
-    JSON files (no job_clock: the test leaves out the stage that reads it)."""
-    columns = job.CLICK_COLUMNS + RECORD_COLUMNS
+def in_memory_table(env, t_env, rows, columns, event_time=True):
     stream = env.from_collection(rows, type_info=Types.ROW_NAMED(
         [name for name, _ in columns], [TYPE_INFO[sql_type] for _, sql_type in columns]))
     schema = Schema.new_builder()
@@ -175,12 +278,29 @@ def bind_in_memory(env, t_env, rows, out_dir):
         schema = schema.column(name, sql_type)
     schema = (schema
               .column_by_expression("kafka_timestamp", "TO_TIMESTAMP_LTZ(kafka_ms, 3)")
-              .column_by_expression("proc_time", "PROCTIME()")
-              .column_by_expression("event_time", "TO_TIMESTAMP_LTZ(COALESCE(click_ts, 0), 3)")
-              .watermark("event_time", f"event_time - INTERVAL '{WATERMARK_DELAY_MS // 1000}'"
-                                       " SECOND")
-              .build())
-    t_env.create_temporary_view("clicks_raw", t_env.from_data_stream(stream, schema))
+              .column_by_expression("proc_time", "PROCTIME()"))
+    if event_time:
+        schema = (schema
+                  .column_by_expression("event_time", "TO_TIMESTAMP_LTZ(COALESCE(ts, 0), 3)")
+                  .watermark("event_time", f"event_time - INTERVAL '{WATERMARK_DELAY_MS // 1000}'"
+                                           " SECOND"))
+    return t_env.from_data_stream(stream, schema.build())
+
+
+def bind_in_memory(env, t_env, rows, conversions, out_dir):
+    """The pipeline's logical tables: clicks_raw and impressions_raw from rows (one ordered
+    source), conversions_raw from conversions, sinks into JSON files (no job_clock: the test
+    leaves out the stage that reads it)."""
+    t_env.create_temporary_view("events_mem", in_memory_table(
+        env, t_env, rows, EVENT_COLUMNS + FORMAT_COLUMNS + RECORD_COLUMNS))
+    own = ", ".join(name for name, _ in FORMAT_COLUMNS + RECORD_COLUMNS)
+    for kind in ("click", "impression"):
+        t_env.create_temporary_view(f"{kind}s_raw", t_env.sql_query(
+            f"SELECT id AS {kind}_id, ad_id, ts AS {kind}_ts, user_id, ip, country, device,"
+            f" {own}, kafka_timestamp, proc_time, event_time FROM events_mem"
+            f" WHERE kind = '{kind}'"))
+    t_env.create_temporary_view("conversions_raw", in_memory_table(
+        env, t_env, conversions, CONVERSION_COLUMNS, event_time=False))
     for name, sink_columns in job.SINK_COLUMNS.items():
         t_env.create_temporary_table(f"{name}_sink", TableDescriptor.for_connector("filesystem")
                                      .schema(job.sink_schema(sink_columns))
@@ -203,44 +323,60 @@ def run(tmp_path_factory):
 
 def run_pipeline(work):
     rows = make_rows()
+    conversions = make_conversions(rows)
     args = job.parse_args([
         "--parallelism", "2", "--checkpoint-interval-ms", "1000",
         "--checkpoint-dir", (work / "checkpoints").as_uri(),
         "--watermark-delay-ms", str(WATERMARK_DELAY_MS),
         "--allowed-lateness-s", str(ALLOWED_LATENESS_S), "--top-n", str(TOP_N),
-        "--top-n-buckets", "2"])
+        "--top-n-buckets", "2", "--attribution-window-s", str(ATTRIBUTION_WINDOW_S)])
     env = StreamExecutionEnvironment.get_execution_environment()
     t_env = StreamTableEnvironment.create(env, EnvironmentSettings.in_streaming_mode())
     job.configure(t_env, args)
     t_env.get_config().set("pipeline.auto-watermark-interval", f"{EMIT_INTERVAL_MS} ms")
-    bind_in_memory(env, t_env, rows, work / "out")
-    statements = job.build_pipeline(t_env, args, replace={"clicks_and_clock": WITHOUT_CLOCK})
+    bind_in_memory(env, t_env, rows, conversions, work / "out")
+    statements = job.build_pipeline(t_env, args, replace={"events_and_clock": WITHOUT_CLOCK})
     plan = statements.explain()
     statements.execute().wait(300_000)
-    return rows, plan, work / "out"
+    return rows, conversions, plan, work / "out"
 
 
 def test_the_in_memory_source_feeds_the_dedup_alone(run):
-    _rows, plan, _out = run
+    _rows, _conversions, plan, _out = run
     lines = plan[plan.index("== Optimized Execution Plan =="):].splitlines()
-    dedups = [i for i, line in enumerate(lines) if "Deduplicate(keep=[FirstRow]" in line]
-    assert len(dedups) == 1
-    # Under the dedup's shuffle: the valid clicks straight from the source, no union with a clock.
-    exchange, below = lines[dedups[0] + 1], lines[dedups[0] + 2]
+    dedup = next(i for i, line in enumerate(lines)
+                 if "Deduplicate(keep=[FirstRow], key=[kind, key_hi, key_lo]" in line)
+    # Under the dedup's shuffle: the valid events from the one source, no union with a clock.
+    exchange, below = lines[dedup + 1], lines[dedup + 2]
     assert "Exchange(" in exchange and "Union(" not in below and "reject_reason IS NULL" in below
 
 
 def test_the_data_exercises_every_path(run):
-    rows, _plan, _out = run
-    expected = expected_outputs(rows)
-    assert any(late for *_, late, _id, _wm in expected["counts"])
-    assert expected["late"] and expected["dlq"] and expected["top"]
-    ids = [row[0] for row in rows if row[0] is not None]
+    rows, conversions, _plan, _out = run
+    expected = expected_outputs(rows, conversions)
+    late_kinds = {kind for *_, late, kind, _id, _wm in expected["counts"] if late}
+    assert late_kinds == {"click", "impression"}
+    assert {kind for _m, kind, *_ in expected["late"]} == {"click", "impression"}
+    assert {kind for kind, *_ in expected["dlq"]} == {"click", "impression", "conversion"}
+    assert expected["top"] and any(len(top) == TOP_N for _minute, top in expected["top"])
+    ids = [(row[0], row[1]) for row in rows if row[1] is not None]
     assert len(ids) > len(set(ids))  # duplicates
-    assert any(len(top) == TOP_N for _minute, top in expected["top"])
+    shared = {row[1] for row in rows if row[0] == "click"} & \
+        {row[1] for row in rows if row[0] == "impression"}
+    assert shared - {None}  # a click and an impression with one id: both count
+    outcomes = collections.Counter(row[-1] for row in expected["attributions"])
+    assert set(outcomes) == {"attributed", "before_click", "outside_window"}
+    conversion_ids = [row[0] for row in conversions if row[0] is not None]
+    assert len(conversion_ids) > len(set(conversion_ids))  # repeated conversions
+    attributed = {row[4] for row in expected["attributions"]}
+    unmatched = [row for row in expected["conversions_unique"] if row[1] not in attributed]
+    assert any(row[2].startswith("unknown-") for row in unmatched)
+    # A conversion of a click that was too late to count: never attributed.
+    too_late = {row[2] for row in expected["late"] if row[1] == "click"}
+    assert any(row[2] in too_late for row in unmatched)
 
 
-@pytest.mark.parametrize("sink", ["counts", "late", "dlq", "top"])
+@pytest.mark.parametrize("sink", list(job.SINK_COLUMNS))
 def test_each_sink_holds_what_the_semantics_say(run, sink):
-    rows, _plan, out_dir = run
-    assert actual_outputs(out_dir)[sink] == expected_outputs(rows)[sink]
+    rows, conversions, _plan, out_dir = run
+    assert actual_outputs(out_dir)[sink] == expected_outputs(rows, conversions)[sink]

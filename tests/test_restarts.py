@@ -45,9 +45,8 @@ class Demo:
         self.env = dict(
             os.environ, ADCLICK_STACK_DIR=str(self.stack), ADCLICK_KAFKA=bootstrap,
             ADCLICK_API_PORT=str(port), ADCLICK_DEMO_FLINK_REST_PORT=str(free_port()),
-            ADCLICK_TOPIC_CLICKS=topics["clicks"],
-            ADCLICK_TOPIC_COUNTS=topics["counts"], ADCLICK_TOPIC_TOP=topics["top"],
-            ADCLICK_TOPIC_LATE=topics["late"], ADCLICK_TOPIC_DLQ=topics["dlq"])
+            # config.Topics reads each name from ADCLICK_TOPIC_<ROLE>.
+            **{f"ADCLICK_TOPIC_{role.upper()}": name for role, name in topics.items()})
         self.runs = 0
         self.popen = None
         self.output = None

@@ -1,14 +1,17 @@
-"""The ClickHouse tables hold the click as the contract declares it, and the loader's columns.
+"""The ClickHouse tables hold the events as the contracts declare them, and the loader's columns.
 
-sql/clickhouse/001_tables.sql is written by hand (keys, partitions and engines are the schema's
-own decisions); the click's fields in it are checked here against adclick.contract.CLICK, on
-the real embedded engine.
+sql/clickhouse/*.sql is written by hand (keys, partitions and engines are the schema's own
+decisions); the events' fields in it are checked here against adclick.contract, on the real
+embedded engine. An older store's tables are brought to this release's layout.
 """
 
 import pytest
 
 from adclick import ingest
+from adclick import store
 from adclick.contract import CLICK
+from adclick.contract import CONVERSION
+from adclick.contract import IMPRESSION
 from tests.api_fixtures import chdb_url  # noqa: F401 - a fixture
 from tests.api_fixtures import fresh_database
 
@@ -37,3 +40,46 @@ def test_late_clicks_keep_the_whole_click(columns):
 @pytest.mark.parametrize("table", sorted(ingest.COLUMNS))
 def test_the_loader_writes_only_columns_the_table_has(columns, table):
     assert set(ingest.COLUMNS[table]) <= set(columns[table])
+
+
+def test_late_impressions_keep_the_whole_impression(columns):
+    late = columns["late_impressions"]
+    assert {name: late.get(name) for name in IMPRESSION.names} == IMPRESSION.clickhouse_columns()
+
+
+@pytest.mark.parametrize("table", ["conversions", "conversion_attributions"])
+def test_conversions_keep_the_conversions_fields(columns, table):
+    kept = columns[table]
+    assert {name: kept.get(name) for name in CONVERSION.names} == CONVERSION.clickhouse_columns()
+
+
+def test_an_older_store_is_brought_to_this_layout(chdb_url):  # noqa: F811
+    # A store from before impressions: dead letters keyed by (partition, offset) alone, counts
+    # without impressions. Its rows survive, as clicks', and its keys take the event type.
+    client = store.connect(chdb_url)
+    client.command("DROP DATABASE IF EXISTS schema_upgrade")
+    client.command("CREATE DATABASE schema_upgrade")
+    client.command("""CREATE TABLE schema_upgrade.dead_letters (received_at DateTime64(3, 'UTC'),
+        reason LowCardinality(String), payload_base64 String, source_partition UInt32,
+        source_offset UInt64) ENGINE = ReplacingMergeTree PARTITION BY toYYYYMMDD(received_at)
+        ORDER BY (source_partition, source_offset)""")
+    client.command("""CREATE TABLE schema_upgrade.ad_click_counts (minute DateTime('UTC'),
+        ad_id String, country LowCardinality(String), device LowCardinality(String),
+        clicks UInt64, late UInt8, click_id String, src_partition UInt32, src_offset UInt64)
+        ENGINE = ReplacingMergeTree PARTITION BY toYYYYMMDD(minute)
+        ORDER BY (minute, ad_id, country, device, src_partition, src_offset)""")
+    client.command("INSERT INTO schema_upgrade.dead_letters VALUES"
+                   " ('2026-12-01 10:00:00', 'oversized', 'eA==', 1, 7)")
+    client.command("INSERT INTO schema_upgrade.ad_click_counts VALUES"
+                   " ('2026-12-01 10:00:00', 'ad-1', 'KR', 'mobile', 3, 0, '', 0, 1)")
+    for _ in range(2):  # and again at the next start: nothing changes
+        store.apply_schema(client, "schema_upgrade")
+    client.command("INSERT INTO schema_upgrade.dead_letters VALUES"
+                   " ('impression', '2026-12-01 10:01:00', 'bad_ad_id', 'eQ==', 1, 7)")
+    assert sorted(client.query("SELECT event, reason, source_offset FROM"
+                               " schema_upgrade.dead_letters FINAL").result_rows) == \
+        [("click", "oversized", 7), ("impression", "bad_ad_id", 7)]
+    assert client.query("SELECT clicks, impressions FROM schema_upgrade.ad_click_counts"
+                        ).result_rows == [(3, 0)]
+    tables = {row[0] for row in client.query("SHOW TABLES FROM schema_upgrade").result_rows}
+    assert "dead_letters_before_event" not in tables

@@ -9,8 +9,9 @@
 
 CREATE DATABASE IF NOT EXISTS {db};
 
--- Per-minute click counts by ad and attributes. A minute's count is the sum of its rows: one
--- row per tumbling-window result plus one correction row per late click (late = 1).
+-- Per-minute click and impression counts by ad and attributes. A minute's count is the sum of
+-- its rows: one row per tumbling-window result plus one correction row per late click or
+-- impression (late = 1; click_id then holds the late event's id, a click's or an impression's).
 -- The key starts with minute so that both API queries read only the minutes they ask for;
 -- ad_id second lets API 1 skip granules of other ads inside those minutes.
 CREATE TABLE IF NOT EXISTS {db}.ad_click_counts
@@ -20,6 +21,7 @@ CREATE TABLE IF NOT EXISTS {db}.ad_click_counts
     country     LowCardinality(String),
     device      LowCardinality(String),
     clicks      UInt64,
+    impressions UInt64,
     late        UInt8,
     click_id    String,
     src_partition UInt32,
@@ -60,9 +62,11 @@ ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMMDD(minute)
 ORDER BY (minute, ad_id, click_id);
 
--- Events the job rejected, with the reason and the original bytes (base64).
+-- Events the job rejected, with the event type (click, impression, conversion: the input topic
+-- it came from), the reason and the original bytes (base64).
 CREATE TABLE IF NOT EXISTS {db}.dead_letters
 (
+    event           LowCardinality(String),
     received_at     DateTime64(3, 'UTC'),
     reason          LowCardinality(String),
     payload_base64  String,
@@ -71,7 +75,7 @@ CREATE TABLE IF NOT EXISTS {db}.dead_letters
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMMDD(received_at)
-ORDER BY (source_partition, source_offset);
+ORDER BY (event, source_partition, source_offset);
 
 -- Every valid raw click as it arrived (duplicates included, one row per Kafka record), for
 -- ad-hoc SQL and for reconciliation, which recounts distinct click_ids independently of Flink.

@@ -1,15 +1,19 @@
--- The brief's aggregate nodes: 1-minute event-time tumbling windows, keyed by ad and attributes.
--- The planner splits this into a local (pre-shuffle) and a global aggregate, so a hot ad is
--- pre-counted on every subtask before the keyBy.
+-- The brief's aggregate nodes: 1-minute event-time tumbling windows, keyed by ad and attributes,
+-- counting clicks and impressions side by side (one row per key and minute carries both, so a
+-- CTR is one row's two numbers). The planner splits this into a local (pre-shuffle) and a
+-- global aggregate, so a hot ad is pre-counted on every subtask before the keyBy.
 CREATE TEMPORARY VIEW minute_counts AS
-SELECT window_start, window_end, window_time, ad_id, country, device, COUNT(*) AS clicks
-FROM TABLE(TUMBLE(TABLE clicks_timed, DESCRIPTOR(event_time), INTERVAL '1' MINUTE))
+SELECT window_start, window_end, window_time, ad_id, country, device,
+       COUNT(*) FILTER (WHERE event = 'click') AS clicks,
+       COUNT(*) FILTER (WHERE event = 'impression') AS impressions
+FROM TABLE(TUMBLE(TABLE events_timed, DESCRIPTOR(event_time), INTERVAL '1' MINUTE))
 WHERE timeliness = 'on_time'
 GROUP BY window_start, window_end, window_time, ad_id, country, device;
 
--- Per-ad totals of each minute, cascaded from the window above (no second pass over clicks).
+-- Per-ad click totals of each minute, cascaded from the window above (no second pass over
+-- clicks); the top-N ranks clicks, so keys with impressions only stay out of it.
 CREATE TEMPORARY VIEW minute_counts_slim AS
-SELECT ad_id, clicks, window_time AS minute_time FROM minute_counts;
+SELECT ad_id, clicks, window_time AS minute_time FROM minute_counts WHERE clicks > 0;
 
 CREATE TEMPORARY VIEW ad_minute_totals AS
 SELECT window_start, window_end, window_time, ad_id, SUM(clicks) AS clicks,

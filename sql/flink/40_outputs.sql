@@ -1,20 +1,23 @@
 -- Everything the job publishes. Each INSERT goes to a transactional (exactly-once) Kafka sink.
 
--- Per-minute counts: one row per window key, plus one correction row per late click.
--- ClickHouse sums them, so a late click adds to its minute exactly once.
+-- Per-minute counts: one row per window key (clicks and impressions), plus one correction row
+-- per late click or impression. ClickHouse sums them, so a late event adds to its minute
+-- exactly once.
 -- The correction rows carry the same columns as the too-late rows below on purpose: with equal
 -- projections the planner reuses ONE dedup and classifier for every sink. With different ones it
--- plans a second dedup whose own watermark could class a click on time there and late here, and
--- count it twice (tests/test_job_plan.py guards this).
+-- plans a second dedup whose own watermark could class an event on time there and late here,
+-- and count it twice (tests/test_job_plan.py guards this).
 INSERT INTO counts_sink
-SELECT window_start, ad_id, country, device, clicks, FALSE, CAST(NULL AS STRING),
-       CAST(NULL AS STRING), CAST(NULL AS STRING), CAST(NULL AS BIGINT),
+SELECT window_start, ad_id, country, device, clicks, impressions, FALSE, CAST(NULL AS STRING),
+       CAST(NULL AS STRING), CAST(NULL AS STRING), CAST(NULL AS STRING), CAST(NULL AS BIGINT),
        CAST(NULL AS TIMESTAMP_LTZ(3))
 FROM minute_counts
 UNION ALL
-SELECT minute_start, ad_id, country, device, CAST(1 AS BIGINT), TRUE, click_id,
-       user_id, ip, click_ts_ms, watermark_ts
-FROM clicks_timed
+SELECT minute_start, ad_id, country, device,
+       CAST(CASE WHEN event = 'click' THEN 1 ELSE 0 END AS BIGINT),
+       CAST(CASE WHEN event = 'impression' THEN 1 ELSE 0 END AS BIGINT), TRUE, event, event_id,
+       user_id, ip, event_ts_ms, watermark_ts
+FROM events_timed
 WHERE timeliness = 'late';
 
 -- The brief's reduce node: merge the local top lists into the global top-N of each minute.
@@ -27,11 +30,23 @@ GROUP BY TUMBLE(minute_time, INTERVAL '1' MINUTE);
 
 -- Too late to count: kept, with the watermark that excluded it.
 INSERT INTO late_sink
-SELECT minute_start, click_id, ad_id, click_ts_ms, user_id, ip, country, device, watermark_ts
-FROM clicks_timed
+SELECT minute_start, event, event_id, ad_id, event_ts_ms, user_id, ip, country, device,
+       watermark_ts
+FROM events_timed
 WHERE timeliness = 'too_late';
 
--- Malformed input: the reason and the original bytes.
+-- Malformed input: the event type, the reason and the original bytes.
 INSERT INTO dlq_sink
-SELECT reject_reason, TO_BASE64(payload), kafka_partition, kafka_offset, kafka_timestamp
-FROM clicks_rejected;
+SELECT event, reject_reason, TO_BASE64(payload), kafka_partition, kafka_offset, kafka_timestamp
+FROM events_rejected;
+
+-- Every unique conversion (the store tells the unattributed ones from these and the next).
+INSERT INTO conversions_unique_sink
+SELECT conversion_minute, conversion_id, click_id, type, value_micros, conversion_ts_ms
+FROM conversions_unique;
+
+-- Each conversion that met its counted click, with the outcome (only 'attributed' counts).
+INSERT INTO attributions_sink
+SELECT conversion_minute, ad_id, country, device, conversion_id, click_id, type, value_micros,
+       conversion_ts_ms, click_ts_ms, user_id, ip, outcome
+FROM conversions_attributed;

@@ -7,23 +7,24 @@ import java.security.MessageDigest;
 import java.security.NoSuchAlgorithmException;
 
 /**
- * The dedup key of a click: a 128-bit fingerprint (MD5) of its click_id, as two longs.
+ * The dedup key of an event: a 128-bit fingerprint (MD5) of its id (a click's click_id, an
+ * impression's impression_id, ...), as two longs.
  *
- * <p>Why: keying the dedup state by two BIGINTs instead of the click_id string makes each
+ * <p>Why: keying the dedup state by two BIGINTs instead of the id string makes each
  * lookup, key copy and state entry cheaper (measured: about a fifth of the whole job's time).
- * Why 128 bits: two different click_ids share a key only by chance, about n^2 / 2^129 for n
+ * Why 128 bits: two different ids share a key only by chance, about n^2 / 2^129 for n
  * ids alive in the dedup horizon, below 1e-21 for 180 million (an hour at 50,000 clicks/s).
- * A 64-bit key would lose a click about once a thousand such hours. MD5 rather than a fast
+ * A 64-bit key would lose an event about once a thousand such hours. MD5 rather than a fast
  * non-cryptographic hash: nobody can make up an id that collides with a known one.
  * Not thread-safe: one instance per task.
  */
-final class ClickKey {
+final class EventKey {
 
   long hi;
   long lo;
   private final MessageDigest md5;
 
-  ClickKey() {
+  EventKey() {
     try {
       md5 = MessageDigest.getInstance("MD5");
     } catch (NoSuchAlgorithmException e) {
@@ -31,9 +32,9 @@ final class ClickKey {
     }
   }
 
-  /** Sets hi and lo to the fingerprint of clickId (ASCII, as the contract allows). */
-  void of(String clickId) {
-    byte[] digest = md5.digest(clickId.getBytes(StandardCharsets.US_ASCII));
+  /** Sets hi and lo to the fingerprint of id (ASCII, as the contracts allow). */
+  void of(String id) {
+    byte[] digest = md5.digest(id.getBytes(StandardCharsets.US_ASCII));
     hi = toLong(digest, 0);
     lo = toLong(digest, 8);
   }
@@ -51,7 +52,7 @@ final class ClickKey {
    * checks it against Python's hashlib.
    */
   public static void main(String[] args) throws Exception {
-    ClickKey key = new ClickKey();
+    EventKey key = new EventKey();
     BufferedReader in = new BufferedReader(
         new InputStreamReader(System.in, StandardCharsets.US_ASCII));
     StringBuilder out = new StringBuilder();

@@ -16,31 +16,36 @@ import org.apache.flink.table.factories.FactoryUtil;
 import org.apache.flink.table.types.DataType;
 
 /**
- * The 'adclick-click' table format: parses and validates each raw click once, in the source
- * (ClickParser), so the watermark can be declared on the parsed click_ts and no later operator
- * re-reads the JSON. A record that breaks the contract is not an error: its row carries
- * reject_reason and the original bytes (payload), for the dead-letter topic.
+ * The 'adclick-event' table format: parses and validates each raw event (a click, an
+ * impression or a conversion) once, in the source (EventParser), so the watermark can be
+ * declared on the parsed event time and no later operator re-reads the JSON. A record that
+ * breaks the contract is not an error: its row carries reject_reason and the original bytes
+ * (payload), for the dead-letter topic.
  *
  * <pre>
- *   'format' = 'adclick-click',
- *   'adclick-click.max-payload-bytes' = '4096',
- *   'adclick-click.min-click-ts-ms' = '946684800000',
- *   'adclick-click.max-future-ms' = '3600000'
+ *   'format' = 'adclick-event',
+ *   'adclick-event.event' = 'click',
+ *   'adclick-event.max-payload-bytes' = '4096',
+ *   'adclick-event.min-ts-ms' = '946684800000',
+ *   'adclick-event.max-future-ms' = '3600000'
  * </pre>
  */
-public final class ClickFormatFactory implements DeserializationFormatFactory {
+public final class EventFormatFactory implements DeserializationFormatFactory {
 
-  public static final String IDENTIFIER = "adclick-click";
+  public static final String IDENTIFIER = "adclick-event";
 
+  public static final ConfigOption<String> EVENT =
+      ConfigOptions.key("event").stringType().noDefaultValue()
+          .withDescription("The event type: click, impression or conversion.");
   public static final ConfigOption<Integer> MAX_PAYLOAD_BYTES =
       ConfigOptions.key("max-payload-bytes").intType().defaultValue(4096)
           .withDescription("Larger payloads are rejected as 'oversized'.");
-  public static final ConfigOption<Long> MIN_CLICK_TS_MS =
-      ConfigOptions.key("min-click-ts-ms").longType().defaultValue(946684800000L)
-          .withDescription("Earlier click_ts values are rejected as 'click_ts_too_old'.");
+  public static final ConfigOption<Long> MIN_TS_MS =
+      ConfigOptions.key("min-ts-ms").longType().defaultValue(946684800000L)
+          .withDescription("Earlier event times are rejected as '<field>_too_old'.");
   public static final ConfigOption<Long> MAX_FUTURE_MS =
       ConfigOptions.key("max-future-ms").longType().defaultValue(3600000L)
-          .withDescription("click_ts further ahead of the clock is 'click_ts_in_future'.");
+          .withDescription("Event times further ahead of the clock are '<field>_in_future'.");
 
   @Override
   public String factoryIdentifier() {
@@ -49,14 +54,16 @@ public final class ClickFormatFactory implements DeserializationFormatFactory {
 
   @Override
   public Set<ConfigOption<?>> requiredOptions() {
-    return new HashSet<>();
+    Set<ConfigOption<?>> options = new HashSet<>();
+    options.add(EVENT);
+    return options;
   }
 
   @Override
   public Set<ConfigOption<?>> optionalOptions() {
     Set<ConfigOption<?>> options = new HashSet<>();
     options.add(MAX_PAYLOAD_BYTES);
-    options.add(MIN_CLICK_TS_MS);
+    options.add(MIN_TS_MS);
     options.add(MAX_FUTURE_MS);
     return options;
   }
@@ -65,8 +72,10 @@ public final class ClickFormatFactory implements DeserializationFormatFactory {
   public DecodingFormat<DeserializationSchema<RowData>> createDecodingFormat(
       DynamicTableFactory.Context context, ReadableConfig formatOptions) {
     FactoryUtil.validateFactoryOptions(this, formatOptions);
+    String event = formatOptions.get(EVENT);
+    EventParser.Contract contract = EventParser.contract(event);
     int maxPayloadBytes = formatOptions.get(MAX_PAYLOAD_BYTES);
-    long minClickTsMs = formatOptions.get(MIN_CLICK_TS_MS);
+    long minTsMs = formatOptions.get(MIN_TS_MS);
     long maxFutureMs = formatOptions.get(MAX_FUTURE_MS);
     if (maxPayloadBytes <= 0 || maxFutureMs < 0) {
       throw new IllegalArgumentException(
@@ -76,9 +85,10 @@ public final class ClickFormatFactory implements DeserializationFormatFactory {
       @Override
       public DeserializationSchema<RowData> createRuntimeDecoder(
           DynamicTableSource.Context sourceContext, DataType physicalDataType) {
-        return new ClickDeserializationSchema(
-            ClickColumns.of(physicalDataType), sourceContext.createTypeInformation(physicalDataType),
-            maxPayloadBytes, minClickTsMs, maxFutureMs);
+        return new EventDeserializationSchema(event,
+            EventColumns.of(contract, physicalDataType),
+            sourceContext.createTypeInformation(physicalDataType),
+            maxPayloadBytes, minTsMs, maxFutureMs);
       }
 
       @Override
@@ -89,12 +99,16 @@ public final class ClickFormatFactory implements DeserializationFormatFactory {
   }
 
   /**
-   * Prints the columns the format fills and its default limits, one tab-separated line each,
-   * for tests/test_contract_parity.py (needs Flink on the class path).
+   * Prints the columns the format fills for each event type and its default limits, one
+   * tab-separated line each ("columns EVENT NAMES", "defaults ..."), for
+   * tests/test_contract_parity.py (needs Flink on the class path).
    */
   public static void main(String[] args) {
-    System.out.println("columns\t" + String.join(",", ClickColumns.NAMES));
+    for (EventParser.Contract contract : EventParser.CONTRACTS) {
+      System.out.println("columns\t" + contract.name + "\t"
+          + String.join(",", EventColumns.names(contract)));
+    }
     System.out.println("defaults\t" + MAX_PAYLOAD_BYTES.defaultValue() + "\t"
-        + MIN_CLICK_TS_MS.defaultValue() + "\t" + MAX_FUTURE_MS.defaultValue());
+        + MIN_TS_MS.defaultValue() + "\t" + MAX_FUTURE_MS.defaultValue());
   }
 }

@@ -11,78 +11,161 @@ import java.util.Set;
 import java.util.function.IntPredicate;
 
 /**
- * The click event contract: one pass over a payload's bytes that validates it and extracts the
- * seven click fields, or names the first rule it breaks. No Flink types here, so the same class
- * backs the Flink format (ClickDeserializationSchema) and the parity check against the Python
- * contract (adclick/contract.py, tests/test_contract_parity.py runs {@link #main}).
+ * The event contracts (click, impression, conversion): one pass over a payload's bytes that
+ * validates it and extracts the event's fields, or names the first rule it breaks. No Flink
+ * types here, so the same class backs the Flink format (EventDeserializationSchema) and the
+ * parity check against the Python contracts (adclick/contract.py; tests/test_contract_parity.py
+ * runs {@link #main}).
  *
- * <p>The rules, checked in the order of {@link #REASONS} (the fields in the order of RULES):
+ * <p>The rules, checked in this order, the first broken one naming the reason:
  * <ul>
  *   <li>oversized: more than maxPayloadBytes bytes;
  *   <li>not_json_object: not strict UTF-8, or not exactly one JSON object (RFC 8259, whitespace
  *       around it allowed; no NaN or Infinity), or nested deeper than {@link #MAX_DEPTH};
  *   <li>duplicate_field: a key repeated in the top-level object (which one would count?);
- *   <li>bad_click_id / bad_ad_id: not a string of 1-64 of [A-Za-z0-9_.:-];
- *   <li>bad_click_ts: not an integer of at most 15 digits (no fraction, no exponent);
- *   <li>click_ts_too_old: before minClickTsMs; click_ts_in_future: after now + maxFutureMs;
- *   <li>bad_user_id: not 1-128 of [A-Za-z0-9_.:@-]; bad_ip: not 2-45 of [0-9A-Fa-f.:];
- *   <li>bad_country: not two of [A-Z]; bad_device: not one of {@link #DEVICES}.
+ *   <li>then each field of the event's {@link Contract}, in order, by its kind:
+ *       text (bad_NAME: not a string of min-max of the allowed characters), one of a few
+ *       values (bad_NAME), event time (bad_NAME: not an integer of at most 15 digits, no
+ *       fraction or exponent; NAME_too_old: before minTsMs; NAME_in_future: after now +
+ *       maxFutureMs), or an optional count (bad_NAME: present, not null, and not such an
+ *       integer at least 0).
  * </ul>
  * Other fields may hold any JSON value. Not thread-safe: one instance per task.
  */
-public final class ClickParser {
+public final class EventParser {
 
-  /** One field's rule: its reason when broken, and for a text field its length and chars. */
-  private static final class Rule {
+  /** How a field is checked. */
+  enum Kind { TEXT, TIME, ONE_OF, COUNT }
+
+  /** One field's rule: its reason when broken, and what it allows. */
+  static final class Rule {
     final String field;
+    final Kind kind;
     final String reason;
     final int min;
     final int max;
-    final IntPredicate allowed;
+    final IntPredicate allowed;  // TEXT
+    final String[] values;  // ONE_OF
 
-    Rule(String field, int min, int max, IntPredicate allowed) {
+    private Rule(String field, Kind kind, int min, int max, IntPredicate allowed,
+        String[] values) {
       this.field = field;
+      this.kind = kind;
       this.reason = "bad_" + field;
       this.min = min;
       this.max = max;
       this.allowed = allowed;
+      this.values = values;
+    }
+
+    static Rule text(String field, int min, int max, IntPredicate allowed) {
+      return new Rule(field, Kind.TEXT, min, max, allowed, null);
+    }
+
+    static Rule time(String field) {
+      return new Rule(field, Kind.TIME, 0, 0, null, null);
+    }
+
+    static Rule oneOf(String field, String... values) {
+      return new Rule(field, Kind.ONE_OF, 0, 0, null, values);
+    }
+
+    static Rule count(String field) {
+      return new Rule(field, Kind.COUNT, 0, 0, null, null);
     }
   }
 
-  public static final String[] DEVICES = {"mobile", "desktop", "tablet", "other"};
-  public static final int MAX_DEPTH = 64;
-  static final int MAX_TS_DIGITS = 15;
+  /** One event type: its fields in rule order, and the one whose value identifies an event. */
+  public static final class Contract {
+    public final String name;
+    final Rule[] rules;
+    final String[] fields;
+    final int idField;
+    public final String[] reasons;
 
-  // The contract's fields in rule order (adclick/contract.py CLICK; --contract prints them for
-  // tests/test_contract_parity.py). click_ts and device have rules of their own (null here).
-  private static final Rule[] RULES = {
-    new Rule("click_id", 1, 64, ClickParser::isIdChar),
-    new Rule("ad_id", 1, 64, ClickParser::isIdChar),
-    new Rule("click_ts", 0, 0, null),
-    new Rule("user_id", 1, 128, ClickParser::isUserIdChar),
-    new Rule("ip", 2, 45, ClickParser::isIpChar),
-    new Rule("country", 2, 2, ClickParser::isUpper),
-    new Rule("device", 0, 0, null),
-  };
-  private static final int CLICK_ID = 0, AD_ID = 1, CLICK_TS = 2, USER_ID = 3, IP = 4,
-      COUNTRY = 5, DEVICE = 6;
-  private static final String[] FIELDS = new String[RULES.length];
+    Contract(String name, String idField, Rule... rules) {
+      this.name = name;
+      this.rules = rules;
+      this.fields = new String[rules.length];
+      List<String> reasons = new ArrayList<>(
+          List.of("oversized", "not_json_object", "duplicate_field"));
+      int id = -1;
+      for (int i = 0; i < rules.length; i++) {
+        fields[i] = rules[i].field;
+        id = rules[i].field.equals(idField) ? i : id;
+        reasons.add(rules[i].reason);
+        if (rules[i].kind == Kind.TIME) {
+          reasons.add(rules[i].field + "_too_old");
+          reasons.add(rules[i].field + "_in_future");
+        }
+      }
+      this.idField = id;
+      this.reasons = reasons.toArray(new String[0]);
+    }
 
-  public static final String[] REASONS;
+    /** The index of field name, or -1. */
+    public int indexOf(String name) {
+      for (int i = 0; i < fields.length; i++) {
+        if (fields[i].equals(name)) {
+          return i;
+        }
+      }
+      return -1;
+    }
 
-  static {
-    List<String> reasons = new ArrayList<>(
-        List.of("oversized", "not_json_object", "duplicate_field"));
-    for (int i = 0; i < RULES.length; i++) {
-      FIELDS[i] = RULES[i].field;
-      reasons.add(RULES[i].reason);
-      if (i == CLICK_TS) {
-        reasons.add("click_ts_too_old");
-        reasons.add("click_ts_in_future");
+    public int size() {
+      return rules.length;
+    }
+
+    public String field(int index) {
+      return fields[index];
+    }
+
+    /** Whether field index holds a number (an event time or a count), else text. */
+    public boolean isNumber(int index) {
+      return rules[index].kind == Kind.TIME || rules[index].kind == Kind.COUNT;
+    }
+  }
+
+  // The contracts (adclick/contract.py declares the same; --contract prints them for
+  // tests/test_contract_parity.py).
+  public static final Contract CLICK = new Contract("click", "click_id",
+      Rule.text("click_id", 1, 64, EventParser::isIdChar),
+      Rule.text("ad_id", 1, 64, EventParser::isIdChar),
+      Rule.time("click_ts"),
+      Rule.text("user_id", 1, 128, EventParser::isUserIdChar),
+      Rule.text("ip", 2, 45, EventParser::isIpChar),
+      Rule.text("country", 2, 2, EventParser::isUpper),
+      Rule.oneOf("device", "mobile", "desktop", "tablet", "other"));
+  public static final Contract IMPRESSION = new Contract("impression", "impression_id",
+      Rule.text("impression_id", 1, 64, EventParser::isIdChar),
+      Rule.text("ad_id", 1, 64, EventParser::isIdChar),
+      Rule.time("impression_ts"),
+      Rule.text("user_id", 1, 128, EventParser::isUserIdChar),
+      Rule.text("ip", 2, 45, EventParser::isIpChar),
+      Rule.text("country", 2, 2, EventParser::isUpper),
+      Rule.oneOf("device", "mobile", "desktop", "tablet", "other"));
+  public static final Contract CONVERSION = new Contract("conversion", "conversion_id",
+      Rule.text("conversion_id", 1, 64, EventParser::isIdChar),
+      Rule.text("click_id", 1, 64, EventParser::isIdChar),
+      Rule.time("conversion_ts"),
+      Rule.oneOf("type", "purchase", "signup", "inquiry"),
+      Rule.count("value_micros"));
+  static final Contract[] CONTRACTS = {CLICK, IMPRESSION, CONVERSION};
+
+  /** The contract of an event type by its name. */
+  public static Contract contract(String name) {
+    for (Contract contract : CONTRACTS) {
+      if (contract.name.equals(name)) {
+        return contract;
       }
     }
-    REASONS = reasons.toArray(new String[0]);
+    throw new IllegalArgumentException("no event type '" + name + "'; there are click,"
+        + " impression and conversion");
   }
+
+  public static final int MAX_DEPTH = 64;
+  static final int MAX_DIGITS = 15;  // of an integer field: an epoch-millisecond time fits
 
   /** Thrown (without a stack trace) when the payload is not a JSON object. */
   private static final class NotJson extends Exception {
@@ -93,28 +176,29 @@ public final class ClickParser {
 
   private static final NotJson NOT_JSON = new NotJson();
 
+  private final Contract contract;
   private final int maxPayloadBytes;
-  private final long minClickTsMs;
+  private final long minTsMs;
   private final long maxFutureMs;
 
-  // The result of the last parse (valid when reason is null).
+  // The result of the last parse (the values are valid when reason is null).
   public String reason;
-  public String clickId, adId, userId, ip, country, device;
-  public long clickTs;
+  private final Object[] values;  // per field: String, Long, OTHER, or null (absent or null)
 
   // Per payload scratch state.
   private byte[] buf;
   private int pos;
   private int end;
-  private final Object[] values = new Object[FIELDS.length];  // String, Long, or NOT_A_VALUE
   private final Set<String> keys = new HashSet<>();
   private final StringBuilder text = new StringBuilder();
   private static final Object OTHER = new Object();  // a present value of another JSON type
 
-  public ClickParser(int maxPayloadBytes, long minClickTsMs, long maxFutureMs) {
+  public EventParser(Contract contract, int maxPayloadBytes, long minTsMs, long maxFutureMs) {
+    this.contract = contract;
     this.maxPayloadBytes = maxPayloadBytes;
-    this.minClickTsMs = minClickTsMs;
+    this.minTsMs = minTsMs;
     this.maxFutureMs = maxFutureMs;
+    this.values = new Object[contract.size()];
   }
 
   /** Parses payload (null for a Kafka tombstone); returns the reject reason, null when valid. */
@@ -123,17 +207,30 @@ public final class ClickParser {
     return reason;
   }
 
+  /** A text field's value after a valid parse. */
+  public String text(int field) {
+    return (String) values[field];
+  }
+
+  /** A number field's value after a valid parse; null for an absent optional count. */
+  public Long number(int field) {
+    return (Long) values[field];
+  }
+
+  /** The value of the event's id field after a valid parse. */
+  public String id() {
+    return (String) values[contract.idField];
+  }
+
   private String validate(byte[] payload, long nowMs) {
-    clickId = adId = userId = ip = country = device = null;
-    clickTs = 0;
+    for (int i = 0; i < values.length; i++) {
+      values[i] = null;
+    }
     if (payload == null) {
       return "not_json_object";
     }
     if (payload.length > maxPayloadBytes) {
       return "oversized";
-    }
-    for (int i = 0; i < values.length; i++) {
-      values[i] = null;
     }
     keys.clear();
     buf = payload;
@@ -158,29 +255,39 @@ public final class ClickParser {
     if (duplicate) {
       return "duplicate_field";
     }
-    for (int f = 0; f < RULES.length; f++) {
-      if (f == CLICK_TS) {
-        if (!(values[CLICK_TS] instanceof Long)) {
-          return RULES[f].reason;
-        }
-        long ts = (Long) values[CLICK_TS];
-        if (ts < minClickTsMs) {
-          return "click_ts_too_old";
-        }
-        if (ts > nowMs + maxFutureMs) {
-          return "click_ts_in_future";
-        }
-      } else if (f == DEVICE ? !isDevice(values[f]) : !isStringOf(values[f], RULES[f])) {
-        return RULES[f].reason;
+    Rule[] rules = contract.rules;
+    for (int f = 0; f < rules.length; f++) {
+      Rule rule = rules[f];
+      Object value = values[f];
+      switch (rule.kind) {
+        case TEXT:
+          if (!isStringOf(value, rule)) {
+            return rule.reason;
+          }
+          break;
+        case ONE_OF:
+          if (!isOneOf(value, rule.values)) {
+            return rule.reason;
+          }
+          break;
+        case COUNT:
+          if (value != null && !(value instanceof Long && (Long) value >= 0)) {
+            return rule.reason;
+          }
+          break;
+        default:  // TIME
+          if (!(value instanceof Long)) {
+            return rule.reason;
+          }
+          long ts = (Long) value;
+          if (ts < minTsMs) {
+            return rule.field + "_too_old";
+          }
+          if (ts > nowMs + maxFutureMs) {
+            return rule.field + "_in_future";
+          }
       }
     }
-    clickId = (String) values[CLICK_ID];
-    adId = (String) values[AD_ID];
-    clickTs = (Long) values[CLICK_TS];
-    userId = (String) values[USER_ID];
-    ip = (String) values[IP];
-    country = (String) values[COUNTRY];
-    device = (String) values[DEVICE];
     return null;
   }
 
@@ -201,6 +308,15 @@ public final class ClickParser {
       }
     }
     return true;
+  }
+
+  private static boolean isOneOf(Object value, String[] allowed) {
+    for (String one : allowed) {
+      if (one.equals(value)) {
+        return true;
+      }
+    }
+    return false;
   }
 
   private static boolean isUpper(int c) {
@@ -227,18 +343,9 @@ public final class ClickParser {
     return isDigit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F') || c == '.' || c == ':';
   }
 
-  private static boolean isDevice(Object value) {
-    for (String device : DEVICES) {
-      if (device.equals(value)) {
-        return true;
-      }
-    }
-    return false;
-  }
-
   // ---- JSON --------------------------------------------------------------------------------
 
-  /** The top-level object; records the seven fields; true when a key repeats. */
+  /** The top-level object; records the contract's fields; true when a key repeats. */
   private boolean topObject() throws NotJson {
     pos++;  // '{'
     boolean duplicate = false;
@@ -262,11 +369,11 @@ public final class ClickParser {
       }
       pos++;
       skipWhitespace();
-      int field = fieldIndex(key);
+      int field = contract.indexOf(key);
       if (field < 0) {
         value(1);
       } else {
-        values[field] = fieldValue(field == CLICK_TS);
+        values[field] = fieldValue(contract.isNumber(field));
       }
       skipWhitespace();
       int c = peek();
@@ -280,20 +387,18 @@ public final class ClickParser {
     }
   }
 
-  private static int fieldIndex(String key) {
-    for (int i = 0; i < FIELDS.length; i++) {
-      if (FIELDS[i].equals(key)) {
-        return i;
-      }
-    }
-    return -1;
-  }
-
-  /** A contract field's value: its String, its Long (click_ts), or OTHER for anything else. */
+  /**
+   * A contract field's value: its String, its Long (a number field), null for a JSON null (as
+   * if absent), or OTHER for anything else.
+   */
   private Object fieldValue(boolean integer) throws NotJson {
     int c = peek();
     if (c == '"') {
       return string(true);
+    }
+    if (c == 'n') {
+      literal("null");
+      return null;
     }
     if (integer && (c == '-' || (c >= '0' && c <= '9'))) {
       return number(true);
@@ -384,7 +489,7 @@ public final class ClickParser {
 
   /**
    * A JSON number. When asInteger, returns its Long value if it is an integer of at most
-   * MAX_TS_DIGITS digits, else OTHER; otherwise returns null.
+   * MAX_DIGITS digits, else OTHER; otherwise returns null.
    */
   private Object number(boolean asInteger) throws NotJson {
     int start = pos;
@@ -422,7 +527,7 @@ public final class ClickParser {
     if (!asInteger) {
       return null;
     }
-    if (!integer || digits > MAX_TS_DIGITS) {
+    if (!integer || digits > MAX_DIGITS) {
       return OTHER;
     }
     long v = 0;
@@ -576,22 +681,24 @@ public final class ClickParser {
   }
 
   /**
-   * Parity check: reads lines "now_ms base64-payload" (a lone "-" for a null payload) and
-   * prints, per line, the reason or "ok" followed by the tab-separated fields.
-   * Arguments: maxPayloadBytes minClickTsMs maxFutureMs, or --reasons to print REASONS, or
-   * --contract to print the rules (printContract).
+   * Parity check: EVENT (click, impression or conversion) then maxPayloadBytes minTsMs
+   * maxFutureMs; reads lines "now_ms base64-payload" (a lone "-" for a null payload) and prints,
+   * per line, the reason or "ok" followed by the tab-separated fields ("-" for an absent one).
+   * Or EVENT --reasons to print its reasons, or EVENT --contract to print its rules
+   * (printContract).
    */
   public static void main(String[] args) throws Exception {
-    if (args.length == 1 && args[0].equals("--reasons")) {
-      System.out.println(String.join(",", REASONS));
+    Contract contract = contract(args[0]);
+    if (args.length == 2 && args[1].equals("--reasons")) {
+      System.out.println(String.join(",", contract.reasons));
       return;
     }
-    if (args.length == 1 && args[0].equals("--contract")) {
-      printContract();
+    if (args.length == 2 && args[1].equals("--contract")) {
+      printContract(contract);
       return;
     }
-    ClickParser parser = new ClickParser(Integer.parseInt(args[0]), Long.parseLong(args[1]),
-        Long.parseLong(args[2]));
+    EventParser parser = new EventParser(contract, Integer.parseInt(args[1]),
+        Long.parseLong(args[2]), Long.parseLong(args[3]));
     BufferedReader in = new BufferedReader(
         new InputStreamReader(System.in, StandardCharsets.US_ASCII));
     StringBuilder out = new StringBuilder();
@@ -605,10 +712,10 @@ public final class ClickParser {
       if (why != null) {
         out.append(why);
       } else {
-        out.append("ok\t").append(parser.clickId).append('\t').append(parser.adId).append('\t')
-            .append(parser.clickTs).append('\t').append(parser.userId).append('\t')
-            .append(parser.ip).append('\t').append(parser.country).append('\t')
-            .append(parser.device);
+        out.append("ok");
+        for (Object value : parser.values) {
+          out.append('\t').append(value == null ? "-" : value);
+        }
       }
       out.append('\n');
     }
@@ -617,31 +724,31 @@ public final class ClickParser {
 
   /**
    * The rules as this class applies them, one tab-separated line each, for the field-by-field
-   * comparison with adclick/contract.py: "field NAME REASON MIN MAX CHARS" (CHARS: every char
-   * the rule allows, tested over all 65,536), "time NAME", "oneof NAME VALUES", then "limits MAX_DEPTH
-   * MAX_TS_DIGITS" (ClickFormatFactory's main prints the format's columns and defaults).
+   * comparison with adclick/contract.py: "text NAME REASON MIN MAX CHARS" (CHARS: every char
+   * the rule allows, tested over all 65,536), "time NAME", "oneof NAME VALUES", "count NAME",
+   * then "id NAME" and "limits MAX_DEPTH MAX_DIGITS" (EventFormatFactory's main prints the
+   * format's columns and defaults).
    */
-  static void printContract() {
+  static void printContract(Contract contract) {
     StringBuilder out = new StringBuilder();
-    for (int f = 0; f < RULES.length; f++) {
-      Rule rule = RULES[f];
-      if (f == CLICK_TS) {
-        out.append("time\t").append(rule.field);
-      } else if (f == DEVICE) {
-        out.append("oneof\t").append(rule.field).append('\t').append(String.join(",", DEVICES));
-      } else {
+    for (Rule rule : contract.rules) {
+      out.append(rule.kind.name().toLowerCase().replace("_", "")).append('\t').append(rule.field);
+      if (rule.kind == Kind.ONE_OF) {
+        out.append('\t').append(String.join(",", rule.values));
+      } else if (rule.kind == Kind.TEXT) {
         StringBuilder chars = new StringBuilder();
         for (int c = 0; c <= Character.MAX_VALUE; c++) {
           if (rule.allowed.test(c)) {
             chars.append((char) c);
           }
         }
-        out.append("field\t").append(rule.field).append('\t').append(rule.reason).append('\t')
-            .append(rule.min).append('\t').append(rule.max).append('\t').append(chars);
+        out.append('\t').append(rule.reason).append('\t').append(rule.min).append('\t')
+            .append(rule.max).append('\t').append(chars);
       }
       out.append('\n');
     }
-    out.append("limits\t").append(MAX_DEPTH).append('\t').append(MAX_TS_DIGITS).append('\n');
+    out.append("id\t").append(contract.fields[contract.idField]).append('\n');
+    out.append("limits\t").append(MAX_DEPTH).append('\t').append(MAX_DIGITS).append('\n');
     System.out.print(out);
   }
 }

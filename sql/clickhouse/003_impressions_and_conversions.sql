@@ -1,0 +1,78 @@
+-- Impressions and conversions (CTR = clicks / impressions, CVR = conversions / clicks).
+-- Applied after 002 by adclick.store.apply_schema; {db} is the database name.
+
+-- A store created before impressions: its counts gain the column (0 in the older rows, which
+-- is what they were).
+ALTER TABLE {db}.ad_click_counts ADD COLUMN IF NOT EXISTS impressions UInt64 AFTER clicks;
+
+-- Impressions that came later than the allowed lateness: not counted, kept and queryable.
+CREATE TABLE IF NOT EXISTS {db}.late_impressions
+(
+    minute        DateTime('UTC'),
+    impression_id String,
+    ad_id         String,
+    country       LowCardinality(String),
+    device        LowCardinality(String),
+    user_id       String,
+    ip            String,
+    impression_ts DateTime64(3, 'UTC'),
+    watermark     DateTime64(3, 'UTC')
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMMDD(minute)
+ORDER BY (minute, ad_id, impression_id);
+
+-- Every unique valid conversion, in the minute of its conversion_ts, attributed or not.
+CREATE TABLE IF NOT EXISTS {db}.conversions
+(
+    minute        DateTime('UTC'),
+    conversion_id String,
+    click_id      String,
+    type          LowCardinality(String),
+    value_micros  Nullable(UInt64),
+    conversion_ts DateTime64(3, 'UTC')
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMMDD(minute)
+ORDER BY (minute, conversion_id);
+
+-- Each conversion that met its counted click, with the click's ad and attributes and the
+-- outcome: 'attributed' (counted: within the attribution window after the click),
+-- 'before_click' or 'outside_window' (not counted). Sorted like the counts, so the metrics
+-- read only the minutes (and ad) they ask for.
+CREATE TABLE IF NOT EXISTS {db}.conversion_attributions
+(
+    minute        DateTime('UTC'),
+    ad_id         String,
+    country       LowCardinality(String),
+    device        LowCardinality(String),
+    conversion_id String,
+    click_id      String,
+    type          LowCardinality(String),
+    value_micros  Nullable(UInt64),
+    conversion_ts DateTime64(3, 'UTC'),
+    click_ts      DateTime64(3, 'UTC'),
+    user_id       String,
+    ip            String,
+    outcome       LowCardinality(String)
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMMDD(minute)
+ORDER BY (minute, ad_id, country, device, conversion_id);
+
+-- The conversions that do not count, with the reason: the outcome of the click they met
+-- (before_click, outside_window), or no_counted_click when no counted click met them within
+-- the job's conversion wait (an unknown click_id, a click that was too late or invalid, or one
+-- that has not come yet).
+CREATE VIEW IF NOT EXISTS {db}.unattributed_conversions AS
+SELECT c.minute AS minute, c.conversion_id AS conversion_id, c.click_id AS click_id,
+       c.type AS type, c.value_micros AS value_micros, c.conversion_ts AS conversion_ts,
+       if(a.outcome = '', 'no_counted_click', a.outcome) AS reason
+FROM {db}.conversions AS c FINAL
+LEFT JOIN
+(
+    SELECT conversion_id, argMax(outcome, outcome = 'attributed') AS outcome
+    FROM {db}.conversion_attributions FINAL
+    GROUP BY conversion_id
+) AS a ON a.conversion_id = c.conversion_id
+WHERE a.outcome != 'attributed';
