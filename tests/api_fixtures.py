@@ -5,9 +5,10 @@ initialized with path ..."), so every module shares one session-wide path and is
 in its own database instead (the DATABASE config key). If some other fixture already opened an
 embedded store in this process, its path is reused for the same reason.
 
-The data set is known rows of ad_click_counts (including late = 1 corrections and rows replayed
-with identical Kafka coordinates, inserted in separate parts so that only FINAL collapses them)
-and top_ads_minute; `truth_*` recompute the API's answers from those rows in plain Python.
+The data set is known rows of ad_click_counts (clicks and impressions, including late = 1
+corrections and rows replayed with identical Kafka coordinates, inserted in separate parts so
+that only FINAL collapses them), of conversion_attributions (counted or not, some replayed) and
+of top_ads_minute; `truth_*` recompute the API's answers from those rows in plain Python.
 """
 
 import random
@@ -29,8 +30,11 @@ COMPLETE_MINUTES = 10  # top_ads_minute has T0 .. T0+9: the latest complete minu
 ADS = [f"ad-{i:02d}" for i in range(12)] + ["tie-b", "tie-a"]
 COUNTRIES = ["KR", "JP", "US", "DE"]
 DEVICES = ["mobile", "desktop", "tablet", "other"]
-COUNT_COLUMNS = ["minute", "ad_id", "country", "device", "clicks", "late", "click_id",
-                 "src_partition", "src_offset"]
+COUNT_COLUMNS = ["minute", "ad_id", "country", "device", "clicks", "impressions", "late",
+                 "click_id", "src_partition", "src_offset"]
+ATTRIBUTION_COLUMNS = ["minute", "ad_id", "country", "device", "conversion_id", "click_id",
+                       "type", "outcome"]
+OUTCOMES = ["attributed"] * 6 + ["before_click", "outside_window"]
 KEY_COLUMNS = ("minute", "ad_id", "country", "device", "src_partition", "src_offset")
 
 
@@ -62,22 +66,42 @@ def make_count_rows(seed=7):
                 offset += 1
                 late = 1 if rng.random() < 0.15 else 0
                 click_id = f"c{offset}" if late else ""
+                # A late correction is one click's or one impression's.
+                late_impression = late and rng.random() < 0.3
                 rows.append({"minute": minute, "ad_id": ad, "country": rng.choice(COUNTRIES),
-                             "device": rng.choice(DEVICES), "clicks": 1 if late else
-                             rng.randint(1, 9), "late": late, "click_id": click_id,
+                             "device": rng.choice(DEVICES),
+                             "clicks": (0 if late_impression else 1) if late else
+                             rng.randint(1, 9),
+                             "impressions": (1 if late_impression else 0) if late else
+                             rng.randint(0, 60), "late": late, "click_id": click_id,
                              "src_partition": offset % 3, "src_offset": offset})
         # Two ads with equal totals in every minute: ties broken by ad_id ascending.
         for ad in ("tie-b", "tie-a"):
             offset += 1
             rows.append({"minute": minute, "ad_id": ad, "country": "KR", "device": "mobile",
-                         "clicks": 7, "late": 0, "click_id": "", "src_partition": 0,
-                         "src_offset": offset})
+                         "clicks": 7, "impressions": 100, "late": 0, "click_id": "",
+                         "src_partition": 0, "src_offset": offset})
     replayed = [dict(row) for row in rng.sample(rows, len(rows) // 4)]
     return rows, replayed
 
 
+def make_attribution_rows(seed=8):
+    """Known conversion_attributions rows: (rows, replayed duplicates of some of them)."""
+    rng = random.Random(seed)
+    rows = []
+    for m in range(DATA_MINUTES):
+        for ad in ADS[:6]:
+            for _ in range(rng.randint(0, 3)):
+                rows.append({"minute": T0 + m * MINUTE, "ad_id": ad,
+                             "country": rng.choice(COUNTRIES), "device": rng.choice(DEVICES),
+                             "conversion_id": f"v{len(rows)}", "click_id": f"k{len(rows)}",
+                             "type": "signup", "outcome": rng.choice(OUTCOMES)})
+    return rows, [dict(row) for row in rng.sample(rows, len(rows) // 4)]
+
+
 def insert_counts(client, database, rows):
     """Insert rows (dicts) into ad_click_counts as one part."""
+    rows = [{"impressions": 0, **row} for row in rows]  # a row of clicks only
     client.insert("ad_click_counts", [[row[c] for c in COUNT_COLUMNS] for row in rows],
                   column_names=COUNT_COLUMNS, database=database)
 
@@ -101,13 +125,30 @@ def load_dataset(client, database):
     return rows + replayed
 
 
+def load_attributions(client, database):
+    """The attributions of the data set in database (the replays in a second part); returns
+    them as the truth sees them (FINAL: one row per conversion)."""
+    rows, replayed = make_attribution_rows()
+    client.command(
+        f"SYSTEM STOP MERGES {store.check_identifier(database)}.conversion_attributions")
+    for part in (rows, replayed):
+        client.insert("conversion_attributions", [[row[c] for c in ATTRIBUTION_COLUMNS]
+                                                  for row in part],
+                      column_names=ATTRIBUTION_COLUMNS, database=database)
+    return rows
+
+
 def dedup(rows):
     """What FINAL shows: one row per sorting key."""
     return list({tuple(row[c] for c in KEY_COLUMNS): row for row in rows}.values())
 
 
 def _selected(rows, start, end, countries, devices):
-    for row in dedup(rows):
+    yield from _within(dedup(rows), start, end, countries, devices)
+
+
+def _within(rows, start, end, countries, devices):
+    for row in rows:
         if not start <= row["minute"] < end:
             continue
         if countries and row["country"] not in countries:
@@ -129,6 +170,34 @@ def truth_top(rows, start, end, limit, countries=(), devices=()):
     for row in _selected(rows, start, end, countries, devices):
         totals[row["ad_id"]] += row["clicks"]
     return sorted(totals.items(), key=lambda item: (-item[1], item[0]))[:limit]
+
+
+def truth_metrics(rows, attributions, ad_id, start, end, countries=(), devices=()):
+    """The metrics endpoint's counts and ratios, computed from the rows (ad_id None: all)."""
+    counts = [row for row in _selected(rows, start, end, countries, devices)
+              if ad_id is None or row["ad_id"] == ad_id]
+    impressions = sum(row["impressions"] for row in counts)
+    clicks = sum(row["clicks"] for row in counts)
+    conversions = sum(1 for row in _within(attributions, start, end, countries, devices)
+                      if row["outcome"] == "attributed"
+                      and (ad_id is None or row["ad_id"] == ad_id))
+    return {"impressions": impressions, "clicks": clicks, "conversions": conversions,
+            "ctr": clicks / impressions if impressions else None,
+            "cvr": conversions / clicks if clicks else None}
+
+
+def truth_popular_by(rows, attributions, by, start, end, limit, min_impressions, countries=(),
+                     devices=()):
+    """popular_ads?by=... computed from the rows: [(ad_id, metrics)], best first."""
+    ads = {row["ad_id"] for row in [*_selected(rows, start, end, countries, devices),
+                                    *_within(attributions, start, end, countries, devices)]}
+    ranked = [(ad, truth_metrics(rows, attributions, ad, start, end, countries, devices))
+              for ad in ads]
+    if by in ("ctr", "cvr"):
+        divisor = "impressions" if by == "ctr" else "clicks"
+        ranked = [(ad, m) for ad, m in ranked
+                  if m["impressions"] >= min_impressions and m[divisor] > 0]
+    return sorted(ranked, key=lambda item: (-item[1][by], item[0]))[:limit]
 
 
 def truth_recount(rows, raw_clicks, late_clicks, ad_id):

@@ -38,8 +38,11 @@ from tests.api_fixtures import fresh_database
 from tests.api_fixtures import insert_complete_minutes
 from tests.api_fixtures import insert_counts
 from tests.api_fixtures import iso
+from tests.api_fixtures import load_attributions
 from tests.api_fixtures import load_dataset
 from tests.api_fixtures import truth_count
+from tests.api_fixtures import truth_metrics
+from tests.api_fixtures import truth_popular_by
 from tests.api_fixtures import truth_recount
 from tests.api_fixtures import truth_top
 
@@ -49,6 +52,7 @@ ANALYSES = sorted((ROOT / "sql" / "analyses").glob("*.sql"))
 LATEST_END = T0 + COMPLETE_MINUTES * MINUTE  # the end of "the most recent complete minutes"
 COUNT_PATH = "/v1/ads/{ad_id}/aggregated_count"
 POPULAR_PATH = "/v1/ads/popular_ads"
+METRICS_PATH = "/v1/ads/{ad_id}/metrics"
 DOWN_URL = "http://127.0.0.1:1"  # nothing listens on port 1: connection refused at once
 
 
@@ -58,6 +62,11 @@ def dataset(chdb_url):  # noqa: F811
     rows = load_dataset(client, DB)
     _load_side_tables(client, *side_rows(rows))
     return client, rows
+
+
+@pytest.fixture(scope="module")
+def attributions(dataset):
+    return load_attributions(dataset[0], DB)
 
 
 RAW_COLUMNS = ["minute", "click_ts", "click_id", "ad_id", "user_id", "ip", "country", "device",
@@ -97,11 +106,11 @@ def _load_side_tables(client, raw_clicks, late_clicks):
                   column_names=RAW_COLUMNS, database=DB)
     client.insert("late_clicks", [[click[c] for c in LATE_COLUMNS] for click in late_clicks],
                   column_names=LATE_COLUMNS, database=DB)
-    client.insert("dead_letters", [[T0 + i * MINUTE, reason, "e30=", 0, i]
+    client.insert("dead_letters", [["click", T0 + i * MINUTE, reason, "e30=", 0, i]
                                    for i, reason in enumerate(["bad_ad_id", "not_json_object",
                                                                "bad_ad_id"])],
-                  column_names=["received_at", "reason", "payload_base64", "source_partition",
-                                "source_offset"], database=DB)
+                  column_names=["event", "received_at", "reason", "payload_base64",
+                                "source_partition", "source_offset"], database=DB)
 
 
 def make_app(url, **overrides):
@@ -331,6 +340,74 @@ def test_empty_store_ends_at_the_current_minute(chdb_url, openapi):  # noqa: F81
     assert count_of(api, "ad-01", minutes=2)["count"] == 0
 
 
+# --- CTR and CVR ------------------------------------------------------------------------------
+
+def metrics_of(api, ad_id, **query):
+    response = api.get(f"/v1/ads/{ad_id}/metrics", METRICS_PATH, **query)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+@pytest.mark.parametrize("ad_id", ADS[:7] + ["never-shown"])
+@pytest.mark.parametrize("filters", FILTERS)
+def test_metrics_equal_the_truth(api, dataset, attributions, ad_id, filters):
+    _, rows = dataset
+    countries = filters["country"].split(",") if "country" in filters else ()
+    devices = filters["device"].split(",") if "device" in filters else ()
+    for minutes in (1, 4, 1440):
+        start = LATEST_END - minutes * MINUTE
+        assert metrics_of(api, ad_id, minutes=minutes, **filters) == {
+            "ad_id": ad_id, "from": iso(start), "to": iso(LATEST_END),
+            **truth_metrics(rows, attributions, ad_id, start, LATEST_END, countries, devices)}
+    end = T0 + DATA_MINUTES * MINUTE  # from/to may reach minutes that are not complete yet
+    body = metrics_of(api, ad_id, **{"from": iso(T0), "to": iso(end)}, **filters)
+    assert body == {"ad_id": ad_id, "from": iso(T0), "to": iso(end),
+                    **truth_metrics(rows, attributions, ad_id, T0, end, countries, devices)}
+
+
+def test_metrics_count_only_attributed_conversions_and_ratios_can_be_null(api, dataset,
+                                                                          attributions):
+    _, rows = dataset
+    end = T0 + DATA_MINUTES * MINUTE
+    outcomes = {row["outcome"] for row in attributions}
+    assert outcomes == {"attributed", "before_click", "outside_window"}  # the data can tell
+    every = sum(1 for row in attributions if row["ad_id"] == "ad-00")
+    body = metrics_of(api, "ad-00", **{"from": iso(T0), "to": iso(end)})
+    assert 0 < body["conversions"] < every
+    assert body["cvr"] == body["conversions"] / body["clicks"]
+    assert body["ctr"] == body["clicks"] / body["impressions"]
+    # Never shown, never clicked: counts 0, ratios null (a rate of nothing), not 0.
+    assert metrics_of(api, "never-shown", minutes=5) == {
+        "ad_id": "never-shown", "from": iso(LATEST_END - 5 * MINUTE), "to": iso(LATEST_END),
+        "impressions": 0, "clicks": 0, "conversions": 0, "ctr": None, "cvr": None}
+
+
+@pytest.mark.parametrize("by", ["impressions", "conversions", "ctr", "cvr"])
+@pytest.mark.parametrize("min_impressions", [None, 0, 150])
+@pytest.mark.parametrize("filters", FILTERS[:3])
+def test_popular_by_each_metric(api, dataset, attributions, by, min_impressions, filters):
+    _, rows = dataset
+    countries = filters["country"].split(",") if "country" in filters else ()
+    devices = filters["device"].split(",") if "device" in filters else ()
+    query = dict(filters, by=by, count=8, minutes=COMPLETE_MINUTES)
+    if min_impressions is not None:
+        query["min_impressions"] = min_impressions
+    body = popular(api, **query)
+    floor = params.MIN_IMPRESSIONS_DEFAULT if min_impressions is None else min_impressions
+    expected = truth_popular_by(rows, attributions, by, T0, LATEST_END, 8, floor, countries,
+                                devices)
+    assert body["by"] == by
+    assert body.get("min_impressions") == (floor if by in ("ctr", "cvr") else None)
+    assert [(ad["ad_id"], {k: ad[k] for k in ("impressions", "clicks", "conversions", "ctr",
+                                              "cvr")}) for ad in body["ads"]] == expected
+    assert [ad["count"] for ad in body["ads"]] == [m[by] for _ad, m in expected]
+
+
+def test_a_ratio_floor_can_leave_no_ad(api, dataset):
+    body = popular(api, by="ctr", min_impressions=999_999_999, minutes=COMPLETE_MINUTES)
+    assert body["ads"] == []
+
+
 # --- 400: every validation rule ----------------------------------------------------------------
 
 BAD_REQUESTS = [
@@ -372,6 +449,15 @@ BAD_REQUESTS = [
     (POPULAR_PATH, {"count": "many"}, "count"),
     (POPULAR_PATH, {"limit": "5"}, "limit"),
     (POPULAR_PATH, {"minute": "5"}, "minute"),
+    (POPULAR_PATH, {"by": "revenue"}, "by"),
+    (POPULAR_PATH, {"by": "CTR"}, "by"),
+    (POPULAR_PATH, {"by": ""}, "by"),
+    (POPULAR_PATH, {"by": "ctr", "min_impressions": "-1"}, "min_impressions"),
+    (POPULAR_PATH, {"by": "ctr", "min_impressions": "ten"}, "min_impressions"),
+    ("/v1/ads/ad-01/metrics", {"by": "ctr"}, "by"),
+    ("/v1/ads/ad-01/metrics", {"minutes": "0"}, "minutes"),
+    ("/v1/ads/ad-01/metrics", {"country": "kr"}, "country"),
+    ("/v1/ads/bad!id/metrics", {}, "ad_id"),
     ("/v1/ads/ad-01/aggregated_count", {"count": "5"}, "count"),
     ("/v1/ads/ad-01/aggregated_count", {"foo": "1", "bar": "2"}, "bar, foo"),
     ("/v1/ads/ad-01/aggregated_count", {"minutes": "abc"}, "minutes"),
@@ -383,7 +469,8 @@ BAD_REQUESTS = [
 
 @pytest.mark.parametrize("path,query,named", BAD_REQUESTS)
 def test_bad_requests(api, path, query, named):
-    template = COUNT_PATH if path.endswith("aggregated_count") else path
+    template = COUNT_PATH if path.endswith("aggregated_count") else \
+        METRICS_PATH if path.endswith("/metrics") else path
     response = api.get(path, template, **query)
     assert response.status_code == 400
     assert named in response.get_json()["error"]
