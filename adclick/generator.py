@@ -1,14 +1,16 @@
-"""The click model: realistic ad clicks, with optional duplicates, disorder and garbage.
+"""The click model: realistic ad clicks, with optional duplicates, disorder and garbage, and
+the funnel around them: the impressions before the clicks and the conversions after some.
 
 The job, the loader and the benchmarks need traffic that looks like production (a few ads get
 most clicks, most clicks come from phones) and that breaks the same ways production does
 (resent events, late events, malformed payloads), plus the ground truth of what was sent so a
 test can check the job's counts exactly. Event generation is pure and seeded (ClickFactory,
-make_malformed, Traffic), so tests build the same event sets without Kafka; the command that
-sends them to Kafka and writes the ground truth is apps.generate (`adclick generate`).
+make_malformed, Traffic, Funnel), so tests build the same event sets without Kafka; the command
+that sends them to Kafka and writes the ground truth is apps.generate (`adclick generate`).
 """
 
 import bisect
+import collections
 import heapq
 import itertools
 import json
@@ -129,12 +131,12 @@ class ClickFactory:
             ad_id=click.ad_id, impression_ts=click.click_ts, user_id=click.user_id, ip=click.ip,
             country=click.country, device=click.device)
 
-    def click_on(self, impression, click_ts):
-        """A new click on impression: its ad, user and attributes, at click_ts."""
-        return Click(
-            click_id=f"{self.run_id}-{next(self._counter)}", ad_id=impression.ad_id,
-            click_ts=int(click_ts), user_id=impression.user_id, ip=impression.ip,
-            country=impression.country, device=impression.device)
+    def impression_of(self, click, impression_ts):
+        """A new impression of the ad click is on, shown to its user, at impression_ts."""
+        return IMPRESSION.Event(
+            impression_id=f"{self.run_id}-i{next(self._counter)}", ad_id=click.ad_id,
+            impression_ts=int(impression_ts), user_id=click.user_id, ip=click.ip,
+            country=click.country, device=click.device)
 
     def conversion(self, click_id, conversion_ts):
         """A new conversion naming click_id: a purchase (with a value), sign-up or inquiry."""
@@ -194,12 +196,14 @@ def make_malformed(rng, kind, base, now=None):
 
 
 class Message(NamedTuple):
-    """One message to produce: kind is unique, duplicate or malformed."""
+    """One message to produce: kind is unique, duplicate or malformed; event is the topic's
+    event type (click, impression or conversion)."""
 
     kind: str
     payload: bytes
     click: Click = None
     malformed: Malformed = None
+    event: str = "click"
 
 
 class Traffic:
@@ -256,6 +260,88 @@ class Traffic:
         """Every duplicate still waiting, in due order (sent at the end of a run)."""
         pending, self._pending = self._pending, []
         return [Message("duplicate", p, c) for _, _, p, c in sorted(pending)]
+
+
+class Funnel:
+    """Traffic's messages, with each new click's funnel around it: the impressions before it
+    (the one clicked, and impressions_per_click - 1 of other ads that were not) and, for a
+    conversion_rate of the clicks, a conversion after it.
+
+    A conversion comes up to conversion_delay_ms after its click, both in event time and in
+    sending; early_conversions of them are sent before their click instead (another producer,
+    ahead of the click's). unknown_conversions per click name a click nobody made. Impressions
+    and conversions are resent, byte for byte, with Traffic's duplicates probability.
+    """
+
+    def __init__(self, traffic, impressions_per_click=20, conversion_rate=0.05,
+                 conversion_delay_ms=60_000, early_conversions=0.05, unknown_conversions=0.002):
+        if impressions_per_click < 1:
+            raise ValueError("impressions_per_click must be at least 1 (the clicked one)")
+        for name, value in (("conversion_rate", conversion_rate),
+                            ("early_conversions", early_conversions),
+                            ("unknown_conversions", unknown_conversions)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1]")
+        self.traffic = traffic
+        self.factory = traffic.factory
+        self.rng = random.Random(self.factory.rng.getrandbits(64))
+        self.impressions_per_click = int(impressions_per_click)
+        self.conversion_rate = conversion_rate
+        self.conversion_delay_ms = int(conversion_delay_ms)
+        self.early_conversions = early_conversions
+        self.unknown_conversions = unknown_conversions
+        self._ready = collections.deque()  # messages to send before anything new
+        self._later = []  # heap of (send at ms, seq, message): conversions not due yet
+        self._seq = itertools.count()
+
+    @property
+    def pending(self):
+        return self.traffic.pending + len(self._later)
+
+    def _message(self, contract, event, resend=True):
+        message = Message("unique", contract.encode(event), event=contract.name)
+        if resend and self.traffic.duplicates and self.rng.random() < self.traffic.duplicates:
+            return [message, message._replace(kind="duplicate")]
+        return [message]
+
+    def next(self, send_ms, event_ms):
+        """The message to send at send_ms (wall clock) with the event clock at event_ms."""
+        if self._ready:
+            return self._ready.popleft()
+        if self._later and self._later[0][0] <= send_ms:
+            return heapq.heappop(self._later)[2]
+        message = self.traffic.next(send_ms, event_ms)
+        if message.kind != "unique":
+            return message
+        click, rng, factory = message.click, self.rng, self.factory
+        before = []
+        # Shown up to 20 s before the click: the one clicked, and others not clicked.
+        shown = [factory.impression_of(click, click.click_ts - rng.randrange(20_000))]
+        for _ in range(self.impressions_per_click - 1):
+            other = factory.click(click.click_ts - rng.randrange(20_000))
+            shown.append(factory.impression_of(other, other.click_ts))
+        for impression in shown:
+            before += self._message(IMPRESSION, impression)
+        if rng.random() < self.conversion_rate:
+            delay = rng.randrange(max(1, self.conversion_delay_ms))
+            conversion = self._message(
+                CONVERSION, factory.conversion(click.click_id, click.click_ts + delay))
+            if rng.random() < self.early_conversions:
+                before += conversion
+            else:
+                for later in conversion:
+                    heapq.heappush(self._later, (send_ms + delay, next(self._seq), later))
+        if rng.random() < self.unknown_conversions:
+            before += self._message(CONVERSION, factory.conversion(
+                f"{factory.run_id}-nobody-{next(self._seq)}", click.click_ts), resend=False)
+        self._ready.extend(before[1:] + [message])
+        return before[0]
+
+    def drain(self):
+        """Everything still waiting (conversions, resent duplicates), in due order."""
+        later, self._later = self._later, []
+        ready, self._ready = list(self._ready), collections.deque()
+        return ready + [message for _, _, message in sorted(later)] + self.traffic.drain()
 
 
 class Pacer:

@@ -2,7 +2,8 @@
 
 Starts the Kafka broker (unless one is already running), creates the topics, runs the Flink job
 on a local MiniCluster, the store-owning server (loader + API on the embedded ClickHouse) and the
-click generator; prints the URLs, the API key and a sample curl, and reports when the first
+generator of all three streams (impressions, clicks on some, conversions of some clicks); prints
+the URLs, the API key and sample curls, and reports when the first
 answer is ready. Ctrl-C or SIGTERM stops everything it started, in reverse order; the job stops
 with a savepoint, and the next start resumes it (or its newest checkpoint after a crash), so
 stopping and starting keeps every count. Needs no terminal, so it also runs unattended.
@@ -24,6 +25,9 @@ from adclick.topics import create_topics
 
 KAFKA_SCRIPT = config.ROOT / "scripts" / "kafka.sh"
 LOG_DIR = config.STACK_DIR / "log"
+# The generator's funnel: a CTR of about 5 % and a CVR of about 5 %.
+IMPRESSIONS_PER_CLICK = 20
+CONVERSION_RATE = 0.05
 
 
 def start(name, argv):
@@ -87,8 +91,9 @@ def first_answer(api, key, stop, since, while_waiting):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rate", type=int, default=500,
-                        help="generated clicks per second (0: no generator, bring your own)")
+    parser.add_argument("--rate", type=int, default=100,
+                        help=f"generated clicks per second, each with {IMPRESSIONS_PER_CLICK}"
+                             " impressions (0: no generator, bring your own)")
     parser.add_argument("--port", type=int, default=config.API_PORT)
     parser.add_argument("--fresh", action="store_true",
                         help="start the job empty instead of resuming its saved state (the open"
@@ -125,9 +130,13 @@ def main(argv=None):
                               *(["--fresh"] if args.fresh else [])])),
     ]
     if args.rate:
+        # The generator paces messages: the clicks with their impressions and conversions.
+        messages = args.rate * (1 + IMPRESSIONS_PER_CLICK + CONVERSION_RATE)
         children.append(("generator", start("generator", [
-            python, "-m", "apps.generate", "--rate", str(args.rate), "--duplicates", "0.01",
-            "--out-of-order-ms", "2000", "--malformed", "0.001"])))
+            python, "-m", "apps.generate", "--rate", str(messages), "--duplicates", "0.01",
+            "--out-of-order-ms", "2000", "--malformed", "0.001",
+            "--impressions-per-click", str(IMPRESSIONS_PER_CLICK),
+            "--conversion-rate", str(CONVERSION_RATE)])))
     api = f"http://{config.API_HOST}:{args.port}"
     exited = []
 
@@ -153,6 +162,8 @@ def main(argv=None):
               f"'{api}/v1/ads/popular_ads?count=10&minutes=5'\n"
               f"          curl -H 'Authorization: Bearer {key}' "
               f"'{api}/v1/ads/ad-000001/aggregated_count?minutes=5'\n"
+              f"          curl -H 'Authorization: Bearer {key}' "
+              f"'{api}/v1/ads/ad-000001/metrics?minutes=5'   (CTR, CVR)\n"
               f"Flink:    the job runs on a local MiniCluster, REST API {flink_rest}"
               f" (log: {LOG_DIR / 'job.log'})\n"
               f"Metrics:  {api}/metrics\n"

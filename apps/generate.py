@@ -1,11 +1,13 @@
-"""`adclick generate`: produce realistic ad clicks to Kafka, with duplicates, disorder and garbage.
+"""`adclick generate`: produce realistic ad clicks to Kafka, with duplicates, disorder and garbage,
+and with --impressions-per-click or --conversion-rate the funnel around them (impressions and
+conversions, to their own topics).
 
-The traffic comes from the click model in adclick.generator (ClickFactory, Traffic, Pacer);
-this sends it at the asked rate and writes the ground truth of what was sent (Tally), so a
-test or benchmark can check the job's counts exactly.
+The traffic comes from the click model in adclick.generator (ClickFactory, Traffic, Funnel,
+Pacer); this sends it at the asked rate and writes the ground truth of what was sent (Tally),
+so a test or benchmark can check the job's counts exactly.
 
     python -m apps.generate --rate 500 --duplicates 0.02 --malformed 0.01 --truth t.jsonl
-    adclick generate --rate 500 --duplicates 0.02 --malformed 0.01 --truth t.jsonl
+    adclick generate --rate 500 --impressions-per-click 20 --conversion-rate 0.05
 """
 
 import argparse
@@ -20,6 +22,7 @@ import uuid
 from adclick import config
 from adclick.generator import MALFORMED_KINDS
 from adclick.generator import ClickFactory
+from adclick.generator import Funnel
 from adclick.generator import Pacer
 from adclick.generator import Traffic
 from adclick.generator import now_ms
@@ -33,7 +36,9 @@ class Tally:
     """Counts what was produced, and writes the ground truth of unique valid clicks."""
 
     def __init__(self, truth_path=None):
-        self.counts = {"sent": 0, "unique": 0, "duplicates": 0, "malformed": 0}
+        # unique and duplicates count clicks; the funnel's events have counts of their own.
+        self.counts = {"sent": 0, "unique": 0, "duplicates": 0, "malformed": 0,
+                       "impressions": 0, "conversions": 0}
         self.malformed_kinds = dict.fromkeys(MALFORMED_KINDS, 0)
         self.delivery_errors = 0
         self.min_click_ts = None
@@ -44,7 +49,9 @@ class Tally:
     def add(self, message):
         counts = self.counts
         counts["sent"] += 1
-        if message.kind == "unique":
+        if message.event != "click":
+            counts[message.event + "s"] += 1
+        elif message.kind == "unique":
             counts["unique"] += 1
             click = message.click
             ts = click.click_ts
@@ -88,7 +95,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="adclick generate",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--bootstrap-servers", default=config.KAFKA_BOOTSTRAP)
-    p.add_argument("--topic", default=config.Topics.CLICKS)
+    p.add_argument("--topic", default=config.Topics.CLICKS, help="the clicks' topic")
+    p.add_argument("--impressions-topic", default=config.Topics.IMPRESSIONS)
+    p.add_argument("--conversions-topic", default=config.Topics.CONVERSIONS)
     p.add_argument("--rate", type=float, default=200.0,
                    help="messages per second, duplicates and malformed included; 0: no limit")
     p.add_argument("--duration", type=float, default=None,
@@ -108,6 +117,13 @@ def parse_args(argv=None):
                    help="max random jitter subtracted from click_ts")
     p.add_argument("--malformed", type=float, default=0.0,
                    help="fraction of new events that are malformed, each of a random kind")
+    p.add_argument("--impressions-per-click", type=int, default=0,
+                   help="with each click, this many impressions: the clicked one and others not"
+                        " clicked (a CTR of about its inverse); 0: clicks only")
+    p.add_argument("--conversion-rate", type=float, default=0.0,
+                   help="fraction of clicks that convert (purchase, sign-up, inquiry)")
+    p.add_argument("--conversion-delay-s", type=float, default=60.0,
+                   help="a conversion comes up to this long after its click")
     p.add_argument("--start-ts-ms", type=int, default=None,
                    help="simulated event clock start (epoch ms; default: real time)")
     p.add_argument("--speedup", type=float, default=1.0,
@@ -124,11 +140,13 @@ def parse_args(argv=None):
     p.add_argument("--linger-ms", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=256 * 1024)
     args = p.parse_args(argv)
-    for name in ("duplicates", "malformed", "skew"):
+    for name in ("duplicates", "malformed", "skew", "conversion_rate"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             p.error(f"--{name} must be within [0, 1]")
     if args.speedup <= 0:
         p.error("--speedup must be positive")
+    if args.impressions_per_click < 0 or args.conversion_delay_s < 0:
+        p.error("--impressions-per-click and --conversion-delay-s must not be negative")
     if args.count is not None and args.count < 0:
         p.error("--count must not be negative")
     if args.run_id is not None and not re.fullmatch(r"[A-Za-z0-9_.:-]{1,40}", args.run_id):
@@ -183,7 +201,8 @@ def run(args, producer, traffic, tally, stop):
     """
     pacer = Pacer(args.rate)
     send = producer.send
-    topic = args.topic
+    topics = {"click": args.topic, "impression": args.impressions_topic,
+              "conversion": args.conversions_topic}
     on_error = tally.on_error
     started = time.monotonic()
     wall0_ms = now_ms()
@@ -200,7 +219,7 @@ def run(args, producer, traffic, tally, stop):
     window = collections.deque()
 
     def emit(message):
-        future = send(topic, message.payload)
+        future = send(topics[message.event], message.payload)
         future.add_errback(on_error)
         tally.add(message)
         if tally.counts["sent"] % WINDOW_STEP == 0:
@@ -231,7 +250,7 @@ def run(args, producer, traffic, tally, stop):
             wall_ms = time.time_ns() // 1_000_000
             event_ms = event0_ms + int((wall_ms - wall0_ms) * speedup)
             message = traffic.next(wall_ms, event_ms)
-            if message.kind != "duplicate":
+            if message.kind != "duplicate" and message.event == "click":
                 new_events += 1
             emit(message)
             if args.count is not None and new_events >= args.count:
@@ -249,6 +268,10 @@ def main(argv=None):
     traffic = Traffic(factory, duplicates=args.duplicates,
                       duplicate_delay_ms=args.duplicate_delay_s * 1000,
                       malformed=args.malformed, out_of_order_ms=args.out_of_order_ms)
+    if args.impressions_per_click or args.conversion_rate:
+        traffic = Funnel(traffic, impressions_per_click=max(1, args.impressions_per_click),
+                         conversion_rate=args.conversion_rate,
+                         conversion_delay_ms=int(args.conversion_delay_s * 1000))
     stop = _Stop()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     producer = make_producer(args)

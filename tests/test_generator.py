@@ -177,6 +177,64 @@ def test_tally_truth_excludes_duplicates_and_malformed(tmp_path):
     assert written["run_id"] == "r"
 
 
+def run_funnel(n, **options):
+    factory = generator.ClickFactory(seed=9, ads=200)
+    traffic = generator.Traffic(factory, duplicates=0.05, duplicate_delay_ms=0,
+                                out_of_order_ms=1000)
+    funnel = generator.Funnel(traffic, **options)
+    messages, clock, clicks = [], NOW, 0
+    while clicks < n:
+        messages.append(funnel.next(clock, clock))
+        clicks += messages[-1].event == "click" and messages[-1].kind == "unique"
+        clock += 10
+    return messages + funnel.drain()
+
+
+def test_the_funnel_shows_clicks_converts_some_and_everything_is_valid():
+    messages = run_funnel(2000, impressions_per_click=20, conversion_rate=0.1,
+                          conversion_delay_ms=30_000, early_conversions=0.2,
+                          unknown_conversions=0.01)
+    events = collections.defaultdict(dict)
+    position = {}
+    for i, message in enumerate(messages):
+        valid, reason = contract.CONTRACTS[message.event].validate(message.payload, now_ms=NOW)
+        assert reason is None, (message, reason)
+        event_id = getattr(valid, contract.CONTRACTS[message.event].id_field)
+        if message.kind == "duplicate":  # a resend: the same bytes as the first
+            assert event_id in events[message.event]
+            continue
+        events[message.event][event_id] = valid
+        position[(message.event, event_id)] = i
+    clicks, impressions = events["click"], events["impression"]
+    conversions = events["conversion"]
+    assert len(clicks) == 2000 and len(impressions) == 20 * 2000  # a CTR of 5 %
+    # Each click has the impression it came from: its ad and user, at most 20 s earlier.
+    shown = {(i.ad_id, i.user_id, i.country, i.device) for i in impressions.values()}
+    assert all((c.ad_id, c.user_id, c.country, c.device) in shown for c in clicks.values())
+    assert all(i.impression_ts > NOW - 22_000 for i in impressions.values())
+    # About 10 % of clicks convert, within the delay after their click; some conversions go
+    # ahead of their click, a few name clicks nobody made.
+    known = [c for c in conversions.values() if c.click_id in clicks]
+    assert 150 <= len(known) <= 250
+    for conversion in known:
+        click = clicks[conversion.click_id]
+        assert click.click_ts <= conversion.conversion_ts < click.click_ts + 30_000
+    early = [c for c in known if position[("conversion", c.conversion_id)]
+             < position[("click", c.click_id)]]
+    assert 0.1 * len(known) <= len(early) <= 0.3 * len(known)
+    assert 5 <= len(conversions) - len(known) <= 40
+    assert {c.type for c in known} == {"purchase", "signup", "inquiry"}
+    assert all((c.value_micros is not None) == (c.type == "purchase") for c in known)
+
+
+def test_the_funnel_refuses_nonsense():
+    traffic = generator.Traffic(generator.ClickFactory(seed=1))
+    for bad in ({"impressions_per_click": 0}, {"conversion_rate": 1.5},
+                {"early_conversions": -0.1}):
+        with pytest.raises(ValueError):
+            generator.Funnel(traffic, **bad)
+
+
 def test_pacer_limits_rate_and_does_not_flood_after_a_stall():
     now = [0.0]
     pacer = generator.Pacer(1000, burst_s=0.25, clock=lambda: now[0])
@@ -246,6 +304,23 @@ def test_main_with_a_fake_producer(tmp_path, monkeypatch, capsys):
     assert NOW - 10**6 <= summary["min_click_ts"] <= summary["max_click_ts"] < NOW
     assert len(truth.read_text().splitlines()) == summary["unique"]
     assert json.loads((tmp_path / "t.jsonl.summary.json").read_text()) == summary
+
+
+def test_main_sends_the_funnel_to_three_topics(monkeypatch, capsys):
+    producer = FakeProducer()
+    monkeypatch.setattr(generate, "make_producer", lambda args: producer)
+    code = generate.main(["--topic", "c", "--impressions-topic", "i", "--conversions-topic",
+                          "v", "--rate", "0", "--count", "500", "--seed", "2",
+                          "--impressions-per-click", "10", "--conversion-rate", "0.2",
+                          "--conversion-delay-s", "1", "--start-ts-ms", str(NOW - 10**6)])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    by_topic = collections.Counter(topic for topic, _ in producer.sent)
+    assert by_topic["c"] == summary["unique"] + summary["duplicates"] + summary["malformed"]
+    assert summary["unique"] == 500
+    assert by_topic["i"] == summary["impressions"] == 5000
+    assert by_topic["v"] == summary["conversions"] and 60 <= by_topic["v"] <= 140
+    assert summary["sent"] == len(producer.sent)
 
 
 def _consume_all(bootstrap, topic, expected, timeout_s=60):
