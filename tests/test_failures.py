@@ -1,10 +1,12 @@
 """Billing-grade recovery: kill and restart every part mid-stream, then compare with the truth.
 
-The job runs on the standalone cluster (submitted with `flink run`). While live traffic flows,
-the test SIGKILLs the TaskManager twice, SIGKILLs the store-owning server (loader + API) and
-restarts it, restarts the Kafka broker, and finally stops the job with a savepoint and starts it
-again from that savepoint, as an upgrade would. Afterwards every per-minute, per-ad,
-per-attribute count must equal the truth: zero lost, zero double-counted.
+The job runs on the standalone cluster (submitted with `flink run`). While live traffic of all
+three streams flows (clicks, their impressions, conversions of some clicks, some ahead of their
+click), the test SIGKILLs the TaskManager twice, SIGKILLs the store-owning server (loader + API)
+and restarts it, restarts the Kafka broker, and finally stops the job with a savepoint and
+starts it again from that savepoint, as an upgrade would. Afterwards every per-minute, per-ad,
+per-attribute count of clicks, of impressions and of attributed conversions must equal the
+truth: zero lost, zero double-counted.
 """
 
 import subprocess
@@ -59,8 +61,9 @@ def test_faults_and_upgrade_lose_and_double_nothing(tmp_path, kafka_bootstrap, k
     port = free_port()
     store = tmp_path / "store"
     server, api = start_server(tmp_path, kafka_bootstrap, topic_prefix, store, port)
-    traffic = LiveTraffic(kafka_bootstrap, config.Topics.with_prefix(topic_prefix)["clicks"],
-                          rate=200)
+    topics = config.Topics.with_prefix(topic_prefix)
+    traffic = LiveTraffic(kafka_bootstrap, topics["clicks"], rate=150,
+                          funnel=(topics["impressions"], topics["conversions"]))
     faults = []
     try:
         try:

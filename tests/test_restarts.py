@@ -4,6 +4,8 @@ Live traffic (with duplicates) flows through each fault and on while the job is 
 restart 150 clicks sent before it go out again, as a producer recovering from an outage resends.
 Afterwards every per-minute, per-ad, per-attribute count must equal the truth: zero lost (the
 minutes open at the stop are in the restored state), zero doubled (so is the dedup memory).
+The killed job's traffic carries all three streams, so the conversions waiting in the
+attribution join, and the clicks it keeps, come back from the checkpoint as well.
 """
 
 import os
@@ -125,8 +127,9 @@ def test_job_killed_and_started_again_keeps_every_count(tmp_path, kafka_bootstra
     checkpoints = tmp_path / "checkpoints"
     job = start_job(tmp_path, kafka_bootstrap, topic_prefix, checkpoints)
     server = None
-    traffic = LiveTraffic(kafka_bootstrap, config.Topics.with_prefix(topic_prefix)["clicks"],
-                          rate=150, seed=12)
+    topics = config.Topics.with_prefix(topic_prefix)
+    traffic = LiveTraffic(kafka_bootstrap, topics["clicks"], rate=100, seed=12,
+                          funnel=(topics["impressions"], topics["conversions"]))
     try:
         server, api = start_server(tmp_path, kafka_bootstrap, topic_prefix, tmp_path / "store")
         wait_for(lambda: "adclick: running" in job.tail(200), 180, "the job to run", [job])

@@ -4,6 +4,12 @@ A send that fails (broker down) is retried with the same bytes, so the stream it
 duplicates; the truth holds each click once. Every click also goes out a second time with
 probability `duplicates`, as producers that retry do, and resend() sends earlier clicks again
 (as a producer recovering from an outage does), which must not count twice either.
+
+With `funnel` (the impressions' and the conversions' topics), each click comes with
+IMPRESSIONS_PER_CLICK impressions of its ad and, for CONVERSION_RATE of the clicks, a
+conversion a few seconds after it (sent before its click half of the time), under the same
+duplicates, retries and resends; the truth then also holds the impressions and the attributed
+conversions.
 """
 
 import collections
@@ -21,23 +27,33 @@ from adclick import config
 from adclick.testing.processes import wait_for
 
 
+IMPRESSIONS_PER_CLICK = 3
+CONVERSION_RATE = 0.2
+
+
 class LiveTraffic(threading.Thread):
     """Clicks of the current minute at `rate` per second until `stopping` is set; `truth`
-    counts each unique click once. (adclick.generator.Traffic is the generator's stream.)"""
+    counts each unique click once. (adclick.generator.Traffic is the generator's stream.)
+    funnel: (impressions topic, conversions topic) to send those too."""
 
     def __init__(self, bootstrap, topic, rate=200, duplicates=0.03, jitter_ms=800, seed=1,
-                 ads=50):
+                 ads=50, funnel=None):
         super().__init__(name="traffic", daemon=True)
         self.bootstrap, self.topic, self.rate = bootstrap, topic, rate
         self.duplicates, self.jitter_ms = duplicates, jitter_ms
+        self.funnel = funnel
         self.rng = random.Random(seed)
         self.ads = [f"ad-{i:03d}" for i in range(ads)]
         self.truth = collections.Counter()  # (minute_ms, ad, country, device) -> clicks
+        # The same for impressions, and for attributed conversions (their minute, their
+        # click's ad and attributes).
+        self.impressions = collections.Counter()
+        self.conversions = collections.Counter()
         self.sent_records = 0
         self.send_errors = 0
         self.stopping = threading.Event()
         self.serial = 0
-        self.sent_payloads = []  # every unique click's bytes, for resend()
+        self.sent_payloads = []  # every unique record (topic, bytes), for resend()
         self.resent = 0
 
     def click(self):
@@ -49,21 +65,43 @@ class LiveTraffic(threading.Thread):
                 "country": self.rng.choice(["KR", "US", "JP", "DE"]),
                 "device": self.rng.choice(["mobile", "desktop", "tablet", "other"])}
 
-    def deliver(self, producer, payloads):
-        """Send until every payload is acknowledged (retrying through broker outages)."""
-        pending = list(payloads)
+    def deliver(self, producer, records):
+        """Send until every (topic, payload) is acknowledged (retrying through outages)."""
+        pending = list(records)
         while pending:
-            futures = [(p, producer.send(self.topic, p)) for p in pending]
+            futures = [(record, producer.send(*record)) for record in pending]
             pending = []
-            for payload, future in futures:
+            for record, future in futures:
                 try:
                     future.get(timeout=30)
                     self.sent_records += 1
                 except KafkaError:
                     self.send_errors += 1
-                    pending.append(payload)
+                    pending.append(record)
             if pending:
                 time.sleep(1)
+
+    def funnel_of(self, click):
+        """The records that go with click: its impressions, and maybe its conversion (first
+        when it is sent ahead of the click), counted in the truth."""
+        impressions_topic, conversions_topic = self.funnel
+        key = (click["ad_id"], click["country"], click["device"])
+        records = []
+        for i in range(IMPRESSIONS_PER_CLICK):
+            ts = click["click_ts"] - self.rng.randrange(5000)
+            impression = {"impression_id": f"{click['click_id']}-i{i}", "ad_id": click["ad_id"],
+                          "impression_ts": ts, "user_id": click["user_id"], "ip": click["ip"],
+                          "country": click["country"], "device": click["device"]}
+            records.append((impressions_topic, json.dumps(impression).encode()))
+            self.impressions[(ts - ts % config.WINDOW_MS, *key)] += 1
+        if self.rng.random() < CONVERSION_RATE:
+            ts = click["click_ts"] + self.rng.randrange(10_000)
+            conversion = {"conversion_id": f"{click['click_id']}-v", "type": "signup",
+                          "click_id": click["click_id"], "conversion_ts": ts}
+            record = (conversions_topic, json.dumps(conversion).encode())
+            records.insert(0, record) if self.rng.random() < 0.5 else records.append(record)
+            self.conversions[(ts - ts % config.WINDOW_MS, *key)] += 1
+        return records
 
     def run(self):
         producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=10,
@@ -74,11 +112,14 @@ class LiveTraffic(threading.Thread):
             batch = []
             for _ in range(max(1, int(self.rate * tick))):
                 click = self.click()
-                payload = json.dumps(click).encode()
-                batch.append(payload)
-                self.sent_payloads.append(payload)
-                if self.rng.random() < self.duplicates:
-                    batch.append(payload)
+                records = [(self.topic, json.dumps(click).encode())]
+                if self.funnel:
+                    records = self.funnel_of(click) + records
+                for record in records:
+                    batch.append(record)
+                    self.sent_payloads.append(record)
+                    if self.rng.random() < self.duplicates:
+                        batch.append(record)
                 minute = click["click_ts"] - click["click_ts"] % config.WINDOW_MS
                 self.truth[(minute, click["ad_id"], click["country"], click["device"])] += 1
             self.deliver(producer, batch)
@@ -86,7 +127,7 @@ class LiveTraffic(threading.Thread):
         producer.close()
 
     def resend(self, count):
-        """Send `count` clicks sent earlier again, picked at random (not counted again)."""
+        """Send `count` records sent earlier again, picked at random (not counted again)."""
         earlier = list(self.sent_payloads)  # the sending thread goes on appending
         payloads = random.Random(count).sample(earlier, min(count, len(earlier)))
         producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
@@ -144,13 +185,15 @@ class FirstFreshAnswer(threading.Thread):
 
 @dataclass
 class Outcome:
-    """Stored counts against the truth, per (minute, ad, country, device)."""
+    """Stored counts against the truth, per (minute, ad, country, device): of clicks, and with a
+    funnel of impressions and attributed conversions too (`streams`: each one's numbers)."""
 
     sent: int
     unique: int
     counted: int
     lost: int
     doubled: int
+    streams: str = ""
 
     @property
     def matches(self):
@@ -163,7 +206,8 @@ class Outcome:
             f", first fresh answer {seconds:.0f} s after the restart"
             if seconds is not None else ", no fresh answer seen")
         return (f"{fault}: records sent {self.sent}, unique {self.unique}, counted "
-                f"{self.counted}, lost {self.lost}, doubled {self.doubled}{after}")
+                f"{self.counted}, lost {self.lost}, doubled {self.doubled}{after}"
+                + (f" ({self.streams})" if self.streams else ""))
 
 
 def settle_and_compare(traffic, api, processes=(), timeout=300):
@@ -180,23 +224,43 @@ def settle_and_compare(traffic, api, processes=(), timeout=300):
 
     wait_for(closed, timeout, "every minute sent to close", processes)
     minutes = {key[0] for key in traffic.truth if key[0] < last_minute}
-    expected = {key: n for key, n in traffic.truth.items() if key[0] in minutes}
+    streams = {"clicks": (traffic.truth, """
+        SELECT toUnixTimestamp(minute) * 1000, ad_id, country, device, sum(clicks)
+        FROM ad_click_counts FINAL GROUP BY minute, ad_id, country, device""")}
+    if traffic.funnel:
+        streams["impressions"] = (traffic.impressions, """
+            SELECT toUnixTimestamp(minute) * 1000, ad_id, country, device, sum(impressions)
+            FROM ad_click_counts FINAL GROUP BY minute, ad_id, country, device""")
+        streams["conversions"] = (traffic.conversions, """
+            SELECT toUnixTimestamp(minute) * 1000, ad_id, country, device, count()
+            FROM conversion_attributions FINAL WHERE outcome = 'attributed'
+            GROUP BY minute, ad_id, country, device""")
+    expected = {name: {key: n for key, n in truth.items() if key[0] in minutes}
+                for name, (truth, _sql) in streams.items()}
 
-    def stored():
-        rows = api.sql(
-            "SELECT toUnixTimestamp(minute) * 1000, ad_id, country, device, sum(clicks) "
-            "FROM ad_click_counts FINAL GROUP BY minute, ad_id, country, device")
-        return {(m, a, c, d): n for m, a, c, d, n in rows if m in minutes}
+    def stored(name):
+        return {(m, a, c, d): n for m, a, c, d, n in api.sql(streams[name][1])
+                if m in minutes and n}
+
+    def landed():
+        return all(sum(stored(name).values()) >= sum(expected[name].values())
+                   for name in streams)
 
     # Loading trails the commit by a poll; give the last minutes a moment to land.
     try:
-        wait_for(lambda: sum(stored().values()) >= sum(expected.values()), 60,
-                 "all counts to land", processes)
+        wait_for(landed, 60, "all counts to land", processes)
     except AssertionError:
         pass  # compared below, with the numbers
-    counted = stored()
-    return Outcome(
-        sent=traffic.sent_records, unique=sum(expected.values()),
-        counted=sum(counted.values()),
-        lost=sum(max(0, n - counted.get(k, 0)) for k, n in expected.items()),
-        doubled=sum(max(0, n - expected.get(k, 0)) for k, n in counted.items()))
+    totals = collections.Counter()
+    lines = []
+    for name in streams:
+        counted = stored(name)
+        lost = sum(max(0, n - counted.get(k, 0)) for k, n in expected[name].items())
+        doubled = sum(max(0, n - expected[name].get(k, 0)) for k, n in counted.items())
+        unique = sum(expected[name].values())
+        totals.update(unique=unique, counted=sum(counted.values()), lost=lost, doubled=doubled)
+        lines.append(f"{name}: unique {unique}, counted {sum(counted.values())}, lost {lost},"
+                     f" doubled {doubled}")
+    return Outcome(sent=traffic.sent_records, unique=totals["unique"], counted=totals["counted"],
+                   lost=totals["lost"], doubled=totals["doubled"],
+                   streams="; ".join(lines) if traffic.funnel else "")
