@@ -35,7 +35,7 @@ help:
 	@echo "                          resumes the job's state (DEMO_ARGS=--fresh starts empty)"
 	@echo "make bench                run the pipeline benchmarks (docs/bench/report.json)"
 	@echo "make bench-api            API latency on a day of counts for 100,000 ads"
-	@echo "make reconcile            recount the raw clicks and compare with the stored counts"
+	@echo "make reconcile            recount the raw events and compare with the stored counts"
 	@echo "make clean                stop everything, delete .stack (except the jars)"
 
 # Stamp files make the targets cheap once done; they are redone when their inputs change.

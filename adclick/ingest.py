@@ -38,8 +38,10 @@ COLUMNS = {
                          "ip", "impression_ts", "watermark"],
     "dead_letters": ["event", "received_at", "reason", "payload_base64", "source_partition",
                      "source_offset"],
-    # The click's own fields (the contract's), with its minute and Kafka coordinates.
+    # Each raw event's own fields (the contract's), with its minute and Kafka coordinates.
     "raw_clicks": ["minute", *contract.CLICK.names, "src_partition", "src_offset"],
+    "raw_impressions": ["minute", *contract.IMPRESSION.names, "src_partition", "src_offset"],
+    "raw_conversions": ["minute", *contract.CONVERSION.names, "src_partition", "src_offset"],
     "conversions": ["minute", "conversion_id", "click_id", "type", "value_micros",
                     "conversion_ts"],
     "conversion_attributions": ["minute", "ad_id", "country", "device", "conversion_id",
@@ -107,14 +109,23 @@ def attribution_rows(record):
         event["ip"], event["outcome"]]
 
 
-def raw_click_rows(record):
-    """Valid raw clicks, checked in Python independently of the job (for reconciliation)."""
-    click, _reason = contract.validate(record.value, now_ms=record.timestamp)
-    if click is None:
-        return
-    ts = from_millis(click.click_ts)
-    yield "raw_clicks", [ts.replace(second=0, microsecond=0), *click._replace(click_ts=ts),
-                         record.partition, record.offset]
+def raw_rows(event_contract, table):
+    """The converter of an input topic: its valid events, checked in Python independently of
+    the job (for reconciliation), as rows of table."""
+    time_field = event_contract.time_field
+
+    def convert(record):
+        event, _reason = event_contract.validate(record.value, now_ms=record.timestamp)
+        if event is None:
+            return
+        ts = from_millis(getattr(event, time_field))
+        yield table, [ts.replace(second=0, microsecond=0), *event._replace(**{time_field: ts}),
+                      record.partition, record.offset]
+
+    return convert
+
+
+raw_click_rows = raw_rows(contract.CLICK, "raw_clicks")
 
 
 def table_routes(topics, raw=True):
@@ -128,7 +139,11 @@ def table_routes(topics, raw=True):
         topics["attributions"]: (("conversion_attributions",), attribution_rows),
     }
     if raw:
-        routes[topics["clicks"]] = (("raw_clicks",), raw_click_rows)
+        for name, event_contract in (("clicks", contract.CLICK),
+                                     ("impressions", contract.IMPRESSION),
+                                     ("conversions", contract.CONVERSION)):
+            table = f"raw_{name}"
+            routes[topics[name]] = ((table,), raw_rows(event_contract, table))
     return routes
 
 

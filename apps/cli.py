@@ -12,7 +12,7 @@ def main(argv=None):
     tools = {
         "generate": ("apps.generate", "send click events to Kafka"),
         "sql": ("apps.sql", "run read-only SQL against the store"),
-        "reconcile": ("apps.reconcile", "recount raw clicks and compare with the counts"),
+        "reconcile": ("apps.reconcile", "recount raw events and compare with the counts"),
         "topics": ("adclick.topics", "create the Kafka topics"),
     }
     if argv and argv[0] in tools:  # these parse their own flags

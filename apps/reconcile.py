@@ -1,9 +1,16 @@
-"""`make reconcile`: the brief's end-of-day check of the streaming counts against raw clicks.
+"""`make reconcile`: the brief's end-of-day check of the streaming counts against raw events.
 
-Recounts distinct click_ids per (minute, ad_id) from raw_clicks (stored by the loader straight
-from the input topic, validated in Python, independent of Flink) and compares them with what
-the job counted plus what it set aside as too late. Every unique valid click must be in exactly
-one of the two. Prints a report; exits 1 on any mismatch.
+For each stream, from the raw events the loader stored straight from the input topics
+(validated in Python, independent of Flink), per (minute, ad_id):
+- clicks: distinct raw click_ids against what the job counted plus what it set aside as too
+  late; every unique valid click must be in exactly one of the two;
+- impressions: the same, with distinct impression_ids;
+- conversions: each distinct raw conversion attributed here to its raw click (the first record
+  of that click_id, unless it was too late to count), when it came within the attribution
+  window after it, against the conversions the job attributed. (A conversion whose click came
+  more than the job's conversion wait after it is attributed here but not by the job: such a
+  cell is reported too.)
+Prints a report; exits 1 on any mismatch.
 
 Only minutes that can no longer change are checked: up to the latest complete minute minus the
 allowed lateness (late corrections may still arrive for younger minutes).
@@ -19,8 +26,10 @@ from adclick import config
 from adclick import sql_client
 from adclick import store
 
-# One row per (minute, ad_id): distinct raw click_ids, counted clicks, too-late clicks.
-CELLS = """
+# One row per (minute, ad_id) of each stream: what the raw events say must count
+# (raw_unique), what the job counted, and what it kept as too late.
+CELLS = {
+    "clicks": """
 SELECT minute, ad_id, sum(raw) AS raw_unique, sum(counted) AS counted, sum(too_late) AS too_late
 FROM (
     SELECT minute, ad_id, uniqExact(click_id) AS raw, 0 AS counted, 0 AS too_late
@@ -34,7 +43,66 @@ FROM (
     FROM {db}.late_clicks FINAL WHERE minute >= {start} AND minute < {end} GROUP BY minute, ad_id
 )
 GROUP BY minute, ad_id
-"""
+""",
+    "impressions": """
+SELECT minute, ad_id, sum(raw) AS raw_unique, sum(counted) AS counted, sum(too_late) AS too_late
+FROM (
+    SELECT minute, ad_id, uniqExact(impression_id) AS raw, 0 AS counted, 0 AS too_late
+    FROM {db}.raw_impressions FINAL WHERE minute >= {start} AND minute < {end}
+    GROUP BY minute, ad_id
+    UNION ALL
+    SELECT minute, ad_id, 0, sum(impressions), 0
+    FROM {db}.ad_click_counts FINAL WHERE minute >= {start} AND minute < {end}
+    GROUP BY minute, ad_id
+    UNION ALL
+    SELECT minute, ad_id, 0, 0, uniqExact(impression_id)
+    FROM {db}.late_impressions FINAL WHERE minute >= {start} AND minute < {end}
+    GROUP BY minute, ad_id
+)
+GROUP BY minute, ad_id
+""",
+    # The first record (lowest partition, then offset) of an id stands for it, as the job
+    # keeps the first it reads; the clicks looked at are those the range's conversions name,
+    # from the attribution window before the range on.
+    "conversions": """
+SELECT minute, ad_id, sum(raw) AS raw_unique, sum(counted) AS counted, sum(too_late) AS too_late
+FROM (
+    SELECT toStartOfMinute(v.conversion_ts) AS minute, k.ad_id AS ad_id, count() AS raw,
+           0 AS counted, 0 AS too_late
+    FROM (
+        SELECT conversion_id, argMin(click_id, (src_partition, src_offset)) AS click_id,
+               argMin(conversion_ts, (src_partition, src_offset)) AS conversion_ts
+        FROM {db}.raw_conversions FINAL WHERE minute >= {start} AND minute < {end}
+        GROUP BY conversion_id
+    ) AS v
+    INNER JOIN (
+        SELECT click_id, argMin(ad_id, (src_partition, src_offset)) AS ad_id,
+               argMin(click_ts, (src_partition, src_offset)) AS click_ts
+        FROM {db}.raw_clicks FINAL
+        WHERE minute >= {clicks_start} AND minute < {end}
+          AND click_id IN (SELECT click_id FROM {db}.raw_conversions
+                           WHERE minute >= {start} AND minute < {end})
+          AND click_id NOT IN (SELECT click_id FROM {db}.late_clicks FINAL
+                               WHERE minute >= {clicks_start} AND minute < {end})
+        GROUP BY click_id
+    ) AS k ON v.click_id = k.click_id
+    WHERE v.conversion_ts >= k.click_ts
+      AND v.conversion_ts < k.click_ts + toIntervalSecond({window_s})
+    GROUP BY minute, ad_id
+    UNION ALL
+    SELECT minute, ad_id, 0, count(), 0
+    FROM {db}.conversion_attributions FINAL
+    WHERE outcome = 'attributed' AND minute >= {start} AND minute < {end}
+    GROUP BY minute, ad_id
+)
+GROUP BY minute, ad_id
+""",
+}
+WHAT = {
+    "clicks": "unique raw clicks",
+    "impressions": "unique raw impressions",
+    "conversions": "raw conversions of counted raw clicks in the window",
+}
 
 # Totals in one row, so the report never pulls every cell through the API's row cap.
 TOTALS = """
@@ -76,22 +144,32 @@ def default_range(query, db, allowed_lateness_s):
     return (start, end) if start < end else None
 
 
-def reconcile(query, db, start, end):
-    """(totals, first mismatching cells) for [start, end)."""
-    cells = CELLS.format(db=db, start=sql_time(start), end=sql_time(end))
-    totals = query(TOTALS.format(cells=cells))[0]
-    mismatches = query(MISMATCHES.format(cells=cells)) if totals[5] else []
-    return totals, mismatches
+def reconcile(query, db, start, end, attribution_window_s=config.ATTRIBUTION_WINDOW_SECONDS):
+    """{stream: (totals, first mismatching cells)} for [start, end)."""
+    results = {}
+    for stream, cells in CELLS.items():
+        cells = cells.format(
+            db=db, start=sql_time(start), end=sql_time(end), window_s=int(attribution_window_s),
+            clicks_start=sql_time(start - timedelta(seconds=attribution_window_s)))
+        totals = query(TOTALS.format(cells=cells))[0]
+        mismatches = query(MISMATCHES.format(cells=cells)) if totals[5] else []
+        results[stream] = (totals, mismatches)
+    return results
 
 
-def report(totals, mismatches, start, end, out=sys.stdout):
+def report(results, start, end, out=sys.stdout):
+    print(f"reconciliation of [{start:%Y-%m-%dT%H:%MZ}, {end:%Y-%m-%dT%H:%MZ}):", file=out)
+    for stream, (totals, mismatches) in results.items():
+        report_stream(stream, totals, mismatches, out)
+
+
+def report_stream(stream, totals, mismatches, out):
     minutes, ads, raw, counted, too_late, bad_cells = totals
-    print(f"reconciliation of [{start:%Y-%m-%dT%H:%MZ}, {end:%Y-%m-%dT%H:%MZ}): "
-          f"{minutes} minutes, {ads} ads", file=out)
-    print(f"  unique raw clicks {raw}, counted {counted}, too late (kept, not counted) "
+    print(f"  {stream}: {minutes} minutes, {ads} ads", file=out)
+    print(f"  {WHAT[stream]} {raw}, counted {counted}, too late (kept, not counted) "
           f"{too_late}", file=out)
     if not bad_cells:
-        print("  OK: every unique click counted exactly once", file=out)
+        print(f"  OK: every one counted exactly once ({stream})", file=out)
         return
     print(f"  MISMATCH in {bad_cells} (minute, ad) cells "
           f"(lost = raw - counted - too late; negative = counted twice), first ones:", file=out)
@@ -107,6 +185,9 @@ def main(argv=None):
     parser.add_argument("--from", dest="start", type=parse_minute)
     parser.add_argument("--to", dest="end", type=parse_minute)
     parser.add_argument("--allowed-lateness-s", type=int, default=config.ALLOWED_LATENESS_SECONDS)
+    parser.add_argument("--attribution-window-s", type=int,
+                        default=config.ATTRIBUTION_WINDOW_SECONDS,
+                        help="the job's: a conversion counts within this long after its click")
     args = parser.parse_args(argv)
     sql_client.check_connection_arguments(parser, args)
     args.database = store.check_identifier(args.database)
@@ -122,12 +203,12 @@ def main(argv=None):
             print("nothing to reconcile yet: no complete minute older than the allowed lateness")
             return 0
     try:
-        totals, mismatches = reconcile(query, args.database, *span)
+        results = reconcile(query, args.database, *span, args.attribution_window_s)
     except sql_client.Refused as error:
         print(f"adclick reconcile: {error}", file=sys.stderr)
         return 2
-    report(totals, mismatches, *span)
-    return 1 if totals[5] else 0
+    report(results, *span)
+    return 1 if any(totals[5] for totals, _ in results.values()) else 0
 
 
 if __name__ == "__main__":

@@ -512,15 +512,22 @@ def test_counts_and_top_equal_the_truth(pipeline, kafka_bootstrap, topic_prefix)
         assert unattributed == {cid: truth.outcome(c) for cid, c in truth.conversions.items()
                                 if truth.outcome(c) != "attributed"}
 
-    # Reconciliation recounts the raw clicks independently and agrees...
+    # Reconciliation recounts the raw events independently and agrees, for all three streams...
     def reconcile():
         return subprocess.run(
             [PYTHON, "-m", "apps.cli", "reconcile", "--api-url", api.base, "--api-key",
-             api.key, "--from", iso(m0), "--to", iso(m2 + MINUTE_MS)],
+             api.key, "--from", iso(m0), "--to", iso(m2 + MINUTE_MS),
+             "--attribution-window-s", str(ATTRIBUTION_WINDOW_S)],
             cwd=REPO, capture_output=True, text=True, timeout=120)
     agreed = reconcile()
     assert agreed.returncode == 0, agreed.stdout + agreed.stderr
     assert f"too late (kept, not counted) {len(too_late)}" in agreed.stdout
+    for stream in ("clicks", "impressions", "conversions"):
+        assert f"OK: every one counted exactly once ({stream})" in agreed.stdout, agreed.stdout
+    with lock:
+        attributed_m0_m2 = sum(1 for key in truth.attributed() if key[0] in minutes)
+    assert f"raw conversions of counted raw clicks in the window {attributed_m0_m2}, counted " \
+           f"{attributed_m0_m2}" in agreed.stdout, agreed.stdout
     # ...and catches a count the job never made: one extra click injected for minute 1.
     injected = KafkaProducer(bootstrap_servers=kafka_bootstrap)
     injected.send(config.Topics.with_prefix(topic_prefix)["counts"], json.dumps({

@@ -76,3 +76,39 @@ LEFT JOIN
     GROUP BY conversion_id
 ) AS a ON a.conversion_id = c.conversion_id
 WHERE a.outcome != 'attributed';
+
+-- Every valid raw impression and conversion as it arrived (duplicates included, one row per
+-- Kafka record), like raw_clicks: for ad-hoc SQL and for reconciliation, which recounts
+-- distinct impression_ids, and attributes the conversions to the raw clicks, independently of
+-- Flink.
+CREATE TABLE IF NOT EXISTS {db}.raw_impressions
+(
+    minute        DateTime('UTC'),
+    impression_ts DateTime64(3, 'UTC'),
+    impression_id String,
+    ad_id         String,
+    user_id       String,
+    ip            String,
+    country       LowCardinality(String),
+    device        LowCardinality(String),
+    src_partition UInt32,
+    src_offset    UInt64
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMMDD(minute)
+ORDER BY (minute, ad_id, impression_id, src_partition, src_offset);
+
+CREATE TABLE IF NOT EXISTS {db}.raw_conversions
+(
+    minute        DateTime('UTC'),
+    conversion_ts DateTime64(3, 'UTC'),
+    conversion_id String,
+    click_id      String,
+    type          LowCardinality(String),
+    value_micros  Nullable(UInt64),
+    src_partition UInt32,
+    src_offset    UInt64
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMMDD(minute)
+ORDER BY (minute, conversion_id, src_partition, src_offset);
