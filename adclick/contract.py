@@ -172,29 +172,32 @@ class EventContract:
         return json.dumps(event._asdict(), separators=(",", ":")).encode("utf-8")
 
 
+ID_CHARS = "A-Za-z0-9_.:-"  # of every id and of ad_id
+
+
+def identifier(name):
+    return Text(name, ID_CHARS, 1, 64)
+
+
+# Who saw or clicked an ad, and where: the same rules in a click and an impression.
+AD_ID = identifier("ad_id")
+AUDIENCE = (
+    Text("user_id", "A-Za-z0-9_.:@-", 1, 128),
+    Text("ip", "0-9A-Fa-f.:", 2, 45),
+    Text("country", "A-Z", 2, 2, low_cardinality=True),  # ISO 3166 alpha-2
+    OneOf("device", ("mobile", "desktop", "tablet", "other")),
+)
+
 CLICK = EventContract(
     "click",
-    fields=[
-        Text("click_id", "A-Za-z0-9_.:-", 1, 64),
-        Text("ad_id", "A-Za-z0-9_.:-", 1, 64),
-        EventTime("click_ts"),
-        Text("user_id", "A-Za-z0-9_.:@-", 1, 128),
-        Text("ip", "0-9A-Fa-f.:", 2, 45),
-        Text("country", "A-Z", 2, 2, low_cardinality=True),  # ISO 3166 alpha-2
-        OneOf("device", ("mobile", "desktop", "tablet", "other")),
-    ],
+    fields=[identifier("click_id"), AD_ID, EventTime("click_ts"), *AUDIENCE],
     id_field="click_id",
     time_field="click_ts",
 )
 
 IMPRESSION = EventContract(
     "impression",
-    fields=[
-        Text("impression_id", "A-Za-z0-9_.:-", 1, 64),
-        # The same rules as the click's fields of the same name.
-        *(CLICK.field(name) if name != "impression_ts" else EventTime(name)
-          for name in ("ad_id", "impression_ts", "user_id", "ip", "country", "device")),
-    ],
+    fields=[identifier("impression_id"), AD_ID, EventTime("impression_ts"), *AUDIENCE],
     id_field="impression_id",
     time_field="impression_ts",
 )
@@ -202,8 +205,8 @@ IMPRESSION = EventContract(
 CONVERSION = EventContract(
     "conversion",
     fields=[
-        Text("conversion_id", "A-Za-z0-9_.:-", 1, 64),
-        Text("click_id", "A-Za-z0-9_.:-", 1, 64),  # the click it is attributed to
+        identifier("conversion_id"),
+        CLICK.field("click_id"),  # the click it is attributed to
         EventTime("conversion_ts"),
         OneOf("type", ("purchase", "signup", "inquiry")),
         Count("value_micros"),  # the order's value, when there is one

@@ -36,21 +36,29 @@ class Tally:
     """Counts what was produced, and writes the ground truth of unique valid clicks."""
 
     def __init__(self, truth_path=None):
-        # unique and duplicates count clicks; the funnel's events have counts of their own.
+        # unique and duplicates count clicks; the funnel's unique events have counts of their
+        # own, their resends one together.
         self.counts = {"sent": 0, "unique": 0, "duplicates": 0, "malformed": 0,
-                       "impressions": 0, "conversions": 0}
+                       "impressions": 0, "conversions": 0, "funnel_duplicates": 0}
         self.malformed_kinds = dict.fromkeys(MALFORMED_KINDS, 0)
         self.delivery_errors = 0
         self.min_click_ts = None
         self.max_click_ts = None
         self.truth_path = truth_path
         self._truth = open(truth_path, "w", encoding="utf-8") if truth_path else None
+        # The funnel's unique events, as sent, beside it: PATH.impressions.jsonl, ...
+        self._funnel_truth = {}
 
     def add(self, message):
         counts = self.counts
         counts["sent"] += 1
         if message.event != "click":
+            if message.kind != "unique":
+                counts["funnel_duplicates"] += 1
+                return
             counts[message.event + "s"] += 1
+            if self._truth:
+                self._funnel_file(message.event).write(message.payload.decode() + "\n")
         elif message.kind == "unique":
             counts["unique"] += 1
             click = message.click
@@ -71,6 +79,12 @@ class Tally:
             counts["malformed"] += 1
             self.malformed_kinds[message.malformed.kind] += 1
 
+    def _funnel_file(self, event):
+        if event not in self._funnel_truth:
+            self._funnel_truth[event] = open(f"{self.truth_path}.{event}s.jsonl", "w",
+                                             encoding="utf-8")
+        return self._funnel_truth[event]
+
     def on_error(self, _exc):
         self.delivery_errors += 1
 
@@ -84,6 +98,8 @@ class Tally:
         return result
 
     def close(self, summary):
+        for funnel_file in self._funnel_truth.values():
+            funnel_file.close()
         if self._truth:
             self._truth.close()
             with open(f"{self.truth_path}.summary.json", "w", encoding="utf-8") as f:
@@ -129,7 +145,9 @@ def parse_args(argv=None):
     p.add_argument("--speedup", type=float, default=1.0,
                    help="simulated event clock speed; keep it in the job's accepted range")
     p.add_argument("--truth", default=None,
-                   help="write unique valid clicks as JSON lines here, totals to PATH.summary.json")
+                   help="write unique valid clicks as JSON lines here, totals to PATH.summary.json"
+                        " (and the funnel's unique impressions and conversions, as sent, to"
+                        " PATH.impressions.jsonl and PATH.conversions.jsonl)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--run-id", default=None,
                    help="click_id prefix (default: random even with --seed, so reruns with one "

@@ -26,41 +26,33 @@ from adclick import config
 from adclick import sql_client
 from adclick import store
 
+def counted_cells(event):
+    """Distinct raw ids of event (click, impression) against the job's counts and too-late
+    ones, per (minute, ad_id)."""
+    return f"""
+SELECT minute, ad_id, sum(raw) AS raw_unique, sum(counted) AS counted, sum(too_late) AS too_late
+FROM (
+    SELECT minute, ad_id, uniqExact({event}_id) AS raw, 0 AS counted, 0 AS too_late
+    FROM {{db}}.raw_{event}s FINAL WHERE minute >= {{start}} AND minute < {{end}}
+    GROUP BY minute, ad_id
+    UNION ALL
+    SELECT minute, ad_id, 0, sum({event}s), 0
+    FROM {{db}}.ad_click_counts FINAL WHERE minute >= {{start}} AND minute < {{end}}
+    GROUP BY minute, ad_id
+    UNION ALL
+    SELECT minute, ad_id, 0, 0, uniqExact({event}_id)
+    FROM {{db}}.late_{event}s FINAL WHERE minute >= {{start}} AND minute < {{end}}
+    GROUP BY minute, ad_id
+)
+GROUP BY minute, ad_id
+"""
+
+
 # One row per (minute, ad_id) of each stream: what the raw events say must count
 # (raw_unique), what the job counted, and what it kept as too late.
 CELLS = {
-    "clicks": """
-SELECT minute, ad_id, sum(raw) AS raw_unique, sum(counted) AS counted, sum(too_late) AS too_late
-FROM (
-    SELECT minute, ad_id, uniqExact(click_id) AS raw, 0 AS counted, 0 AS too_late
-    FROM {db}.raw_clicks FINAL WHERE minute >= {start} AND minute < {end} GROUP BY minute, ad_id
-    UNION ALL
-    SELECT minute, ad_id, 0, sum(clicks), 0
-    FROM {db}.ad_click_counts FINAL WHERE minute >= {start} AND minute < {end}
-    GROUP BY minute, ad_id
-    UNION ALL
-    SELECT minute, ad_id, 0, 0, uniqExact(click_id)
-    FROM {db}.late_clicks FINAL WHERE minute >= {start} AND minute < {end} GROUP BY minute, ad_id
-)
-GROUP BY minute, ad_id
-""",
-    "impressions": """
-SELECT minute, ad_id, sum(raw) AS raw_unique, sum(counted) AS counted, sum(too_late) AS too_late
-FROM (
-    SELECT minute, ad_id, uniqExact(impression_id) AS raw, 0 AS counted, 0 AS too_late
-    FROM {db}.raw_impressions FINAL WHERE minute >= {start} AND minute < {end}
-    GROUP BY minute, ad_id
-    UNION ALL
-    SELECT minute, ad_id, 0, sum(impressions), 0
-    FROM {db}.ad_click_counts FINAL WHERE minute >= {start} AND minute < {end}
-    GROUP BY minute, ad_id
-    UNION ALL
-    SELECT minute, ad_id, 0, 0, uniqExact(impression_id)
-    FROM {db}.late_impressions FINAL WHERE minute >= {start} AND minute < {end}
-    GROUP BY minute, ad_id
-)
-GROUP BY minute, ad_id
-""",
+    "clicks": counted_cells("click"),
+    "impressions": counted_cells("impression"),
     # The first record (lowest partition, then offset) of an id stands for it, as the job
     # keeps the first it reads; the clicks looked at are those the range's conversions name,
     # from the attribution window before the range on.

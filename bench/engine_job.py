@@ -109,18 +109,19 @@ def run_job(t_env, args, topic, name, dedup=False):
     return timed(lambda: t_env.execute_sql(QUERY.format(sink=f"sink_{name}", source=source)))
 
 
-def adclick_env(args, stage):
+def adclick_env(args, stage, measured="clicks"):
     """A fresh table environment (same JVM) with the adclick job's settings and its bounded
     sources: the same schema, 'adclick-event' format and watermark, from the earliest to the
-    latest offset; the clicks from --topic, the impressions and conversions from the empty
-    topic (the job's click path is what is measured)."""
+    latest offset; the measured input (clicks from --topic, or impressions from
+    --impressions-topic) filled, the others from the empty topic."""
     job_args = job.parse_args(["--bootstrap-servers", args.bootstrap_servers,
                                "--parallelism", str(args.parallelism),
                                "--checkpoint-dir", f"{args.checkpoint_dir}/{stage}"])
     t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
     job.configure(t_env, job_args)
+    filled = {"clicks": args.topic, "impressions": args.impressions_topic}
     for name, event in job.INPUTS.items():
-        topic = args.topic if event == "click" else args.empty_topic
+        topic = filled[name] if name == measured else args.empty_topic
         if topic is None:
             raise SystemExit("the adclick stages need --empty-topic for the other inputs")
         builder = TableDescriptor.for_connector("kafka").schema(
@@ -159,11 +160,13 @@ WITHOUT_DEDUP = ("SELECT event, event_id, ad_id, event_ts_ms, user_id, ip, count
                  "event_time FROM events_valid")
 
 
-def run_adclick_job(args, dedup=True):
-    """The whole adclick job (sql/flink/*.sql), bounded, its sinks bound to blackhole ones;
-    with dedup=False its dedup stage (the view events_unique) is WITHOUT_DEDUP."""
-    stage = "job" if dedup else "job-without-dedup"
-    t_env, job_args = adclick_env(args, stage)
+def run_adclick_job(args, dedup=True, measured="clicks"):
+    """The whole adclick job (sql/flink/*.sql), bounded, its sinks bound to blackhole ones,
+    over the measured input; with dedup=False its dedup stage (the view events_unique) is
+    WITHOUT_DEDUP."""
+    stage = ("job" if dedup else "job-without-dedup") + ("" if measured == "clicks"
+                                                         else f"-{measured}")
+    t_env, job_args = adclick_env(args, stage, measured)
     t_env.create_temporary_table("job_clock", job.clock_descriptor(job_args, rows=16))
     for name, columns in job.SINK_COLUMNS.items():
         t_env.create_temporary_table(f"{name}_sink", TableDescriptor.for_connector("blackhole")
@@ -185,6 +188,8 @@ def main(argv=None):
                         "dedup, and the whole job, over the topic into blackhole sinks")
     p.add_argument("--checkpoint-dir", default=None,
                    help="where the adclick stages checkpoint (a file:// URI)")
+    p.add_argument("--impressions-topic", default=None,
+                   help="with --adclick-stages: also the whole job over these impressions")
     args = p.parse_args(argv)
     if args.adclick_stages and not args.checkpoint_dir:
         p.error("--adclick-stages needs --checkpoint-dir")
@@ -211,6 +216,9 @@ def main(argv=None):
             "without_dedup": run_adclick_job(args, dedup=False),
             "whole_job": run_adclick_job(args),
         }
+        if args.impressions_topic:
+            out["adclick_stages"]["whole_job_impressions"] = run_adclick_job(
+                args, measured="impressions")
     out["process_s"] = round(time.monotonic() - process_started, 3)
     # The gateway JVM shares this stdout and may write to it too: the result line is marked.
     print(RESULT_MARK + json.dumps(out), flush=True)

@@ -77,3 +77,10 @@ class FlinkRest:
 
     def checkpoints(self):
         return self.get(f"/jobs/{self.job_id}/checkpoints")
+
+    def checkpoint_by_vertex(self, checkpoint_id):
+        """{vertex name: checkpointed bytes} of one completed checkpoint."""
+        names = {vertex["id"]: vertex["name"] for vertex in self.job()["vertices"]}
+        tasks = self.get(f"/jobs/{self.job_id}/checkpoints/details/{checkpoint_id}")["tasks"]
+        return {names.get(vertex, vertex): task.get("checkpointed_size") or task.get("state_size")
+                for vertex, task in tasks.items()}

@@ -93,16 +93,18 @@ public class BulkProducer {
 
 
 class Payloads:
-    """Valid click payloads, fast: per message only click_id and click_ts are formatted."""
+    """Valid click payloads, fast: per message only click_id and click_ts are formatted. With
+    event="impression", impressions (the same fields under impression_id and impression_ts)."""
 
-    def __init__(self, run_id, seed, skew=0.0, pool=100_000, ads=10_000):
+    def __init__(self, run_id, seed, skew=0.0, pool=100_000, ads=10_000, event="click"):
         factory = ClickFactory(seed=seed, skew=skew, ads=ads, run_id=run_id)
         self.run_id = run_id
+        self.event = event
         self.pool = []
         for _ in range(pool):
             c = factory.click(0)
             self.pool.append((
-                f'","ad_id":"{c.ad_id}","click_ts":',
+                f'","ad_id":"{c.ad_id}","{event}_ts":',
                 f',"user_id":"{c.user_id}","ip":"{c.ip}","country":"{c.country}",'
                 f'"device":"{c.device}"}}',
                 c.ad_id,
@@ -110,14 +112,14 @@ class Payloads:
 
     def chunks(self, count, start_ts, span_ms, chunk=20_000):
         """Newline-joined payloads; click_ts rises evenly from start_ts over span_ms."""
-        pool, size, run = self.pool, len(self.pool), self.run_id
+        pool, size, run, event = self.pool, len(self.pool), self.run_id, self.event
         for first in range(0, count, chunk):
             last = min(count, first + chunk)
             lines = []
             append = lines.append
             for i in range(first, last):
                 head, tail, _ad = pool[i % size]
-                append(f'{{"click_id":"{run}-{i}{head}{start_ts + i * span_ms // count}{tail}')
+                append(f'{{"{event}_id":"{run}-{i}{head}{start_ts + i * span_ms // count}{tail}')
             yield ("\n".join(lines) + "\n").encode()
 
     def ad_of(self, i):

@@ -51,6 +51,10 @@ def latest_checkpoint(rest):
     latest = (stats.get("latest") or {}).get("completed")
     if not latest:
         return None
+    try:  # which operator holds what: the dedup's keys, the attribution join's clicks
+        by_vertex = rest.checkpoint_by_vertex(latest["id"])
+    except (urllib.error.URLError, OSError, KeyError):
+        by_vertex = None
     return {
         "id": latest["id"],
         "trigger_ms": latest["trigger_timestamp"],
@@ -58,6 +62,7 @@ def latest_checkpoint(rest):
         "checkpointed_size": latest.get("checkpointed_size"),
         "end_to_end_duration_ms": latest.get("end_to_end_duration"),
         "completed": stats["counts"]["completed"],
+        "by_vertex": by_vertex,
     }
 
 

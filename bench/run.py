@@ -125,11 +125,12 @@ def fill_topic(bootstrap, prefix, args, work, skew, seed):
     return topics, payloads, stats
 
 
-def engine_limit(bootstrap, topic, empty_topic, work, sampler):
+def engine_limit(bootstrap, topic, empty_topic, impressions_topic, work, sampler):
     log_dir = work / "engine-flink-log"
     log_dir.mkdir(parents=True, exist_ok=True)
     argv = [PYTHON, "-m", "bench.engine_job", "--bootstrap-servers", bootstrap, "--topic", topic,
             "--empty-topic", empty_topic, "--with-dedup", "--adclick-stages",
+            "--impressions-topic", impressions_topic,
             "--checkpoint-dir", (work / "engine-checkpoints").as_uri()]
     env = dict(os.environ, FLINK_LOG_DIR=str(log_dir))
     machine = MachineLoad()
@@ -196,6 +197,7 @@ def state_estimate(runs):
         "bytes_per_million_click_ids": round(slope * 1e6),
         "fixed_bytes": round(intercept),
         "checkpoint_dir_bytes_at_measured_ids": runs.get("checkpoint_dir_bytes_end"),
+        "by_operator": operator_state(runs["checkpoints"]),
         "method": "full checkpoints of the job (MiniCluster: heap state backend, every "
                   "checkpoint complete, not incremental); bytes_at_measured_ids is the latest "
                   "one: the first triggered after ClickHouse showed all the clicks when the run "
@@ -206,6 +208,30 @@ def state_estimate(runs):
                   "the open windows (fitted as the fixed part together with operator "
                   "overhead).",
     }
+
+
+# The operators whose state grows with the clicks: (what, how its vertex's name begins).
+STATEFUL = (("events_dedup", "Deduplicate[", "the dedup of clicks and impressions (1 h)"),
+            ("attribution_join", "Join[", "the counted clicks the attribution join keeps for "
+                                          "the attribution window (7 days by default)"))
+
+
+def operator_state(checkpoints):
+    """Bytes per click of each operator of STATEFUL, fitted like the whole state's, over the
+    checkpoints' per-vertex sizes."""
+    out = {}
+    for what, prefix, holds in STATEFUL:
+        points = []
+        for ck in checkpoints:
+            sizes = [size for name, size in (ck.get("by_vertex") or {}).items()
+                     if name.startswith(prefix) and size]
+            if ck.get("consumed_offsets_now") and sizes:
+                points.append((ck["consumed_offsets_now"], max(sizes)))
+        if len(points) >= 2:
+            slope, intercept = pipeline.fit_slope(points)
+            out[what] = {"holds": holds, "bytes_per_click": round(slope, 1),
+                         "fixed_bytes": round(intercept), "points_ids_bytes": points}
+    return out
 
 
 RATIOS = (("sustained_clicks_per_s", "sustained"), ("clicks_per_flink_cpu_s", "per_cpu_s"),
@@ -276,6 +302,15 @@ def main(argv=None):
         scratch = create_topics(broker.bootstrap, run_prefix + "scratch-")
         created.extend(scratch.values())
         state["scratch"] = scratch
+        # As many impressions, for the impression path's cost (engine_limit's adclick stages),
+        # in a topic of their own: the throughput runs read clicks only.
+        log(f"filling {scratch['impressions']} with {args.records:,} impressions")
+        now = int(time.time() * 1000)
+        stats["impressions"] = kafka_io.bulk_fill(
+            broker.bootstrap, scratch["impressions"], config.PARTITIONS,
+            kafka_io.Payloads(run_id=f"{prefix.rstrip('-')}-i", seed=1, event="impression"),
+            args.records, (now - 30 * MINUTE_MS) // MINUTE_MS * MINUTE_MS,
+            args.event_minutes * MINUTE_MS, work)
         stats["kafka_python_producer"] = kafka_io.kafka_python_produce_rate(
             broker.bootstrap, scratch["clicks"], payloads, args.kafka_python_sample,
             int(time.time() * 1000))
@@ -293,7 +328,8 @@ def main(argv=None):
 
     def engine():
         result = engine_limit(broker.bootstrap, state["topics"]["clicks"],
-                              state["scratch"]["top"], work, sampler)
+                              state["scratch"]["top"], state["scratch"]["impressions"], work,
+                              sampler)
         records = args.records + config.PARTITIONS  # and a closer per partition
         result.update(bounded_rates(result["run"], records, result["empty_run"]))
         result.update({
@@ -323,10 +359,17 @@ def main(argv=None):
                 "blackhole sinks, in the same JVM right after the plain job, timed the same way: "
                 "parse_only = sql/flink/10_parse.sql alone; without_dedup = every sql/flink/ file "
                 "with the events_unique view replaced by a pass-through; whole_job = every file "
-                "(run in this order, so each finds the JVM warmer than the plain job did). "
+                "(run in this order, so each finds the JVM warmer than the plain job did); "
+                "whole_job_impressions = every file over as many impressions instead of clicks "
+                "(impression_per_click_cost = whole_job's records_per_s / its: above 1, an "
+                "impression costs more than a click). "
                 "ratio_to_engine = records_per_s / the plain job's records_per_s; "
                 "ratio_to_engine_with_dedup = the same / engine_limit.with_dedup's (the plain "
                 "count over the first row of each click_id, no checkpoints)")
+            if "whole_job_impressions" in stages:
+                stages["impression_per_click_cost"] = round(
+                    stages["whole_job"]["records_per_s"]
+                    / stages["whole_job_impressions"]["records_per_s"], 3)
             report["adclick_bounded"] = stages
             log("adclick bounded, to blackhole: " + ", ".join(
                 f"{name} {stages[name]['records_per_s']:,}/s ({stages[name]['ratio_to_engine']})"

@@ -306,21 +306,30 @@ def test_main_with_a_fake_producer(tmp_path, monkeypatch, capsys):
     assert json.loads((tmp_path / "t.jsonl.summary.json").read_text()) == summary
 
 
-def test_main_sends_the_funnel_to_three_topics(monkeypatch, capsys):
+def test_main_sends_the_funnel_to_three_topics(tmp_path, monkeypatch, capsys):
     producer = FakeProducer()
     monkeypatch.setattr(generate, "make_producer", lambda args: producer)
+    truth = tmp_path / "t.jsonl"
     code = generate.main(["--topic", "c", "--impressions-topic", "i", "--conversions-topic",
                           "v", "--rate", "0", "--count", "500", "--seed", "2",
                           "--impressions-per-click", "10", "--conversion-rate", "0.2",
-                          "--conversion-delay-s", "1", "--start-ts-ms", str(NOW - 10**6)])
+                          "--conversion-delay-s", "1", "--start-ts-ms", str(NOW - 10**6),
+                          "--duplicates", "0.05", "--truth", str(truth)])
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     by_topic = collections.Counter(topic for topic, _ in producer.sent)
     assert by_topic["c"] == summary["unique"] + summary["duplicates"] + summary["malformed"]
     assert summary["unique"] == 500
-    assert by_topic["i"] == summary["impressions"] == 5000
-    assert by_topic["v"] == summary["conversions"] and 60 <= by_topic["v"] <= 140
+    assert summary["impressions"] == 5000 and 60 <= summary["conversions"] <= 140
+    assert by_topic["i"] + by_topic["v"] == \
+        summary["impressions"] + summary["conversions"] + summary["funnel_duplicates"]
     assert summary["sent"] == len(producer.sent)
+    # The truth of the funnel: each unique impression and conversion once, as sent.
+    for topic, event in (("i", "impression"), ("v", "conversion")):
+        lines = (tmp_path / f"t.jsonl.{event}s.jsonl").read_text().splitlines()
+        sent = [value for t, value in producer.sent if t == topic]
+        assert sorted(set(sent)) == sorted(line.encode() for line in lines)
+        assert len(sent) > len(lines)  # duplicates were sent, and are not in the truth
 
 
 def _consume_all(bootstrap, topic, expected, timeout_s=60):

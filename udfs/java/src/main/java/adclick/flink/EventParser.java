@@ -128,26 +128,23 @@ public final class EventParser {
   }
 
   // The contracts (adclick/contract.py declares the same; --contract prints them for
-  // tests/test_contract_parity.py).
+  // tests/test_contract_parity.py). A click and an impression share the rules of the ad and of
+  // who saw or clicked it.
+  private static final Rule CLICK_ID = Rule.text("click_id", 1, 64, EventParser::isIdChar);
+  private static final Rule AD_ID = Rule.text("ad_id", 1, 64, EventParser::isIdChar);
+  private static final Rule USER_ID = Rule.text("user_id", 1, 128, EventParser::isUserIdChar);
+  private static final Rule IP = Rule.text("ip", 2, 45, EventParser::isIpChar);
+  private static final Rule COUNTRY = Rule.text("country", 2, 2, EventParser::isUpper);
+  private static final Rule DEVICE = Rule.oneOf("device", "mobile", "desktop", "tablet", "other");
+
   public static final Contract CLICK = new Contract("click", "click_id",
-      Rule.text("click_id", 1, 64, EventParser::isIdChar),
-      Rule.text("ad_id", 1, 64, EventParser::isIdChar),
-      Rule.time("click_ts"),
-      Rule.text("user_id", 1, 128, EventParser::isUserIdChar),
-      Rule.text("ip", 2, 45, EventParser::isIpChar),
-      Rule.text("country", 2, 2, EventParser::isUpper),
-      Rule.oneOf("device", "mobile", "desktop", "tablet", "other"));
+      CLICK_ID, AD_ID, Rule.time("click_ts"), USER_ID, IP, COUNTRY, DEVICE);
   public static final Contract IMPRESSION = new Contract("impression", "impression_id",
-      Rule.text("impression_id", 1, 64, EventParser::isIdChar),
-      Rule.text("ad_id", 1, 64, EventParser::isIdChar),
-      Rule.time("impression_ts"),
-      Rule.text("user_id", 1, 128, EventParser::isUserIdChar),
-      Rule.text("ip", 2, 45, EventParser::isIpChar),
-      Rule.text("country", 2, 2, EventParser::isUpper),
-      Rule.oneOf("device", "mobile", "desktop", "tablet", "other"));
+      Rule.text("impression_id", 1, 64, EventParser::isIdChar), AD_ID, Rule.time("impression_ts"),
+      USER_ID, IP, COUNTRY, DEVICE);
   public static final Contract CONVERSION = new Contract("conversion", "conversion_id",
       Rule.text("conversion_id", 1, 64, EventParser::isIdChar),
-      Rule.text("click_id", 1, 64, EventParser::isIdChar),
+      CLICK_ID,  // the click it is attributed to
       Rule.time("conversion_ts"),
       Rule.oneOf("type", "purchase", "signup", "inquiry"),
       Rule.count("value_micros"));
