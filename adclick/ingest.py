@@ -46,7 +46,7 @@ COLUMNS = {
                     "conversion_ts"],
     "conversion_attributions": ["minute", "ad_id", "country", "device", "conversion_id",
                                 "click_id", "type", "value_micros", "conversion_ts", "click_ts",
-                                "user_id", "ip", "outcome"],
+                                "outcome"],
 }
 
 
@@ -105,8 +105,7 @@ def attribution_rows(record):
     yield "conversion_attributions", [
         parse_time(event["minute"]), event["ad_id"], event["country"], event["device"],
         event["conversion_id"], event["click_id"], event["type"], event["value_micros"],
-        from_millis(event["conversion_ts"]), from_millis(event["click_ts"]), event["user_id"],
-        event["ip"], event["outcome"]]
+        from_millis(event["conversion_ts"]), from_millis(event["click_ts"]), event["outcome"]]
 
 
 def raw_rows(event_contract, table):

@@ -415,7 +415,7 @@ SINK_COLUMNS = {
         ("minute", "TIMESTAMP_LTZ(3)"), ("ad_id", "STRING"), ("country", "STRING"),
         ("device", "STRING"), ("conversion_id", "STRING"), ("click_id", "STRING"),
         ("type", "STRING"), ("value_micros", "BIGINT"), ("conversion_ts", "BIGINT"),
-        ("click_ts", "BIGINT"), ("user_id", "STRING"), ("ip", "STRING"), ("outcome", "STRING"),
+        ("click_ts", "BIGINT"), ("outcome", "STRING"),
     ],
 }
 

@@ -221,8 +221,7 @@ def expected_outputs(rows, conversions):
             outcome = "attributed"
         out["attributions"].append((minute, click["ad_id"], click["country"], click["device"],
                                     c["conversion_id"], c["click_id"], c["type"],
-                                    c["value_micros"], c["conversion_ts"], click["ts"],
-                                    click["user_id"], click["ip"], outcome))
+                                    c["value_micros"], c["conversion_ts"], click["ts"], outcome))
     return {name: sorted(values, key=repr) for name, values in out.items()}
 
 
@@ -252,7 +251,7 @@ def actual_outputs(out_dir):
                    for r in read_sink(out_dir / "conversions_unique")]
     attributions = [(millis(r["minute"]), r["ad_id"], r["country"], r["device"],
                      r["conversion_id"], r["click_id"], r["type"], r["value_micros"],
-                     r["conversion_ts"], r["click_ts"], r["user_id"], r["ip"], r["outcome"])
+                     r["conversion_ts"], r["click_ts"], r["outcome"])
                     for r in read_sink(out_dir / "attributions")]
     out = {"counts": counts, "late": late, "dlq": dlq, "top": top,
            "conversions_unique": conversions, "attributions": attributions}

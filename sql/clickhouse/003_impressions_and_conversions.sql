@@ -52,8 +52,6 @@ CREATE TABLE IF NOT EXISTS {db}.conversion_attributions
     value_micros  Nullable(UInt64),
     conversion_ts DateTime64(3, 'UTC'),
     click_ts      DateTime64(3, 'UTC'),
-    user_id       String,
-    ip            String,
     outcome       LowCardinality(String)
 )
 ENGINE = ReplacingMergeTree

@@ -14,14 +14,17 @@ WHERE row_num = 1;
 
 -- The clicks a conversion may be attributed to: the counted ones (on time, or late within the
 -- allowed lateness), from the one classifier every count comes from. A too-late click was not
--- counted, so its conversions are not either. It carries all the columns the late sinks read
--- (the click's user_id and ip too, which the attribution then publishes): with fewer, the
--- planner planned a second dedup for this branch, whose own watermark could class a click
--- otherwise than the counts did (tests/test_job_plan.py).
+-- counted, so its conversions are not either.
+-- The join keeps each of these rows for days, so they hold only what an attribution needs. But
+-- the branch must read every column the late sinks read, or the planner plans it a second
+-- dedup whose own watermark could class a click otherwise than the counts did
+-- (tests/test_job_plan.py): the conditions on user_id and ip, true of every valid click, make
+-- it read them without keeping them.
 CREATE TEMPORARY VIEW clicks_counted AS
-SELECT event_id AS click_id, ad_id, country, device, event_ts_ms AS click_ts_ms, user_id, ip
+SELECT event_id AS click_id, ad_id, country, device, event_ts_ms AS click_ts_ms
 FROM events_timed
-WHERE event = 'click' AND timeliness <> 'too_late';
+WHERE event = 'click' AND timeliness <> 'too_late'
+  AND CHAR_LENGTH(user_id) > 0 AND CHAR_LENGTH(ip) > 0;
 
 -- Each unique conversion meets its click, in either order: a regular join on click_id whose
 -- state keeps each counted click for the attribution window (plus the conversion wait), and
@@ -36,7 +39,7 @@ WHERE event = 'click' AND timeliness <> 'too_late';
 CREATE TEMPORARY VIEW conversions_attributed AS
 SELECT /*+ STATE_TTL('c' = '${conversion_wait_s}s', 'k' = '${click_retention_s}s') */
        c.conversion_minute, k.ad_id, k.country, k.device, c.conversion_id, c.click_id, c.type,
-       c.value_micros, c.conversion_ts_ms, k.click_ts_ms, k.user_id, k.ip,
+       c.value_micros, c.conversion_ts_ms, k.click_ts_ms,
        CASE
          WHEN c.conversion_ts_ms < k.click_ts_ms THEN 'before_click'
          WHEN c.conversion_ts_ms >= k.click_ts_ms + CAST(${attribution_window_s} AS BIGINT) * 1000

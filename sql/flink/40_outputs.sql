@@ -48,5 +48,5 @@ FROM conversions_unique;
 -- Each conversion that met its counted click, with the outcome (only 'attributed' counts).
 INSERT INTO attributions_sink
 SELECT conversion_minute, ad_id, country, device, conversion_id, click_id, type, value_micros,
-       conversion_ts_ms, click_ts_ms, user_id, ip, outcome
+       conversion_ts_ms, click_ts_ms, outcome
 FROM conversions_attributed;
