@@ -66,6 +66,14 @@ def test_window_counts_are_two_phase(execution_plan):
     assert "GlobalWindowAggregate(groupBy=[ad_id, country, device]" in execution_plan
 
 
+def test_each_event_is_windowed_once(execution_plan):
+    # The per-ad totals of the top-N are cascaded from the one window count (clicks and
+    # impressions); a window of their own would be a second pass over every event.
+    for phase in ("Local", "Global"):
+        assert execution_plan.count(f"{phase}WindowAggregate(groupBy=[ad_id, country, device]") \
+            == 1, phase
+
+
 
 def test_each_record_is_parsed_once_by_the_source(execution_plan):
     assert len(re.findall(r"\bTableSourceScan\(table=\[\[\w+, \w+, clicks_raw\b",
