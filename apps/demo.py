@@ -125,8 +125,11 @@ def main(argv=None):
         ("server", start("server", [python, "-m", "apps.cli", "serve", "--port",
                                     str(args.port), "--api-key-file", str(key_file),
                                     "--flink-rest-url", flink_rest])),
+        # RocksDB, as on a cluster: the attribution join keeps a week of clicks, which would
+        # outgrow the heap of a demo left running, and be copied whole at every checkpoint.
         ("job", start("job", [python, "-m", "jobs.ad_click_aggregation",
                               "--rest-port", str(config.DEMO_FLINK_REST_PORT),
+                              "--state-backend", "rocksdb",
                               *(["--fresh"] if args.fresh else [])])),
     ]
     if args.rate:
