@@ -50,7 +50,8 @@ class Topics:
                                         "ad-conversions-unique")
     ATTRIBUTIONS = os.environ.get("ADCLICK_TOPIC_ATTRIBUTIONS", "ad-conversion-attributions")
 
-    INPUTS = ("clicks", "impressions", "conversions")
+    # The input topics' roles, and the event type each one carries.
+    INPUTS = {"clicks": "click", "impressions": "impression", "conversions": "conversion"}
 
     @classmethod
     def with_prefix(cls, prefix):

@@ -125,11 +125,7 @@ class ClickFactory:
 
     def impression(self, impression_ts):
         """A new valid impression (an ad shown) at impression_ts, drawn like a click."""
-        click = self.click(impression_ts)
-        return IMPRESSION.Event(
-            impression_id=f"{self.run_id}-i{click.click_id.rsplit('-', 1)[1]}",
-            ad_id=click.ad_id, impression_ts=click.click_ts, user_id=click.user_id, ip=click.ip,
-            country=click.country, device=click.device)
+        return self.impression_of(self.click(impression_ts), impression_ts)
 
     def impression_of(self, click, impression_ts):
         """A new impression of the ad click is on, shown to its user, at impression_ts."""
@@ -318,8 +314,7 @@ class Funnel:
         # Shown up to 20 s before the click: the one clicked, and others not clicked.
         shown = [factory.impression_of(click, click.click_ts - rng.randrange(20_000))]
         for _ in range(self.impressions_per_click - 1):
-            other = factory.click(click.click_ts - rng.randrange(20_000))
-            shown.append(factory.impression_of(other, other.click_ts))
+            shown.append(factory.impression(click.click_ts - rng.randrange(20_000)))
         for impression in shown:
             before += self._message(IMPRESSION, impression)
         if rng.random() < self.conversion_rate:

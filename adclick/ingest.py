@@ -138,11 +138,9 @@ def table_routes(topics, raw=True):
         topics["attributions"]: (("conversion_attributions",), attribution_rows),
     }
     if raw:
-        for name, event_contract in (("clicks", contract.CLICK),
-                                     ("impressions", contract.IMPRESSION),
-                                     ("conversions", contract.CONVERSION)):
+        for name, event in config.Topics.INPUTS.items():
             table = f"raw_{name}"
-            routes[topics[name]] = ((table,), raw_rows(event_contract, table))
+            routes[topics[name]] = ((table,), raw_rows(contract.CONTRACTS[event], table))
     return routes
 
 

@@ -430,7 +430,7 @@ SINK_COLUMNS = {
 #               conversions event_time (rowtime, watermarked)
 #   job_clock   beat INT, proc_time, event_time (rowtime): rows never pass beat < 0
 #   <name>_sink SINK_COLUMNS[name]
-INPUTS = {"clicks": "click", "impressions": "impression", "conversions": "conversion"}
+INPUTS = config.Topics.INPUTS
 
 
 def attach_connectors(t_env, args):
