@@ -13,8 +13,12 @@ clickhouse_type below).
 
 The rules, checked in this order, the first failure naming the reason: a payload over
 config.MAX_PAYLOAD_BYTES is `oversized`; one that is not strict UTF-8 holding exactly one JSON
-object (RFC 8259, nesting at most MAX_DEPTH) is `not_json_object`; a repeated top-level key is
-`duplicate_field`; then each field in declaration order.
+object (RFC 8259, nesting at most MAX_DEPTH, no escaped lone surrogate: a string must have a
+UTF-8 form) is `not_json_object`; a repeated top-level key is `duplicate_field`; then each field
+in declaration order.
+
+A third copy is ClickHouse's (adclick.clickhouse_rules, written from these declarations), which
+checks the raw store's events in bulk; the parity test runs it over the same payloads too.
 """
 
 import json
@@ -268,6 +272,29 @@ def _depth(value):
     return deepest
 
 
+# A \u escape of a surrogate (D800-DFFF): the only way JSON can spell a lone one.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(value):
+    """Whether a decoded JSON value holds a string (key or value) with no UTF-8 form, i.e. a
+    lone surrogate (json pairs a high and a low one into one character)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+    return False
+
+
 def _parse_object(data):
     """The JSON object that is all of data (strict UTF-8, RFC 8259), or None."""
     try:
@@ -276,5 +303,7 @@ def _parse_object(data):
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
         return None
     if not isinstance(obj, dict) or _depth(obj) > MAX_DEPTH:
+        return None
+    if _SURROGATE_ESCAPE.search(data) and _has_lone_surrogate(obj):
         return None
     return obj

@@ -11,6 +11,7 @@ import threading
 
 import clickhouse_connect
 
+from adclick import clickhouse_rules
 from adclick import config
 
 SCHEMA_DIR = config.ROOT / "sql" / "clickhouse"
@@ -42,7 +43,8 @@ def check_identifier(name):
 
 
 def schema_statements(database=None):
-    """The DDL statements of sql/clickhouse/*.sql, in order, for database."""
+    """The DDL statements of sql/clickhouse/*.sql, in order, then the raw tables' rules
+    (adclick.clickhouse_rules, written from the contract), for database."""
     db = check_identifier(database or config.DATABASE)
     for path in sorted(SCHEMA_DIR.glob("*.sql")):
         lines = [line for line in path.read_text().splitlines()
@@ -50,6 +52,7 @@ def schema_statements(database=None):
         for statement in "\n".join(lines).split(";"):
             if statement.strip():
                 yield statement.strip().replace("{db}", db)
+    yield from clickhouse_rules.statements(db)
 
 
 # Tables whose sorting key changed since an earlier release, which ALTER cannot do: (table,

@@ -1,8 +1,9 @@
-"""The job's parser (Java, in the source format) and adclick.contract (Python) agree, for each
-event type (click, impression, conversion).
+"""The job's parser (Java, in the source format), adclick.contract (Python) and the raw store's
+rules (ClickHouse SQL) agree, for each event type (click, impression, conversion).
 
-The job counts what udfs/java/.../EventParser.java accepts; the raw-clicks loader and the
-reconciliation count what adclick/contract.py accepts. Their rules are compared field by field
+The job counts what udfs/java/.../EventParser.java accepts; the raw store keeps what
+adclick/clickhouse_rules.py's views accept, and the reconciliation recounts that; both are
+declared by adclick/contract.py. Their rules are compared field by field
 (each field's reason, lengths and every allowed character, as the Java rule table applies them),
 the format's columns and defaults with the job's, and then both run over the same payloads:
 the generator's valid events (and malformed clicks), hand-picked edge cases and thousands of
@@ -20,11 +21,14 @@ from pathlib import Path
 import pyflink
 import pytest
 
+from adclick import clickhouse_rules
 from adclick import config
 from adclick import contract
 from adclick import generator
 from adclick.contract import CONTRACTS
 from jobs import ad_click_aggregation as job
+from tests.api_fixtures import chdb_url  # noqa: F401 - a fixture
+from tests.api_fixtures import fresh_database
 
 JAR = config.JARS_DIR / "flink" / "adclick-flink.jar"
 FLINK_LIB = Path(pyflink.__file__).parent / "lib"  # Flink's jars, for the format's classes
@@ -141,9 +145,15 @@ def corpus(event):
             (NOW, text[:-1] + b', "x": 1, "x": 2}'),
             (NOW, text[:-1] + b', "n": {"x": 1, "x": 2}}'),
             (NOW, b" \r\n\t" + text + b" \n"),
+            (NOW, b"\xef\xbb\xbf" + text),
             (NOW, text + b"\n\x00"),
             (NOW, text[:-1] + b', "deep": ' + b"[" * 63 + b"]" * 63 + b"}"),
             (NOW, text[:-1] + b', "deep": ' + b"[" * 64 + b"]" * 64 + b"}"),
+            # Brackets in strings are not nesting (ClickHouse counts depth outside strings).
+            (NOW, text[:-1] + b', "s": "' + b"[" * 70 + b'\\\"{"}'),
+            (NOW, text[:-1] + b', "d": ' + b'["]\\"",' * 62 + b"[" + b"]" * 63 + b"}"),
+            (NOW, text[:-1] + b', "d": ' + b'["[",' * 64 + b"1" + b"]" * 64 + b"}"),
+            (NOW, text[:-1] + b', "pair": "\\ud83d\\ude00", "lone": "\\udE00"}'),
             (NOW, text[:-1] + b', "pad": "' + b"\xc3\xa9" * rng.randint(1900, 2100) + b'"}'),
         ]
     seeds = [data for _, data in items]
@@ -217,6 +227,39 @@ def test_java_and_python_agree_on_every_payload(java_available, event):
     seen = {result.split("\t")[0] for result in python}
     assert seen == set(CONTRACTS[event].reasons) | {"ok"}
     assert sum(result.startswith("ok") for result in python) > 500
+
+
+def clickhouse_validate(client, event, items):
+    """What the raw store keeps of each item, in python_validate's form (a valid event's fields;
+    None for a record it drops), through the schema's input table and rules view."""
+    table = {event_type: f"raw_{name}" for name, event_type in config.Topics.INPUTS.items()}[event]
+    client.command(f"TRUNCATE TABLE parity.{table}")
+    client.insert(clickhouse_rules.input_table(table), [
+        [b"" if data is None else data for _, data in items], [now for now, _ in items],
+        [0] * len(items), list(range(len(items)))],
+        column_names=list(clickhouse_rules.INPUT_COLUMNS), database="parity",
+        column_oriented=True)
+    names = CONTRACTS[event].names
+    time_field = names.index(CONTRACTS[event].time_field)
+    kept = {}
+    for offset, *values in client.query(
+            f"SELECT src_offset, {', '.join(names)} FROM parity.{table}").result_rows:
+        values[time_field] = round(values[time_field].timestamp() * 1000)
+        kept[offset] = "\t".join(["ok", *("-" if v is None else str(v) for v in values)])
+    return [kept.get(offset) for offset in range(len(items))]
+
+
+@pytest.mark.parametrize("event", EVENTS)
+def test_clickhouse_keeps_exactly_what_python_accepts(chdb_url, event):  # noqa: F811
+    client = fresh_database(chdb_url, "parity")
+    items = corpus(event)
+    kept = clickhouse_validate(client, event, items)
+    python = [python_validate(event, now, data) for now, data in items]
+    disagreements = [(data if data is None else data[:200], p, c)
+                     for (_, data), p, c in zip(items, python, kept)
+                     if c != (p if p.startswith("ok") else None)]
+    assert not disagreements, f"{len(disagreements)} disagreements, e.g. {disagreements[:5]}"
+    assert sum(result is not None for result in kept) > 500
 
 
 def java_click_keys(click_ids):

@@ -21,7 +21,8 @@ import java.util.function.IntPredicate;
  * <ul>
  *   <li>oversized: more than maxPayloadBytes bytes;
  *   <li>not_json_object: not strict UTF-8, or not exactly one JSON object (RFC 8259, whitespace
- *       around it allowed; no NaN or Infinity), or nested deeper than {@link #MAX_DEPTH};
+ *       around it allowed; no NaN or Infinity; no escaped lone surrogate: a string with no
+ *       UTF-8 form), or nested deeper than {@link #MAX_DEPTH};
  *   <li>duplicate_field: a key repeated in the top-level object (which one would count?);
  *   <li>then each field of the event's {@link Contract}, in order, by its kind:
  *       text (bad_NAME: not a string of min-max of the allowed characters), one of a few
@@ -610,23 +611,45 @@ public final class EventParser {
       case 'r': text.append('\r'); return;
       case 't': text.append('\t'); return;
       case 'u':
-        if (end - pos < 4) {
+        int v = hex4();
+        if (Character.isLowSurrogate((char) v)) {
           throw NOT_JSON;
         }
-        int v = 0;
-        for (int i = 0; i < 4; i++) {
-          int h = Character.digit(buf[pos + i], 16);
-          if (h < 0 || buf[pos + i] > 'z') {
+        if (Character.isHighSurrogate((char) v)) {
+          // Only as the first half of a pair, the second escaped right after it.
+          if (end - pos < 2 || buf[pos] != '\\' || buf[pos + 1] != 'u') {
             throw NOT_JSON;
           }
-          v = v * 16 + h;
+          pos += 2;
+          int low = hex4();
+          if (!Character.isLowSurrogate((char) low)) {
+            throw NOT_JSON;
+          }
+          text.append((char) v);
+          v = low;
         }
-        pos += 4;
         text.append((char) v);
         return;
       default:
         throw NOT_JSON;
     }
+  }
+
+  /** The four hex digits of a unicode escape at pos, as a UTF-16 unit. */
+  private int hex4() throws NotJson {
+    if (end - pos < 4) {
+      throw NOT_JSON;
+    }
+    int v = 0;
+    for (int i = 0; i < 4; i++) {
+      int h = Character.digit(buf[pos + i], 16);
+      if (h < 0 || buf[pos + i] > 'z') {
+        throw NOT_JSON;
+      }
+      v = v * 16 + h;
+    }
+    pos += 4;
+    return v;
   }
 
   /** One strict UTF-8 sequence starting with lead byte b (>= 0x80) at pos. */
