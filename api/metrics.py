@@ -99,7 +99,8 @@ class StateCollector:
             if behind is not None:
                 lag.add_metric([topic], behind)
         yield lag
-        rows = CounterMetricFamily("adclick_loader_rows", "Rows the loader stored",
+        rows = CounterMetricFamily("adclick_loader_rows", "Rows the loader stored (for a raw "
+                                   "table: records handed to its rules, invalid ones included)",
                                    labels=["table"])
         for table, count in loader.rows_loaded.items():
             rows.add_metric([table], count)
