@@ -31,11 +31,13 @@ from confluent_kafka import TopicPartition
 
 from adclick import clickhouse_rules
 from adclick import config
+from adclick import rollup
 
 log = logging.getLogger("adclick.ingest")
 LAG_INTERVAL_S = 1  # how often the loader asks the broker how far behind it is
 LAG_TIMEOUT_S = 1  # and how long it waits for the answer (a stuck ask must not stop loading)
 POLL_TIMEOUT_S = 0.5
+COMPACT_INTERVAL_S = 30  # how often the loader computes API 2's hourly rollup of quiet hours
 
 COLUMNS = {
     "ad_click_counts": ["minute", "ad_id", "country", "device", "clicks", "impressions", "late",
@@ -210,6 +212,11 @@ class Loader:
                 # The job writes these topics; a bad record here is a bug, not input.
                 log.error("skipping unreadable record %s[%d]@%d: %s",
                           topic, record.partition(), record.offset(), error)
+        counts = batches.get("ad_click_counts")
+        if counts:
+            # Before the rows: a crash in between leaves the hour marked, never unmarked.
+            rollup.mark_changed(self.client, self.database,
+                                {int(row[0].timestamp()) // 3600 * 3600 for row in counts})
         for table, rows in batches.items():
             self.client.insert(table, rows, column_names=COLUMNS[table], database=self.database)
         for table, columns in raw.items():
@@ -245,13 +252,16 @@ class Loader:
             consumer = None
             try:
                 consumer = self._consumer()
-                assigned_at = measured_at = time.monotonic()
+                assigned_at = measured_at = compacted_at = time.monotonic()
                 while not self.stopping.is_set():
                     records = self._poll(consumer)
                     if records:
                         self.load(records)
                         consumer.commit(asynchronous=False)
                         self.last_batch_at = time.time()
+                    if time.monotonic() - compacted_at >= COMPACT_INTERVAL_S:
+                        rollup.compact(self.client, self.database)
+                        compacted_at = time.monotonic()
                     if time.monotonic() - measured_at >= LAG_INTERVAL_S:
                         self._measure_lag(consumer)
                         measured_at = time.monotonic()

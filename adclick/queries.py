@@ -51,6 +51,36 @@ ORDER BY count DESC, ad_id ASC
 LIMIT {limit:UInt32}
 """
 
+# API 2 without filters over a range holding whole hours: the hours whose rollup is current
+# (computed after their last change; adclick.rollup) are read from ad_counts_hourly, the other
+# minutes from ad_click_counts. Both parts are chosen by key (hour IN, minute IN) so that each
+# reads only its own granules.
+ROLLED_HOURS = """
+SELECT toUnixTimestamp(hour)
+FROM {db:Identifier}.ad_counts_hourly_state
+WHERE hour IN arrayMap(t -> toDateTime(t, 'UTC'), {hours:Array(UInt32)})
+GROUP BY hour
+HAVING max(computed_at) > max(changed_at)
+"""
+
+POPULAR_ADS_ROLLED_UP = """
+SELECT ad_id, sum(clicks) AS count
+FROM (
+    SELECT ad_id, clicks
+    FROM {db:Identifier}.ad_counts_hourly FINAL
+    WHERE hour IN arrayMap(t -> toDateTime(t, 'UTC'), {rolled:Array(UInt32)})
+    UNION ALL
+    SELECT ad_id, clicks
+    FROM {db:Identifier}.ad_click_counts FINAL
+    WHERE minute IN arrayMap(t -> toDateTime(t, 'UTC'), {minutes:Array(UInt32)})
+      AND minute >= toDateTime({start:UInt32}, 'UTC')
+      AND minute < toDateTime({end:UInt32}, 'UTC')
+)
+GROUP BY ad_id
+ORDER BY count DESC, ad_id ASC
+LIMIT {limit:UInt32}
+"""
+
 # Impressions, clicks and conversions of each ad over [start, end), filtered, side by side: the
 # counts from ad_click_counts, the conversions from the attributions that count (a conversion
 # counts for its click's ad, country and device, in the minute of its conversion_ts).
@@ -215,9 +245,31 @@ def popular_ads(client, db, start, end, limit, countries=(), devices=(), setting
     """The limit most clicked ads over [start, end) as [(ad_id, count)], best first."""
     parameters = _range_parameters(db, start, end, countries, devices)
     parameters["limit"] = int(limit)
-    rows = client.query(POPULAR_ADS, parameters=parameters,
-                        settings=_settings(settings)).result_rows
+    query = POPULAR_ADS
+    hours = _whole_hours(parameters["start"], parameters["end"])
+    if hours and not countries and not devices:
+        rolled = [int(hour) for (hour,) in client.query(
+            ROLLED_HOURS, parameters={"db": parameters["db"], "hours": hours},
+            settings=_settings(settings)).result_rows]
+        if rolled:
+            query = POPULAR_ADS_ROLLED_UP
+            parameters["rolled"] = rolled
+            # Every other minute of the range (its ends may be parts of minutes).
+            first = parameters["start"] // 60 * 60
+            rolled_set = set(rolled)
+            parameters["minutes"] = [minute for minute in range(first, parameters["end"], 60)
+                                     if minute // HOUR_S * HOUR_S not in rolled_set]
+    rows = client.query(query, parameters=parameters, settings=_settings(settings)).result_rows
     return [(ad_id, int(count)) for ad_id, count in rows]
+
+
+HOUR_S = 3600
+
+
+def _whole_hours(start, end):
+    """The hours (Unix seconds) wholly inside [start, end)."""
+    first = -(-start // HOUR_S) * HOUR_S
+    return list(range(first, end - HOUR_S + 1, HOUR_S))
 
 
 def ratio(part, whole):

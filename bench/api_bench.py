@@ -69,6 +69,7 @@ def serve(args):
 
     from werkzeug.serving import make_server
 
+    from adclick import rollup
     from adclick import store
     from api import auth
     from api import create_app
@@ -78,6 +79,10 @@ def serve(args):
     store.apply_schema(client, DATABASE)
     started = time.monotonic()
     per_minute, start = args.rows_per_minute, int(START.timestamp())
+    hours = [start + hour * 3600 for hour in range(args.minutes // 60)]
+    # As the loader does: mark each hour changed before its rows, then (the hours being
+    # quiet) compute API 2's hourly rollup.
+    rollup.mark_changed(client, DATABASE, hours)
     for hour in range(args.minutes // 60):
         client.command(LOAD_HOUR, parameters={
             "db": DATABASE, "start": start + hour * 3600, "per_minute": per_minute,
@@ -85,6 +90,9 @@ def serve(args):
     client.command(LOAD_COMPLETE_MINUTES, parameters={
         "db": DATABASE, "start": start, "minutes": args.minutes})
     load_s = time.monotonic() - started
+    started = time.monotonic()
+    computed = rollup.compact(client, DATABASE, quiet_s=0) if args.rollup else []
+    rollup_s = time.monotonic() - started
     stats = client.query(
         "SELECT count(), uniqExact(ad_id) FROM {db:Identifier}.ad_click_counts",
         parameters={"db": DATABASE}).result_rows[0]
@@ -96,7 +104,8 @@ def serve(args):
         {"CLICKHOUSE_URL": url, "DATABASE": DATABASE, **overrides}), threaded=True)
         for overrides in ({}, {"RESULT_CACHE_S": 0})]
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
-    info = {"rows": stats[0], "ads": stats[1], "parts": parts, "load_s": round(load_s, 2)}
+    info = {"rows": stats[0], "ads": stats[1], "parts": parts, "load_s": round(load_s, 2),
+            "rollup_hours": len(computed), "rollup_s": round(rollup_s, 2)}
     ports = ",".join(str(server.server_port) for server in servers)
     print("READY", ports, key, json.dumps(info), flush=True)
     threading.Thread(target=servers[1].serve_forever, daemon=True).start()
@@ -157,7 +166,8 @@ def run(args):
     with tempfile.TemporaryDirectory(prefix="adclick-api-bench-") as tmp:
         argv = [sys.executable, "-m", "bench.api_bench", "--serve", "--store", f"{tmp}/ch",
                 "--ads", str(args.ads), "--minutes", str(args.minutes),
-                "--rows-per-minute", str(args.rows_per_minute)]
+                "--rows-per-minute", str(args.rows_per_minute)] + ([] if args.rollup
+                                                                     else ["--no-rollup"])
         server = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True,
                                   env=dict(os.environ, PYTHONPATH=str(ROOT)))
         try:
@@ -236,6 +246,8 @@ def main(argv=None):
     parser.add_argument("--rate", type=float, default=200,
                         help="requests/s offered in the cached pass (0: as fast as possible)")
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--no-rollup", dest="rollup", action="store_false",
+                        help="leave API 2's hourly rollup uncomputed (every answer from minutes)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
