@@ -93,9 +93,10 @@ def per_cpu(ax, r):
     if loader.get("server_cpu_s"):
         rows.append(("loader: count rows to CH", round(
             loader["rows"] / loader["server_cpu_s"]), "#DD8452"))
-    raw = r.get("loader_raw_validation") or {}
-    rows.append(("loader: raw validation", raw.get("records_per_s_one_core"),
-                 "#DD8452"))
+    raw = r.get("loader_raw") or {}
+    if raw.get("raw_path_cpu_us_per_click"):
+        rows.append(("loader: raw clicks to CH", round(
+            1e6 / raw["raw_path_cpu_us_per_click"]), "#DD8452"))
     rows = [row for row in rows if row[1]]
     bars = ax.barh([row[0] for row in rows][::-1], [row[1] for row in rows][::-1],
                    color=[row[2] for row in rows][::-1])

@@ -10,6 +10,7 @@ producer is measured too, on a sample, because that is what adclick's own genera
 
 import json
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -110,16 +111,18 @@ class Payloads:
                 c.ad_id,
             ))
 
-    def chunks(self, count, start_ts, span_ms, chunk=20_000):
-        """Newline-joined payloads; click_ts rises evenly from start_ts over span_ms."""
+    def chunks(self, count, start_ts, span_ms, chunk=20_000, base=0):
+        """Newline-joined payloads; click_ts rises evenly from start_ts over span_ms. Their ids
+        (and templates) are numbers base to base + count - 1."""
         pool, size, run, event = self.pool, len(self.pool), self.run_id, self.event
         for first in range(0, count, chunk):
             last = min(count, first + chunk)
             lines = []
             append = lines.append
             for i in range(first, last):
-                head, tail, _ad = pool[i % size]
-                append(f'{{"{event}_id":"{run}-{i}{head}{start_ts + i * span_ms // count}{tail}')
+                head, tail, _ad = pool[(base + i) % size]
+                append(f'{{"{event}_id":"{run}-{base + i}{head}'
+                       f'{start_ts + i * span_ms // count}{tail}')
             yield ("\n".join(lines) + "\n").encode()
 
     def ad_of(self, i):
@@ -161,6 +164,68 @@ def bulk_fill(bootstrap, topic, partitions, payloads, count, start_ts, span_ms, 
         "producer": "Java KafkaProducer (kafka-clients 4.1.1) fed by Python-encoded payloads; "
                     "batch.size=1MiB linger.ms=20 compression=none acks=1",
     }
+
+
+class PacedProducer:
+    """Clicks with real-time click_ts at a rate that may change each minute, through the Java
+    producer: every TICK_S a thread writes the tick's share of rate_at(minute) clicks, timed
+    within the tick. Keeps the ground truth per minute: all clicks, and the hot ad's."""
+
+    TICK_S = 0.1
+
+    def __init__(self, bootstrap, topic, partitions, payloads, rate_at, work_dir, hot_ad):
+        self.payloads = payloads
+        self.rate_at = rate_at
+        self.hot = [ad == hot_ad for _, _, ad in payloads.pool]
+        self.sent = 0
+        self.truth = {}  # minute (epoch ms) -> [clicks, hot ad clicks]
+        self.behind_ticks = 0  # ticks written late (the producer side falling behind)
+        source = java_producer_source(work_dir)
+        self.proc = subprocess.Popen(
+            ["java", "-Xmx1g", "-cp", f"{KAFKA_JARS}/*", str(source), bootstrap, topic,
+             str(partitions)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL)
+        self.pid = self.proc.pid
+        self.stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="paced-producer", daemon=True)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def _run(self):
+        tick_ms = round(self.TICK_S * 1000)
+        next_tick = (time.time() * 1000 // tick_ms + 1) * tick_ms
+        size = len(self.hot)
+        carry = 0.0
+        while not self.stopping.is_set():
+            wait = next_tick / 1000 - time.time()
+            if wait > 0:
+                time.sleep(wait)
+            elif wait < -self.TICK_S:
+                self.behind_ticks += 1
+            minute = int(next_tick // 60_000 * 60_000)
+            share = self.rate_at(minute) * self.TICK_S + carry
+            count = int(share)
+            carry = share - count
+            if count:
+                for data in self.payloads.chunks(count, int(next_tick), tick_ms, base=self.sent):
+                    self.proc.stdin.write(data)
+                self.proc.stdin.flush()
+                truth = self.truth.setdefault(minute, [0, 0])
+                truth[0] += count
+                truth[1] += sum(self.hot[(self.sent + i) % size] for i in range(count))
+                self.sent += count
+            next_tick += tick_ms
+
+    def stop(self):
+        """Stops sending, lets the producer flush, and returns its stats."""
+        self.stopping.set()
+        self._thread.join()
+        self.proc.stdin.close()
+        out = self.proc.stdout.read().decode()
+        self.proc.wait()
+        return json.loads(out.strip().splitlines()[-1])
 
 
 def kafka_python_produce_rate(bootstrap, topic, payloads, count, start_ts):

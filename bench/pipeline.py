@@ -9,6 +9,7 @@ benchmark reads ClickHouse only through the API (/v1/sql and API 1), as users do
 
 import json
 import math
+import os
 import statistics
 import time
 import urllib.error
@@ -23,6 +24,7 @@ from adclick.testing.processes import PYTHON
 from adclick.testing.processes import Process
 from adclick.testing.processes import start_server
 from adclick.topics import create_topics
+from bench import kafka_io
 from bench.flink_rest import FlinkRest
 from bench.procs import MachineLoad
 from bench.procs import dir_size
@@ -300,69 +302,57 @@ def throughput_run(name, work, bootstrap, prefix, expected, sampler, timeout_s=1
         admin.close()
 
 
-def loader_catchup(work, bootstrap, prefix, expected_rows, sampler, timeout_s=180):
-    """A fresh `adclick serve --no-raw` (new store, new loader group) loading the counts and
-    top-N topics a finished run left behind: the loader's own rate, rows per second."""
+def loader_run(work, bootstrap, prefix, expected_rows, sampler, raw=False, timeout_s=300):
+    """A fresh `adclick serve` (new store, new loader group) loading what a finished run left
+    in the topics: the job's counts and top-N, and with raw=True the input clicks too. Its
+    rate, and the server's CPU (the loader, and the embedded ClickHouse inserting and, for the
+    raw clicks, checking the contract)."""
+    name = "loader_raw" if raw else "loader_catchup"
+    clicks_topic = config.Topics.with_prefix(prefix)["clicks"]
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     server = None
     try:
-        server, api = start_server(work, bootstrap, prefix, work / "catchup-store", raw=False,
-                                   group_suffix="loader-catchup", name="server-catchup")
-        sampler.watch("loader_catchup.server", server.pid)
-        cpu0 = sampler.cpu_seconds("loader_catchup.server")
+        server, api = start_server(work, bootstrap, prefix, work / f"{name}-store", raw=raw,
+                                   group_suffix=name, name=f"server-{name}")
+        sampler.watch(f"{name}.server", server.pid)
+        cpu0 = sampler.cpu_seconds(f"{name}.server")
         first = None
         deadline = time.time() + timeout_s
         while time.time() < deadline:
             server.assert_running()
             rows = int(api.sql("SELECT count() FROM ad_click_counts")[0][0])
+            raw_rows = int(api.sql("SELECT count() FROM raw_clicks")[0][0]) if raw else 0
+            raw_lag = api.get("/v1/status")[1]["loader"]["lag"].get(clicks_topic)
             now = time.time()
-            if rows and first is None:
-                first = (now, rows)
-            if rows >= expected_rows:
-                cpu = sampler.cpu_seconds("loader_catchup.server")
-                elapsed = now - first[0]
-                loaded = rows - first[1]
-                return {
+            if (rows or raw_rows) and first is None:
+                first = now
+            if rows >= expected_rows and (not raw or raw_lag == 0):
+                cpu = sampler.cpu_seconds(f"{name}.server")
+                elapsed = now - first
+                result = {
                     "rows": rows, "seconds": round(elapsed, 2),
-                    "rows_per_s": round(loaded / elapsed) if elapsed > 0 else None,
+                    "rows_per_s": round(rows / elapsed) if elapsed > 0 else None,
                     "server_cpu_s": round(cpu["total"] - cpu0["total"], 1),
-                    "method": "new store and loader group on the finished run's topics; rows of "
-                              "ad_click_counts counted through /v1/sql every 0.2 s, rate from "
-                              "the first non-zero count to all rows (raw clicks not loaded)",
+                    "method": "new store and loader group on the finished run's topics; rows "
+                              "counted through /v1/sql every 0.2 s until all count rows are in "
+                              "(and the clicks topic's lag, in /v1/status, is 0); "
+                              "rate from the first stored row to the end; CPU of the whole "
+                              "`adclick serve` process (loader and embedded ClickHouse) from its "
+                              "start" + ("; raw clicks loaded too" if raw
+                                         else " (raw clicks not loaded)"),
                 }
+                if raw:
+                    result.update({"raw_clicks": raw_rows,
+                                   "raw_clicks_per_s": round(raw_rows / elapsed)
+                                   if elapsed > 0 else None})
+                return result
             time.sleep(0.2)
-        raise RuntimeError(f"loader catch-up: {rows} of {expected_rows} rows after {timeout_s} s")
+        raise RuntimeError(f"{name}: {rows} of {expected_rows} rows after {timeout_s} s")
     finally:
         if server is not None:
             server.stop()
-        sampler.unwatch("loader_catchup.server")
-
-
-def raw_validation_rate(payloads, count=50_000):
-    """In-process cost of the loader's raw-clicks path (contract validation + row), per click."""
-    from adclick import ingest
-
-    class Record:
-        __slots__ = ("value", "timestamp", "partition", "offset")
-
-    records = []
-    for i, value in enumerate(payloads):
-        r = Record()
-        r.value, r.timestamp, r.partition, r.offset = value, int(time.time() * 1000), 0, i
-        records.append(r)
-        if len(records) >= count:
-            break
-    started = time.perf_counter()
-    rows = 0
-    for r in records:
-        for _row in ingest.raw_click_rows(r):
-            rows += 1
-    elapsed = time.perf_counter() - started
-    return {"records": len(records), "valid_rows": rows,
-            "records_per_s_one_core": round(len(records) / elapsed),
-            "method": "adclick.ingest.raw_click_rows (adclick.contract.validate + row) over "
-                      "pre-filled payloads in one Python thread, no ClickHouse insert"}
+        sampler.unwatch(f"{name}.server")
 
 
 def percentile(values, q):
@@ -502,6 +492,162 @@ def freshness_run(work, bootstrap, prefix, sampler, rate=2000, duration_s=None, 
         "stdev_s": _round(statistics.pstdev(fresh) if len(fresh) > 1 else None),
     })
     return result
+
+
+def hottest_ad(payloads):
+    counts = {}
+    for _, _, ad in payloads.pool:
+        counts[ad] = counts.get(ad, 0) + 1
+    return max(counts, key=counts.get)
+
+
+def load_curve(work, bootstrap, prefix, sampler, rates, step_minutes=3, fresh_limit_s=15.0,
+               watermark_delay_s=5):
+    """The whole stack as the README runs it (`adclick serve` with the raw store on, embedded
+    ClickHouse; the job on RocksDB, as `make demo` runs it), under live clicks at rising rates,
+    step_minutes whole minutes each, from the Java producer paced in real time. Per step: API 1
+    freshness of each minute, the raw store's lag, the CPU of each process per click. Stops
+    after the first step that does not hold (a minute not fresh within fresh_limit_s, or a
+    raw-store lag still growing)."""
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    topics = create_topics(bootstrap, prefix)
+    payloads = kafka_io.Payloads(run_id=prefix.rstrip("-"), seed=5)
+    hot_ad = hottest_ad(payloads)
+    server = job = producer = None
+    parts = ("server", "flink_job", "producer")
+    steps = []
+    try:
+        server, api = start_server(work, bootstrap, prefix, work / "store")
+        sampler.watch("curve.server", server.pid)
+        # As `make demo` runs it: RocksDB, whose checkpoints carry only what is new (the heap
+        # backend copies the attribution join's week of clicks at every checkpoint, which
+        # here took longer than the 5 s interval within a few minutes).
+        job, rest = start_job(work, bootstrap, prefix, "--state-backend", "rocksdb")
+        sampler.watch("curve.flink_job", job.pid)
+        rest.wait_job(check=job.assert_running)
+        # Steps start on whole minutes, after one warm-up minute at the first rate.
+        start = (int(time.time() * 1000) // MINUTE_MS + 2) * MINUTE_MS
+        plan = [(start + i * step_minutes * MINUTE_MS, rate) for i, rate in enumerate(rates)]
+
+        def rate_at(minute):
+            current = rates[0]
+            for begins, rate in plan:
+                if minute >= begins:
+                    current = rate
+            return current if minute < stop_at[0] else 0
+
+        stop_at = [plan[-1][0] + step_minutes * MINUTE_MS]
+        producer = kafka_io.PacedProducer(bootstrap, topics["clicks"], config.PARTITIONS,
+                                          payloads, rate_at, work, hot_ad).start()
+        sampler.watch("curve.producer", producer.pid)
+        log(f"load curve: steps {rates} clicks/s, {step_minutes} min each, from "
+            f"{iso(start)}")
+        fresh = {}  # minute -> seconds after its end when API 1 first gave the truth
+        lags = []  # (t, raw-store lag of the clicks topic)
+        marks = {}  # step start -> cpu seconds of each part then
+        broker_watched = "kafka_broker" in sampler.cpu
+
+        def cpu_now():
+            names = [f"curve.{part}" for part in parts]
+            names += ["kafka_broker"] if broker_watched else []
+            return {name.split(".")[-1]: sampler.cpu_seconds(name)["total"] for name in names}
+
+        boundaries = [begins for begins, _ in plan] + [stop_at[0]]
+
+        def mark_boundaries():
+            # CPU and clicks sent at each step boundary passed, for per-step CPU per click.
+            for boundary in boundaries:
+                if boundary not in marks and time.time() * 1000 >= boundary:
+                    marks[boundary] = (cpu_now(), producer.sent)
+
+        for begins, rate in plan:
+            ends = begins + step_minutes * MINUTE_MS
+            while time.time() * 1000 < begins:
+                time.sleep(0.2)
+            mark_boundaries()
+            log(f"load curve: {rate:,} clicks/s")
+            # Poll until the step's minutes are fresh or clearly not (limit + a margin).
+            while time.time() * 1000 < ends + (fresh_limit_s + 10) * 1000:
+                now = time.time()
+                mark_boundaries()
+                job.assert_running()
+                server.assert_running()
+                lag = api.get("/v1/status")[1]["loader"]["lag"].get(topics["clicks"])
+                lags.append((now, lag))
+                for minute in range(begins - MINUTE_MS, ends, MINUTE_MS):
+                    if minute in fresh or minute + MINUTE_MS > now * 1000 - 1000:
+                        continue
+                    truth = producer.truth.get(minute, [0, 0])[1]
+                    if api.ad_count(hot_ad, minute, minute + MINUTE_MS) == truth:
+                        fresh[minute] = round(time.time() - (minute + MINUTE_MS) / 1000, 2)
+                if ends in marks and all(m in fresh for m in range(begins, ends, MINUTE_MS)):
+                    break
+                time.sleep(max(0.0, 0.5 - (time.time() - now)))
+            if ends not in marks:  # a step that did not hold: its end came while polling
+                marks[ends] = (cpu_now(), producer.sent)
+            (cpu_begin, sent_begin), (cpu_end, sent_end) = marks[begins], marks[ends]
+            minutes = list(range(begins, ends, MINUTE_MS))
+            fresh_s = [fresh.get(m) for m in minutes]
+            step_lags = [lag for t, lag in lags
+                         if begins / 1000 <= t <= ends / 1000 + fresh_limit_s and lag is not None]
+            sent = sent_end - sent_begin
+            clicks = sum(producer.truth.get(m, [0])[0] for m in minutes)
+            held_fresh = all(f is not None and f <= fresh_limit_s for f in fresh_s)
+            # Bounded: at the step's end, no more than 5 s of its clicks waiting.
+            end_lags = [lag for t, lag in lags if ends / 1000 - 5 <= t <= ends / 1000 + 5
+                        and lag is not None]
+            end_lag = end_lags[-1] if end_lags else None
+            held_lag = end_lag is not None and end_lag <= rate * 5
+            step_s = step_minutes * 60
+            step = {
+                "rate_target": rate, "clicks": clicks, "rate_achieved": round(clicks / step_s),
+                "api1_fresh_s": fresh_s,
+                "api1_p50_s": _round(percentile([f for f in fresh_s if f is not None], 50)),
+                "api1_p99_s": _round(percentile([f for f in fresh_s if f is not None], 99)),
+                "raw_lag_max": max(step_lags) if step_lags else None,
+                "raw_lag_end": end_lag,
+                "cpu_s": {name: round(cpu_end[name] - cpu_begin[name], 1) for name in cpu_end},
+                "cpu_us_per_click": {
+                    name: round((cpu_end[name] - cpu_begin[name]) / sent * 1e6, 1)
+                    for name in cpu_end} if sent else None,
+                "machine_busy": round(sum(cpu_end[n] - cpu_begin[n] for n in cpu_end)
+                                      / step_s / (os.cpu_count() or 1), 3),
+                "producer_behind_ticks": producer.behind_ticks,
+                "held": held_fresh and held_lag,
+            }
+            steps.append(step)
+            log(f"load curve: {rate:,}/s achieved {step['rate_achieved']:,}/s, API 1 fresh "
+                f"{fresh_s} s, raw lag max {step['raw_lag_max']}, end {end_lag}, "
+                f"held {step['held']}")
+            if not step["held"]:
+                break
+        stop_at[0] = 0
+    finally:
+        if producer is not None:
+            producer.stop()
+        for child in (job, server):
+            if child is not None:
+                child.stop()
+        for part in parts:
+            sampler.unwatch(f"curve.{part}")
+    held = [step["rate_target"] for step in steps if step["held"]]
+    return {
+        "steps": steps, "hot_ad": hot_ad, "step_minutes": step_minutes,
+        "fresh_limit_s": fresh_limit_s, "watermark_delay_s": watermark_delay_s,
+        "highest_rate_held": max(held) if held else None,
+        "method": "one stack as `make demo` runs it (`adclick serve` with raw clicks on, "
+                  "embedded ClickHouse; the job with its defaults and RocksDB state) fed by "
+                  "the Java producer paced every 0.1 s with real-time click_ts (Python "
+                  "encodes the payloads); steps of whole minutes at "
+                  "rising rates after a warm-up minute. A minute is fresh at the first API 1 "
+                  "poll (every 0.5 s) equal to the producer's truth for the hottest ad; "
+                  "seconds after the minute's end. Raw lag: the loader's lag on the clicks "
+                  "topic (/v1/status) sampled each poll. CPU per click: CPU seconds of each "
+                  "process tree over the step / clicks sent in it. A step holds if every minute "
+                  "is fresh within fresh_limit_s and the lag at its end is at most 5 s of "
+                  "clicks; the curve stops after the first step that does not.",
+    }
 
 
 def _round(value, digits=2):

@@ -69,6 +69,10 @@ def parse_args(argv=None):
                    help="live traffic duration instead (default: from --freshness-minutes)")
     p.add_argument("--freshness-rate", type=int, default=2000)
     p.add_argument("--skip-freshness", action="store_true")
+    p.add_argument("--load-rates", default="5000,10000,20000,35000,50000",
+                   help="the load curve's steps, clicks/s (comma-separated, rising)")
+    p.add_argument("--load-step-minutes", type=int, default=3)
+    p.add_argument("--skip-load-curve", action="store_true")
     p.add_argument("--skip-skew", action="store_true")
     p.add_argument("--skip-rocksdb", action="store_true")
     p.add_argument("--no-docs", action="store_true", help="do not copy to docs/bench/")
@@ -315,9 +319,6 @@ def main(argv=None):
             broker.bootstrap, scratch["clicks"], payloads, args.kafka_python_sample,
             int(time.time() * 1000))
         report["fill"] = stats
-        sample = b"".join(payloads.chunks(50_000, int(time.time() * 1000) - MINUTE_MS,
-                                          MINUTE_MS))
-        report["loader_raw_validation"] = pipeline.raw_validation_rate(sample.split(b"\n")[:-1])
         log(f"fill: {stats['records_per_s']:,}/s (Java producer), kafka-python producer "
             f"{stats['kafka_python_producer']['records_per_s']:,}/s")
 
@@ -404,11 +405,23 @@ def main(argv=None):
 
     def loader():
         plain = report["adclick"]
-        report["loader_catchup"] = pipeline.loader_catchup(
+        counts = report["loader_catchup"] = pipeline.loader_run(
             work / "catchup", broker.bootstrap, prefix, plain["clickhouse_rows_inserted"], sampler)
-        rate = report["loader_catchup"]["rows_per_s"]
+        rate = counts["rows_per_s"]
         log(f"loader catch-up: {rate:,} rows/s" if rate is not None
             else "loader catch-up: every row loaded before the first poll, too few to time")
+        # The same with the raw clicks: what the raw path adds, per click.
+        raw = report["loader_raw"] = pipeline.loader_run(
+            work / "raw", broker.bootstrap, prefix, plain["clickhouse_rows_inserted"], sampler,
+            raw=True)
+        raw["raw_path_cpu_us_per_click"] = round(
+            (raw["server_cpu_s"] - counts["server_cpu_s"]) / raw["raw_clicks"] * 1e6, 2)
+        raw["raw_path_method"] = (
+            "(CPU of the server loading counts and raw clicks - CPU of the one loading counts "
+            "only) / raw clicks stored: reading the input topic (librdkafka), handing the "
+            "records to ClickHouse and its rules view, in one process")
+        log(f"loader with raw clicks: {raw['raw_clicks_per_s']:,} raw clicks/s, raw path "
+            f"{raw['raw_path_cpu_us_per_click']} us of CPU per click")
 
     def variant(name, letter, skew, seed, against, extra=()):
         """Run (3) again on a fill of its own (another skew, or other job arguments) and compare
@@ -444,6 +457,14 @@ def main(argv=None):
         log(f"freshness: API 1 p50 {f['api1_p50_s']} s, p99 {f['api1_p99_s']} s over "
             f"{f['minutes_observed']} minutes")
 
+    def load_curve():
+        curve_prefix = run_prefix + "c-"
+        created.extend(config.Topics.with_prefix(curve_prefix).values())
+        curve = report["load_curve"] = pipeline.load_curve(
+            work / "load-curve", broker.bootstrap, curve_prefix, sampler,
+            [int(rate) for rate in args.load_rates.split(",")], args.load_step_minutes)
+        log(f"load curve: highest rate held {curve['highest_rate_held']}")
+
     try:
         if phases.run("kafka", start_kafka) and phases.run("fill", fill):
             phases.run("kafka_consumer", consumer)
@@ -456,6 +477,8 @@ def main(argv=None):
                 phases.run("adclick_rocksdb", rocksdb)
         if not args.skip_freshness and "kafka" not in phases.failed:
             phases.run("freshness", freshness)
+        if not args.skip_load_curve and "kafka" not in phases.failed:
+            phases.run("load_curve", load_curve)
         report["peak_rss_mib"] = sampler.peaks_mib()
         if report.get("adclick"):
             report["state"] = state_estimate(report["adclick"])
