@@ -49,6 +49,7 @@ SELECT
     ['KR', 'JP', 'US', 'DE', 'FR', 'GB', 'BR', 'IN'][1 + intHash32(number) % 8] AS country,
     ['mobile', 'desktop', 'tablet', 'other'][1 + intHash32(number + 1) % 4] AS device,
     1 + intHash32(number + 2) % 20 AS clicks,
+    20 * (1 + intHash32(number + 4) % 20) AS impressions,
     intHash32(number + 3) % 100 = 0 AS late,
     '' AS click_id,
     0 AS src_partition,

@@ -290,6 +290,44 @@ def consume_rate(bootstrap, topic, limit, max_seconds=30.0):
                       "max_poll_records 50,000, fetch_max_bytes 64 MiB, values left as bytes"}
 
 
+def librdkafka_consume_rate(bootstrap, topic, limit, max_seconds=30.0):
+    """Records/s one confluent-kafka (librdkafka) consumer reads from the start of topic, in
+    batches as the loader reads (values as bytes); clocked like consume_rate."""
+    from confluent_kafka import Consumer
+    from confluent_kafka import OFFSET_BEGINNING
+    from confluent_kafka import TopicPartition as Partition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-librdkafka",
+                         "enable.auto.commit": False, "fetch.max.bytes": 64 << 20})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([Partition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        warmup_deadline = time.monotonic() + 30
+        got, nbytes = 0, 0
+        while not got:
+            for record in consumer.consume(num_messages=1, timeout=1.0):
+                if record.error() is None:
+                    got += 1
+            if time.monotonic() > warmup_deadline:
+                raise RuntimeError(f"no records in {topic}")
+        started = time.monotonic()
+        deadline = started + max_seconds
+        got = 0
+        while got < limit - 1 and time.monotonic() < deadline:
+            records = consumer.consume(num_messages=50_000, timeout=1.0)
+            values = [record.value() for record in records if record.error() is None]
+            got += len(values)
+            nbytes += sum(map(len, values))
+        elapsed = time.monotonic() - started
+    finally:
+        consumer.close()
+    return {"records": got, "seconds": round(elapsed, 2), "records_per_s": round(got / elapsed),
+            "mb_per_s": round(nbytes / elapsed / 1e6, 1),
+            "method": "one confluent_kafka.Consumer (librdkafka, the loader's client), assigned "
+                      "from the beginning, consume(num_messages=50,000), each value taken as "
+                      "bytes"}
+
+
 def delete_topics(bootstrap, names):
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:

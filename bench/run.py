@@ -325,7 +325,10 @@ def main(argv=None):
     def consumer():
         report["kafka_consumer"] = kafka_io.consume_rate(
             broker.bootstrap, state["topics"]["clicks"], args.records)
-        log(f"kafka-python consumer: {report['kafka_consumer']['records_per_s']:,}/s")
+        report["kafka_consumer"]["librdkafka"] = kafka_io.librdkafka_consume_rate(
+            broker.bootstrap, state["topics"]["clicks"], args.records)
+        log(f"kafka-python consumer: {report['kafka_consumer']['records_per_s']:,}/s, "
+            f"librdkafka: {report['kafka_consumer']['librdkafka']['records_per_s']:,}/s")
 
     def engine():
         result = engine_limit(broker.bootstrap, state["topics"]["clicks"],
