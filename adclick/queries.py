@@ -54,9 +54,11 @@ LIMIT {limit:UInt32}
 # API 2 without filters over a range holding whole hours: the hours whose rollup is current
 # (computed after their last change; adclick.rollup) are read from ad_counts_hourly, the other
 # minutes from ad_click_counts. Both parts are chosen by key (hour IN, minute IN) so that each
-# reads only its own granules.
+# reads only its own granules. An hour's rows are those of its latest computation (each one
+# writes all of the hour's ads with its computed_at), picked by (hour, computed_at) rather than
+# with FINAL, which took 1.7x as long over a day of 90,000 ads an hour.
 ROLLED_HOURS = """
-SELECT toUnixTimestamp(hour)
+SELECT toUnixTimestamp(hour), toUnixTimestamp64Micro(max(computed_at))
 FROM {db:Identifier}.ad_counts_hourly_state
 WHERE hour IN arrayMap(t -> toDateTime(t, 'UTC'), {hours:Array(UInt32)})
 GROUP BY hour
@@ -67,12 +69,15 @@ POPULAR_ADS_ROLLED_UP = """
 SELECT ad_id, sum(clicks) AS count
 FROM (
     SELECT ad_id, clicks
-    FROM {db:Identifier}.ad_counts_hourly FINAL
-    WHERE hour IN arrayMap(t -> toDateTime(t, 'UTC'), {rolled:Array(UInt32)})
+    FROM {db:Identifier}.ad_counts_hourly
+    WHERE hour >= toDateTime({start:UInt32}, 'UTC')
+      AND hour < toDateTime({end:UInt32}, 'UTC')
+      AND (toUnixTimestamp(hour), toUnixTimestamp64Micro(computed_at))
+          IN {versions:Array(Tuple(UInt32, Int64))}
     UNION ALL
     SELECT ad_id, clicks
     FROM {db:Identifier}.ad_click_counts FINAL
-    WHERE minute IN arrayMap(t -> toDateTime(t, 'UTC'), {minutes:Array(UInt32)})
+    WHERE minute IN {minutes:Array(DateTime('UTC'))}
       AND minute >= toDateTime({start:UInt32}, 'UTC')
       AND minute < toDateTime({end:UInt32}, 'UTC')
 )
@@ -248,17 +253,16 @@ def popular_ads(client, db, start, end, limit, countries=(), devices=(), setting
     query = POPULAR_ADS
     hours = _whole_hours(parameters["start"], parameters["end"])
     if hours and not countries and not devices:
-        rolled = [int(hour) for (hour,) in client.query(
+        versions = dict(client.query(
             ROLLED_HOURS, parameters={"db": parameters["db"], "hours": hours},
-            settings=_settings(settings)).result_rows]
-        if rolled:
+            settings=_settings(settings)).result_rows)
+        if versions:
             query = POPULAR_ADS_ROLLED_UP
-            parameters["rolled"] = rolled
+            parameters["versions"] = sorted(versions.items())
             # Every other minute of the range (its ends may be parts of minutes).
             first = parameters["start"] // 60 * 60
-            rolled_set = set(rolled)
             parameters["minutes"] = [minute for minute in range(first, parameters["end"], 60)
-                                     if minute // HOUR_S * HOUR_S not in rolled_set]
+                                     if minute // HOUR_S * HOUR_S not in versions]
     rows = client.query(query, parameters=parameters, settings=_settings(settings)).result_rows
     return [(ad_id, int(count)) for ad_id, count in rows]
 

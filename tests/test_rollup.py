@@ -66,7 +66,7 @@ def answers(client, db, rows, countries=()):
 
 def rolled(client, db):
     hours = [int((H0 + h * HOUR).timestamp()) for h in range(HOURS)]
-    return sorted(int(hour) for (hour,) in client.query(
+    return sorted(int(hour) for hour, _version in client.query(
         queries.ROLLED_HOURS, parameters={"db": db, "hours": hours}).result_rows)
 
 
@@ -91,10 +91,11 @@ def test_computed_hours_are_read_and_answer_as_the_minutes(db):
     assert rollup.compact(client, name, quiet_s=0) == []  # nothing changed since
     answers(client, name, rows)
     answers(client, name, rows, countries=("KR",))  # filters read the minutes
-    # The rollup is what is read: a different sum written into it (newer than the computed
-    # one) shows in a range of whole hours, and not in a range inside one hour.
-    client.command(f"INSERT INTO {name}.ad_counts_hourly VALUES "
-                   f"('{H0 + HOUR:%Y-%m-%d %H:%M:%S}', 'ad-99', 1000000, 0, now64(6))")
+    # The rollup is what is read: a row added to the hour's computation shows in a range of
+    # whole hours, and not in a range inside one hour.
+    client.command(f"INSERT INTO {name}.ad_counts_hourly SELECT hour, 'ad-99', 1000000, 0, "
+                   f"max(computed_at) FROM {name}.ad_counts_hourly_state "
+                   f"WHERE hour = '{H0 + HOUR:%Y-%m-%d %H:%M:%S}' GROUP BY hour")
     assert queries.popular_ads(client, name, H0, H0 + HOURS * HOUR, 1) == [("ad-99", 1000000)]
     assert queries.popular_ads(client, name, H0 + HOUR, H0 + HOUR + 59 * MINUTE, 1) == \
         truth_top(rows, H0 + HOUR, H0 + HOUR + 59 * MINUTE, 1)
