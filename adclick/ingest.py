@@ -34,7 +34,8 @@ from adclick import config
 from adclick import rollup
 
 log = logging.getLogger("adclick.ingest")
-LAG_INTERVAL_S = 1  # how often the loader asks the broker how far behind it is
+LAG_INTERVAL_S = 1  # how often the loader measures how far behind it is
+LAG_TIMEOUT_S = 1  # and how long it waits for committed offsets (must not stop loading)
 POLL_TIMEOUT_S = 0.5
 COMPACT_INTERVAL_S = 30  # how often the loader computes API 2's hourly rollup of quiet hours
 
@@ -236,9 +237,9 @@ class Loader:
             error = record.error()
             if error is None:
                 records.append(record)
-            elif error.fatal() or not error.retriable() and error.code() not in (
+            elif error.fatal() or (not error.retriable() and error.code() not in (
                     KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._PARTITION_EOF,
-                    KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
+                    KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN)):
                 raise KafkaException(error)
             else:
                 log.debug("consumer: %s", error)
@@ -287,16 +288,27 @@ class Loader:
         # the background, also while a batch is being stored, so records that arrive meanwhile
         # count), against the consumer's positions. Asking the broker instead took ~0.1 s per
         # partition, a second of every loop with the 36 partitions of the nine topics.
+        positions = consumer.position(consumer.assignment())
+        # A partition with no record consumed since the assignment has no position yet: its
+        # committed offset stands for it (one request for all of them), else its start.
+        unplaced = [TopicPartition(p.topic, p.partition) for p in positions if p.offset < 0]
+        committed = {}
+        if unplaced:
+            try:
+                committed = {(p.topic, p.partition): p.offset
+                             for p in consumer.committed(unplaced, timeout=LAG_TIMEOUT_S)}
+            except KafkaException as error:  # a broker away: those topics' lag is unknown
+                log.debug("no committed offsets: %s", error)
         behind, unknown = {}, set()
-        for partition in consumer.position(consumer.assignment()):
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(partition.topic, partition.partition), cached=True)
-            if high < 0:  # not fetched yet
+        for partition in positions:
+            key = (partition.topic, partition.partition)
+            low, high = consumer.get_watermark_offsets(TopicPartition(*key), cached=True)
+            position = partition.offset if partition.offset >= 0 else committed.get(key)
+            if high < 0 or position is None:  # not fetched yet, or no answer
                 unknown.add(partition.topic)
                 continue
-            # Before the first record a partition has no position (a negative offset).
-            position = partition.offset if partition.offset >= 0 else low
-            behind[partition.topic] = behind.get(partition.topic, 0) + max(0, high - position)
+            behind[partition.topic] = (behind.get(partition.topic, 0)
+                                       + max(0, high - max(position, low)))
         self.lag = {topic: None if topic in unknown else behind.get(topic)
                     for topic in self.topics}
 
