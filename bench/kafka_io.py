@@ -135,14 +135,18 @@ def java_producer_source(work_dir):
     return path
 
 
+def start_java_producer(bootstrap, topic, partitions, work_dir):
+    """The Java producer, reading payloads on its stdin and printing its stats at the end."""
+    source = java_producer_source(work_dir)
+    return subprocess.Popen(["java", "-Xmx1g", "-cp", f"{KAFKA_JARS}/*", str(source),
+                             bootstrap, topic, str(partitions)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+
 def bulk_fill(bootstrap, topic, partitions, payloads, count, start_ts, span_ms, work_dir):
     """Produce count payloads through the Java producer; returns rates (records/s)."""
-    source = java_producer_source(work_dir)
-    argv = ["java", "-Xmx1g", "-cp", f"{KAFKA_JARS}/*", str(source), bootstrap, topic,
-            str(partitions)]
     started = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
+    proc = start_java_producer(bootstrap, topic, partitions, work_dir)
     first_write = None
     for data in payloads.chunks(count, start_ts, span_ms):
         if first_write is None:
@@ -180,11 +184,7 @@ class PacedProducer:
         self.sent = 0
         self.truth = {}  # minute (epoch ms) -> [clicks, hot ad clicks]
         self.behind_ticks = 0  # ticks written late (the producer side falling behind)
-        source = java_producer_source(work_dir)
-        self.proc = subprocess.Popen(
-            ["java", "-Xmx1g", "-cp", f"{KAFKA_JARS}/*", str(source), bootstrap, topic,
-             str(partitions)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL)
+        self.proc = start_java_producer(bootstrap, topic, partitions, work_dir)
         self.pid = self.proc.pid
         self.stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="paced-producer", daemon=True)
