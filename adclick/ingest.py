@@ -216,7 +216,7 @@ class Loader:
         if counts:
             # Before the rows: a crash in between leaves the hour marked, never unmarked.
             rollup.mark_changed(self.client, self.database,
-                                {int(row[0].timestamp()) // 3600 * 3600 for row in counts})
+                                {rollup.hour_of(int(row[0].timestamp())) for row in counts})
         for table, rows in batches.items():
             self.client.insert(table, rows, column_names=COLUMNS[table], database=self.database)
         for table, columns in raw.items():

@@ -13,6 +13,7 @@ The counts are read from ad_click_counts with FINAL, which collapses rows the lo
 from datetime import datetime
 from datetime import timezone
 
+from adclick import rollup
 from adclick import store
 
 # The newest minute whose window fired. top_ads_minute gets a minute only once it is complete,
@@ -251,7 +252,7 @@ def popular_ads(client, db, start, end, limit, countries=(), devices=(), setting
     parameters = _range_parameters(db, start, end, countries, devices)
     parameters["limit"] = int(limit)
     query = POPULAR_ADS
-    hours = _whole_hours(parameters["start"], parameters["end"])
+    hours = rollup.whole_hours(parameters["start"], parameters["end"])
     if hours and not countries and not devices:
         versions = dict(client.query(
             ROLLED_HOURS, parameters={"db": parameters["db"], "hours": hours},
@@ -262,18 +263,9 @@ def popular_ads(client, db, start, end, limit, countries=(), devices=(), setting
             # Every other minute of the range (its ends may be parts of minutes).
             first = parameters["start"] // 60 * 60
             parameters["minutes"] = [minute for minute in range(first, parameters["end"], 60)
-                                     if minute // HOUR_S * HOUR_S not in versions]
+                                     if rollup.hour_of(minute) not in versions]
     rows = client.query(query, parameters=parameters, settings=_settings(settings)).result_rows
     return [(ad_id, int(count)) for ad_id, count in rows]
-
-
-HOUR_S = 3600
-
-
-def _whole_hours(start, end):
-    """The hours (Unix seconds) wholly inside [start, end)."""
-    first = -(-start // HOUR_S) * HOUR_S
-    return list(range(first, end - HOUR_S + 1, HOUR_S))
 
 
 def ratio(part, whole):

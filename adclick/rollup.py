@@ -15,6 +15,7 @@ than QUIET_S to store its rows could slip rows past a computation.)
 from adclick import store
 
 QUIET_S = 120  # an hour is computed once no row of it has come for this long
+HOUR_S = 3600
 
 MARK_CHANGED = """
 INSERT INTO {db:Identifier}.ad_counts_hourly_state (hour, changed_at)
@@ -47,6 +48,16 @@ MARK_COMPUTED = """
 INSERT INTO {db:Identifier}.ad_counts_hourly_state (hour, computed_at)
 SELECT toDateTime({hour:UInt32}, 'UTC'), fromUnixTimestamp64Micro({computed_at:Int64}, 'UTC')
 """
+
+
+def hour_of(seconds):
+    """The start of the hour of a Unix time, in Unix seconds."""
+    return seconds // HOUR_S * HOUR_S
+
+
+def whole_hours(start, end):
+    """The hours (Unix seconds) wholly inside [start, end) (Unix seconds)."""
+    return list(range(-(-start // HOUR_S) * HOUR_S, end - HOUR_S + 1, HOUR_S))
 
 
 def mark_changed(client, db, hours):

@@ -49,7 +49,7 @@ def make_rows(seed, first_offset=0):
 
 
 def hours_of(rows):
-    return {int(row["minute"].timestamp()) // 3600 * 3600 for row in rows}
+    return {rollup.hour_of(int(row["minute"].timestamp())) for row in rows}
 
 
 def store_rows(client, db, rows):
