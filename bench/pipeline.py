@@ -530,14 +530,14 @@ def load_curve(work, bootstrap, prefix, sampler, rates, step_minutes=3, fresh_li
         start = (int(time.time() * 1000) // MINUTE_MS + 2) * MINUTE_MS
         plan = [(start + i * step_minutes * MINUTE_MS, rate) for i, rate in enumerate(rates)]
 
-        def rate_at(minute):
-            current = rates[0]
-            for begins, rate in plan:
-                if minute >= begins:
-                    current = rate
-            return current if minute < stop_at[0] else 0
+        curve_end = plan[-1][0] + step_minutes * MINUTE_MS
 
-        stop_at = [plan[-1][0] + step_minutes * MINUTE_MS]
+        def rate_at(minute):
+            # The first rate in the warm-up, then each step's; none after the last step.
+            if minute >= curve_end:
+                return 0
+            return next((rate for begins, rate in reversed(plan) if minute >= begins), rates[0])
+
         producer = kafka_io.PacedProducer(bootstrap, topics["clicks"], config.PARTITIONS,
                                           payloads, rate_at, work, hot_ad).start()
         sampler.watch("curve.producer", producer.pid)
@@ -545,7 +545,7 @@ def load_curve(work, bootstrap, prefix, sampler, rates, step_minutes=3, fresh_li
             f"{iso(start)}")
         fresh = {}  # minute -> seconds after its end when API 1 first gave the truth
         lags = []  # (t, raw-store lag of the clicks topic)
-        marks = {}  # step start -> cpu seconds of each part then
+        marks = {}  # step boundary -> (CPU seconds of each part, clicks sent) then
         broker_watched = "kafka_broker" in sampler.cpu
 
         def cpu_now():
@@ -553,7 +553,7 @@ def load_curve(work, bootstrap, prefix, sampler, rates, step_minutes=3, fresh_li
             names += ["kafka_broker"] if broker_watched else []
             return {name.split(".")[-1]: sampler.cpu_seconds(name)["total"] for name in names}
 
-        boundaries = [begins for begins, _ in plan] + [stop_at[0]]
+        boundaries = [begins for begins, _ in plan] + [curve_end]
 
         def mark_boundaries():
             # CPU and clicks sent at each step boundary passed, for per-step CPU per click.
@@ -622,7 +622,6 @@ def load_curve(work, bootstrap, prefix, sampler, rates, step_minutes=3, fresh_li
                 f"held {step['held']}")
             if not step["held"]:
                 break
-        stop_at[0] = 0
     finally:
         if producer is not None:
             producer.stop()
