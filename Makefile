@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
 .PHONY: help venv jars setup kafka-start kafka-stop topics flink-cluster flink-cluster-stop \
-        submit test lint browser demo bench bench-api reconcile clean
+        submit test java-test lint browser demo bench bench-api reconcile clean
 
 help:
 	@echo "make venv                 create .venv and pip install -e '.[test,bench]'"
@@ -46,16 +46,17 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 FORMAT_JAR := .stack/jars/flink/adclick-flink.jar
-FORMAT_SOURCES := udfs/java/pom.xml $(shell find udfs/java/src -type f)
+FORMAT_SOURCES := udfs/java/pom.xml $(shell find udfs/java/src/main -type f)
 
 jars: .stack/jars/.installed $(FORMAT_JAR)
 .stack/jars/.installed: deps/pom.xml
 	mvn -q -B -f deps/pom.xml package
 	touch $@
 
-# adclick's own JVM code: the 'adclick-event' format that parses events in the Flink source.
+# adclick's own JVM code: the 'adclick-event' format that parses events in the Flink source, and
+# the compact dedup operator. Its unit tests run in `make test` (java-test), not here.
 $(FORMAT_JAR): $(FORMAT_SOURCES)
-	mvn -q -B -f udfs/java/pom.xml package
+	mvn -q -B -f udfs/java/pom.xml package -Dmaven.test.skip=true
 
 setup: venv jars
 
@@ -77,8 +78,13 @@ flink-cluster-stop:
 submit: setup
 	scripts/submit-job.sh $(JOB_ARGS)
 
-test: setup lint browser
+test: setup lint browser java-test
 	$(PY) -m pytest -x -q $(PYTEST_ARGS)
+
+# The JVM code's unit tests (udfs/java/src/test): the compact dedup under Flink's operator test
+# harness (checkpoints, restores, rescaling, expiry).
+java-test:
+	mvn -q -B -f udfs/java/pom.xml test
 
 # The dashboard's test drives Debian's Chromium through chromedriver: installed once if missing.
 browser:

@@ -30,8 +30,10 @@ import os
 import sys
 import time
 
+from pyflink.datastream import StreamExecutionEnvironment
 from pyflink.table import EnvironmentSettings
 from pyflink.table import TableDescriptor
+from pyflink.table import StreamTableEnvironment
 from pyflink.table import TableEnvironment
 
 from adclick import config
@@ -87,11 +89,11 @@ def jvm_cpu_seconds():
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def timed(execute):
-    """Run execute() (it submits one bounded job and returns its TableResult) and time the job."""
+def timed(submit):
+    """Run submit() (it submits one bounded job and returns its JobClient) and time the job."""
     cpu0 = jvm_cpu_seconds()
     submitted = time.monotonic()
-    client = execute().get_job_client()
+    client = submit()
     execution = client.get_job_execution_result().result()
     return {"net_runtime_s": execution.get_net_runtime() / 1000.0,
             "submit_to_end_s": round(time.monotonic() - submitted, 3),
@@ -106,7 +108,8 @@ def run_job(t_env, args, topic, name, dedup=False):
     if dedup:
         t_env.execute_sql(UNIQUE_CLICKS.format(source=source))
         source += "_unique"
-    return timed(lambda: t_env.execute_sql(QUERY.format(sink=f"sink_{name}", source=source)))
+    return timed(lambda: t_env.execute_sql(
+        QUERY.format(sink=f"sink_{name}", source=source)).get_job_client())
 
 
 def adclick_env(args, stage, measured="clicks"):
@@ -117,7 +120,8 @@ def adclick_env(args, stage, measured="clicks"):
     job_args = job.parse_args(["--bootstrap-servers", args.bootstrap_servers,
                                "--parallelism", str(args.parallelism),
                                "--checkpoint-dir", f"{args.checkpoint_dir}/{stage}"])
-    t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
+    env = StreamExecutionEnvironment.get_execution_environment()
+    t_env = StreamTableEnvironment.create(env, EnvironmentSettings.in_streaming_mode())
     job.configure(t_env, job_args)
     filled = {"clicks": args.topic, "impressions": args.impressions_topic}
     for name, event in job.INPUTS.items():
@@ -133,13 +137,13 @@ def adclick_env(args, stage, measured="clicks"):
                            "scan.bounded.mode": "latest-offset"}.items():
             builder = builder.option(key, value)
         t_env.create_temporary_table(f"{name}_raw", builder.build())
-    return t_env, job_args
+    return env, t_env, job_args
 
 
 def run_adclick_parse(args):
     """Only the adclick job's first operator chain: its source and sql/flink/10_parse.sql,
     valid clicks and rejects into blackhole sinks. What parsing and validating cost."""
-    t_env, job_args = adclick_env(args, "parse")
+    _env, t_env, job_args = adclick_env(args, "parse")
     t_env.execute_sql("CREATE TEMPORARY TABLE parsed_sink (click_id STRING, ad_id STRING, "
                       "country STRING, device STRING, event_time TIMESTAMP_LTZ(3)) "
                       "WITH ('connector' = 'blackhole')")
@@ -151,7 +155,7 @@ def run_adclick_parse(args):
                            "event_time FROM events_valid")
     inserts.add_insert_sql("INSERT INTO rejects_sink SELECT reject_reason, "
                            "TO_BASE64(payload) FROM events_rejected")
-    return timed(inserts.execute)
+    return timed(lambda: inserts.execute().get_job_client())
 
 
 # Stands in for the dedup stage of sql/flink/20_dedup_and_lateness.sql: every valid event
@@ -166,13 +170,19 @@ def run_adclick_job(args, dedup=True, measured="clicks"):
     WITHOUT_DEDUP."""
     stage = ("job" if dedup else "job-without-dedup") + ("" if measured == "clicks"
                                                          else f"-{measured}")
-    t_env, job_args = adclick_env(args, stage, measured)
+    env, t_env, job_args = adclick_env(args, stage, measured)
     t_env.create_temporary_table("job_clock", job.clock_descriptor(job_args, rows=16))
     for name, columns in job.SINK_COLUMNS.items():
         t_env.create_temporary_table(f"{name}_sink", TableDescriptor.for_connector("blackhole")
                                      .schema(job.sink_schema(columns)).build())
     stages = {} if dedup else {"events_unique": WITHOUT_DEDUP}
-    return timed(job.build_pipeline(t_env, job_args, replace=stages).execute)
+    statements = job.build_pipeline(t_env, job_args, replace=stages)
+
+    def submit():
+        # As the job runs: with its compact dedup in place of the planner's.
+        job.attach_job(env, statements, job_args.dedup_horizon_s)
+        return env.execute_async(f"adclick {stage}")
+    return timed(submit)
 
 
 def main(argv=None):

@@ -195,7 +195,7 @@ def configure(t_env, args):
     # Kept when the job is cancelled or its cluster goes away: every start resumes the newest.
     conf.set("execution.checkpointing.externalized-checkpoint-retention",
              "RETAIN_ON_CANCELLATION")
-    # Every operator gets an explicit uid from its plan node ("<id>_<kind>"; attach_with_uids
+    # Every operator gets an explicit uid from its plan node ("<id>_<kind>"; attach_job
     # adds the ones the planner leaves out), instead of a hash of the whole graph that changes
     # when a sink is added anywhere: state saved before a change to the SQL maps onto the
     # operators that did not change. The ids are numbered in the order of sql/flink/*.sql, so
@@ -490,7 +490,7 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     # A StreamTableEnvironment, not a plain one: the job's operators are reached before it runs
-    # (attach_with_uids).
+    # (attach_job).
     env = StreamExecutionEnvironment.get_execution_environment()
     t_env = StreamTableEnvironment.create(env, EnvironmentSettings.in_streaming_mode())
     configure(t_env, args)
@@ -507,7 +507,7 @@ def main(argv=None):
     restore_from(t_env, args, state)
     recovery = t_env.get_config().get("execution.state-recovery.path", "")
     attach_connectors(t_env, args)
-    attach_with_uids(env, build_pipeline(t_env, args))
+    attach_job(env, build_pipeline(t_env, args), args.dedup_horizon_s)
     try:
         job_client = env.execute_async(t_env.get_config().get("pipeline.name", JOB_NAME))
         announce(f"submitted job {job_client.get_job_id()}")
@@ -522,16 +522,22 @@ def main(argv=None):
         follow(job_client, state, stopping, args.stop_timeout_s)
 
 
-def attach_with_uids(env, statements):
-    """Translate the statements into env's graph; give each operator the planner left without
-    a uid one of the same form.
+def attach_job(env, statements, dedup_horizon_s):
+    """Translate the statements into env's graph, with adclick's compact dedup in place of each
+    of the planner's, and a uid on every operator.
 
-    The planner names each operator "<Kind>[<plan node id>]" and (uid generation ALWAYS) gives
-    it the uid "<id>_<kind>", but not its Python operators (PythonGroupWindowAggregate, the
-    top-N merge): theirs would fall back to a hash of the graph's shape, which any statement
-    added upstream changes, and a savepoint taken before such a change could not be restored.
+    The dedups: the planner's keep-first-row dedup (sql/flink/20_*.sql, 35_*.sql) becomes a
+    CompactDeduplicateOperator (udfs/java), same keyBy, input and output, holding 16 bytes per
+    id in per-key-group sets instead of a state entry with a TTL per id.
+
+    The uids: the planner names each operator "<Kind>[<plan node id>]" and (uid generation
+    ALWAYS) gives it the uid "<id>_<kind>", but not its Python operators
+    (PythonGroupWindowAggregate, the top-N merge): theirs would fall back to a hash of the
+    graph's shape, which any statement added upstream changes, and a savepoint taken before
+    such a change could not be restored.
     """
     statements.attach_as_datastream()
+    compact_dedup = get_gateway().jvm.adclick.flink.CompactDeduplicate
     pending = list(env._j_stream_execution_environment.getTransformations())
     seen = set()
     while pending:
@@ -540,7 +546,9 @@ def attach_with_uids(env, statements):
             continue
         seen.add(transformation.getId())
         named = re.fullmatch(r"([A-Za-z]+)\[(\d+)\]", transformation.getName())
-        if named and transformation.getUid() is None:
+        if named and named[1] == "Deduplicate":
+            compact_dedup.install(transformation, int(dedup_horizon_s))
+        elif named and transformation.getUid() is None:
             kind = re.sub(r"(?<!^)(?=[A-Z])", "-", named[1]).lower()
             transformation.setUid(f"{named[2]}_{kind}")
         pending.extend(transformation.getInputs())

@@ -139,21 +139,41 @@ def test_an_appended_statement_keeps_every_operators_uid(tmp_path):
     assert after[:len(before)] == before
 
 
-def test_every_operator_has_a_uid_the_python_one_too():
-    # Without one, an operator's id is a hash of the graph's shape, and a savepoint taken
-    # before a change to the SQL could not be restored after it (the planner gives none to its
-    # Python operators; the job's attach_with_uids does).
+@pytest.fixture(scope="module")
+def stream_nodes():
+    """The job's operators as it runs them: after attach_job (compact dedups, uids)."""
     env = StreamExecutionEnvironment.get_execution_environment()
     t_env = StreamTableEnvironment.create(env, EnvironmentSettings.in_streaming_mode())
-    args = job.parse_args(["--topic-prefix", "plan-"])
+    args = job.parse_args(["--topic-prefix", "plan-", "--dedup-horizon-s", "900"])
     job.configure(t_env, args)
     job.attach_connectors(t_env, args)
-    job.attach_with_uids(env, job.build_pipeline(t_env, args))
-    nodes = env._generate_stream_graph(clear_transformations=True).getStreamNodes().toArray()
-    uids = {node.getOperatorName(): node.getTransformationUID() for node in nodes}
+    job.attach_job(env, job.build_pipeline(t_env, args), args.dedup_horizon_s)
+    return env._generate_stream_graph(clear_transformations=True).getStreamNodes().toArray()
+
+
+def test_every_operator_has_a_uid_the_python_one_too(stream_nodes):
+    # Without one, an operator's id is a hash of the graph's shape, and a savepoint taken
+    # before a change to the SQL could not be restored after it (the planner gives none to its
+    # Python operators; the job's attach_job does).
+    uids = {node.getOperatorName(): node.getTransformationUID() for node in stream_nodes}
     assert [name for name, uid in uids.items() if not uid] == []
     python = [uid for name, uid in uids.items() if name.startswith("PythonGroupWindowAggregate")]
     assert len(python) == 1 and python[0].endswith("_python-group-window-aggregate")
+
+
+def test_the_job_runs_the_compact_dedup_in_place_of_each_planned_one(stream_nodes):
+    # The plan's two dedups (events, conversions) run as udfs/java's CompactDeduplicateOperator,
+    # each behind the planner's keyBy (a keyed operator: key groups carry its state when
+    # rescaled), with a uid of its own: its state is not the planner's.
+    dedups = {node.getOperatorName(): node for node in stream_nodes
+              if "Deduplicate" in node.getOperatorName()}
+    assert sorted(re.sub(r"\d+", "N", name) for name in dedups) == ["CompactDeduplicate[N]"] * 2
+    for name, node in dedups.items():
+        operator = node.getOperatorFactory().getOperator()
+        assert operator.getClass().getName() == "adclick.flink.CompactDeduplicateOperator"
+        assert operator.getHorizonS() == 900  # --dedup-horizon-s
+        assert node.getStatePartitioners()[0] is not None
+        assert node.getTransformationUID() == re.sub(r"\D", "", name) + "_compact-deduplicate"
 
 
 def test_a_stage_is_replaced_by_name_not_by_text():

@@ -1,13 +1,14 @@
 """The job's transformation, without Kafka: rows in memory in, files out, against a truth.
 
-The pipeline (jobs/ad_click_aggregation.py build_pipeline over sql/flink/) runs at parallelism
-2 on a local MiniCluster over parse results held in memory (valid clicks and impressions,
-duplicates, rejected records, events late and too late, and conversions: attributed, before
-their click, outside the attribution window, of unknown or too-late clicks, repeated), its six
-sinks bound to JSON files, the job's clock stage left out. A small model of the job's semantics
-(dedup first wins; each unique event classed against the watermark the classifier saw;
-windows; top-N by clicks; each unique conversion joined to its counted click) computes what
-each sink must hold, and the test requires the same rows.
+The pipeline (jobs/ad_click_aggregation.py build_pipeline over sql/flink/, attached as the job
+attaches it: with its compact dedup) runs at parallelism 2 on a local MiniCluster over parse
+results held in memory (valid clicks and impressions, duplicates, rejected records, events late
+and too late, and conversions: attributed, before their click, outside the attribution window,
+of unknown or too-late clicks, repeated), its six sinks bound to JSON files, the job's clock
+stage left out. A small model of the job's semantics (dedup first wins; each unique event
+classed against the watermark the classifier saw; windows; top-N by clicks; each unique
+conversion joined to its counted click) computes what each sink must hold, and the test
+requires the same rows.
 
 The watermark is exact here because the clicks and impressions come from one ordered,
 non-parallel source whose watermark follows each row that advances it by more than the emit
@@ -336,7 +337,9 @@ def run_pipeline(work):
     bind_in_memory(env, t_env, rows, conversions, work / "out")
     statements = job.build_pipeline(t_env, args, replace={"events_and_clock": WITHOUT_CLOCK})
     plan = statements.explain()
-    statements.execute().wait(300_000)
+    # As the job runs: the compact dedup in place of the planner's (attach_job).
+    job.attach_job(env, statements, args.dedup_horizon_s)
+    env.execute("pipeline-logic")
     return rows, conversions, plan, work / "out"
 
 

@@ -1,0 +1,115 @@
+package adclick.flink;
+
+import java.lang.reflect.Field;
+import java.util.ArrayList;
+import java.util.List;
+import org.apache.flink.api.common.typeinfo.TypeInformation;
+import org.apache.flink.api.dag.Transformation;
+import org.apache.flink.streaming.api.operators.SimpleOperatorFactory;
+import org.apache.flink.streaming.api.operators.StreamOperatorFactory;
+import org.apache.flink.streaming.api.transformations.OneInputTransformation;
+import org.apache.flink.table.runtime.typeutils.InternalTypeInfo;
+import org.apache.flink.table.types.logical.LogicalType;
+import org.apache.flink.table.types.logical.LogicalTypeRoot;
+import org.apache.flink.table.types.logical.RowType;
+
+/**
+ * Puts a {@link CompactDeduplicateOperator} in place of a dedup the planner made, once the
+ * job's SQL is translated: the plan keeps its one dedup (and the single classifier after it),
+ * its keyBy, its parallelism and its input and output; only the operator doing the dedup
+ * changes.
+ *
+ * <p>Why not a process table function or the DataStream bridge: a process table function's
+ * state is converted between its internal and external form at every call (a whole set per
+ * row); bridging to a DataStream and back splits the job into two plans, and the sources the
+ * dedup shares with the rest of the job would be read twice. Flink has no API to swap the
+ * operator of a translated transformation, so this sets its factory field by reflection.
+ */
+public final class CompactDeduplicate {
+
+  /** The planner's keep-first-row dedup on processing time: the only one this stands in for. */
+  static final String REPLACED_FUNCTION =
+      "org.apache.flink.table.runtime.operators.deduplicate.ProcTimeDeduplicateKeepFirstRowFunction";
+
+  private CompactDeduplicate() {}
+
+  /**
+   * Replaces the operator of the planner's dedup transformation (named "Deduplicate[id]") by a
+   * compact one remembering ids for horizonS seconds; renames it "CompactDeduplicate[id]",
+   * with the uid "id_compact-deduplicate" (its state is not the planner's).
+   *
+   * @throws IllegalArgumentException if the transformation is another kind of dedup, or its
+   *     key is not a 128-bit fingerprint (two BIGINTs) plus STRING columns
+   */
+  public static void install(Transformation<?> transformation, long horizonS) {
+    if (!(transformation instanceof OneInputTransformation)) {
+      throw new IllegalArgumentException("not a one-input transformation: " + transformation);
+    }
+    OneInputTransformation<?, ?> dedup = (OneInputTransformation<?, ?>) transformation;
+    String function = userFunctionClass(dedup.getOperatorFactory());
+    if (!REPLACED_FUNCTION.equals(function)) {
+      throw new IllegalArgumentException(
+          dedup.getName() + " is not the keep-first-row dedup on processing time: " + function);
+    }
+    RowType key = keyType(dedup.getStateKeyType());
+    List<Integer> longs = new ArrayList<>();
+    List<Integer> others = new ArrayList<>();
+    for (int i = 0; i < key.getFieldCount(); i++) {
+      LogicalType type = key.getTypeAt(i);
+      if (type.is(LogicalTypeRoot.BIGINT)) {
+        longs.add(i);
+      } else if (type.is(LogicalTypeRoot.VARCHAR)) {
+        others.add(i);
+      } else {
+        throw new IllegalArgumentException("unexpected key column " + type + " in " + key);
+      }
+    }
+    if (longs.size() != 2) {
+      throw new IllegalArgumentException("the key holds no 128-bit fingerprint: " + key);
+    }
+    // The key's columns are the input's, in the input's order: the high half comes first
+    // (key_hi, key_lo; tests/test_job_plan.py checks the job's inputs).
+    CompactDeduplicateOperator operator = new CompactDeduplicateOperator(
+        horizonS, longs.get(0), longs.get(1),
+        others.stream().mapToInt(Integer::intValue).toArray());
+    setFactory(dedup, SimpleOperatorFactory.of(operator));
+    String id = dedup.getName().replaceAll("\\D", "");
+    dedup.setName("CompactDeduplicate[" + id + "]");
+    dedup.setUid(id + "_compact-deduplicate");
+  }
+
+  private static String userFunctionClass(StreamOperatorFactory<?> factory) {
+    if (!(factory instanceof SimpleOperatorFactory)) {
+      return String.valueOf(factory);
+    }
+    Object operator = ((SimpleOperatorFactory<?>) factory).getOperator();
+    if (!(operator instanceof org.apache.flink.streaming.api.operators.AbstractUdfStreamOperator)) {
+      return operator.getClass().getName();
+    }
+    return ((org.apache.flink.streaming.api.operators.AbstractUdfStreamOperator<?, ?>) operator)
+        .getUserFunction().getClass().getName();
+  }
+
+  private static RowType keyType(TypeInformation<?> type) {
+    if (!(type instanceof InternalTypeInfo)) {
+      throw new IllegalArgumentException("not a keyed SQL operator's key: " + type);
+    }
+    LogicalType logical = ((InternalTypeInfo<?>) type).toLogicalType();
+    if (!(logical instanceof RowType)) {
+      throw new IllegalArgumentException("not a row key: " + logical);
+    }
+    return (RowType) logical;
+  }
+
+  private static void setFactory(OneInputTransformation<?, ?> dedup,
+                                 StreamOperatorFactory<?> factory) {
+    try {
+      Field field = OneInputTransformation.class.getDeclaredField("operatorFactory");
+      field.setAccessible(true);
+      field.set(dedup, factory);
+    } catch (ReflectiveOperationException e) {
+      throw new IllegalStateException("this Flink's OneInputTransformation has no operator"
+          + " factory field to set; the compact dedup needs Flink 2.2's", e);
+    }
+  }
+}

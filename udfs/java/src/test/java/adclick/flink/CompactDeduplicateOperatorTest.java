@@ -1,0 +1,272 @@
+package adclick.flink;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.util.ArrayList;
+import java.util.HashSet;
+import java.util.List;
+import java.util.Set;
+import org.apache.flink.api.java.functions.KeySelector;
+import org.apache.flink.runtime.checkpoint.OperatorSubtaskState;
+import org.apache.flink.runtime.state.KeyGroupRangeAssignment;
+import org.apache.flink.streaming.api.watermark.Watermark;
+import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
+import org.apache.flink.streaming.util.AbstractStreamOperatorTestHarness;
+import org.apache.flink.streaming.util.KeyedOneInputStreamOperatorTestHarness;
+import org.apache.flink.table.data.GenericRowData;
+import org.apache.flink.table.data.RowData;
+import org.apache.flink.table.data.StringData;
+import org.apache.flink.table.runtime.typeutils.InternalTypeInfo;
+import org.apache.flink.table.runtime.typeutils.RowDataSerializer;
+import org.apache.flink.table.types.logical.BigIntType;
+import org.apache.flink.table.types.logical.VarCharType;
+import org.junit.jupiter.api.Test;
+
+/**
+ * The compact dedup as Flink runs it (its operator test harness: keyed input, processing time,
+ * checkpoints, restores and rescaling), against what the planner's keep-first-row dedup with a
+ * state TTL does: the first row of a key within the horizon passes, the others are dropped.
+ *
+ * <p>Rows here are (event, id, key_hi, key_lo), keyed as the job's events are: by the event
+ * type and the id's fingerprint, with the event type first, as the planner orders the key.
+ */
+class CompactDeduplicateOperatorTest {
+
+  private static final long HORIZON_S = 3600;
+  private static final int MAX_PARALLELISM = 128;
+  private static final long T0 = 1_767_225_600_000L; // 2026-01-01T00:00:00Z
+
+  private static final KeySelector<RowData, RowData> KEY =
+      row -> GenericRowData.of(row.getString(0), row.getLong(2), row.getLong(3));
+  private static final InternalTypeInfo<RowData> KEY_TYPE =
+      InternalTypeInfo.ofFields(new VarCharType(VarCharType.MAX_LENGTH), new BigIntType(),
+          new BigIntType());
+
+  private static RowData event(String event, String id) {
+    EventKey key = new EventKey();
+    key.of(id);
+    return GenericRowData.of(StringData.fromString(event), StringData.fromString(id), key.hi,
+        key.lo);
+  }
+
+  private static RowData click(String id) {
+    return event("click", id);
+  }
+
+  private static KeyedOneInputStreamOperatorTestHarness<RowData, RowData, RowData> harness(
+      int parallelism, int subtask) throws Exception {
+    var h = new KeyedOneInputStreamOperatorTestHarness<RowData, RowData, RowData>(
+        new CompactDeduplicateOperator(HORIZON_S, 1, 2, new int[] {0}), KEY, KEY_TYPE,
+        MAX_PARALLELISM, parallelism, subtask);
+    h.setup(new RowDataSerializer(new VarCharType(VarCharType.MAX_LENGTH),
+        new VarCharType(VarCharType.MAX_LENGTH), new BigIntType(), new BigIntType()));
+    return h;
+  }
+
+  private static KeyedOneInputStreamOperatorTestHarness<RowData, RowData, RowData> started(
+      OperatorSubtaskState state) throws Exception {
+    KeyedOneInputStreamOperatorTestHarness<RowData, RowData, RowData> h = harness(1, 0);
+    h.setProcessingTime(T0);
+    h.initializeState(state);
+    h.open();
+    return h;
+  }
+
+  /** The ids of the rows the operator let through, in order. */
+  private static List<String> passed(
+      KeyedOneInputStreamOperatorTestHarness<RowData, RowData, RowData> h) {
+    List<String> ids = new ArrayList<>();
+    for (RowData row : h.extractOutputValues()) {
+      ids.add(row.getString(0) + ":" + row.getString(1));
+    }
+    return ids;
+  }
+
+  private static void feed(KeyedOneInputStreamOperatorTestHarness<RowData, RowData, RowData> h,
+                           RowData... rows) throws Exception {
+    for (RowData row : rows) {
+      h.processElement(new StreamRecord<>(row, 0));
+    }
+  }
+
+  @Test
+  void theFirstOfEachIdPassesItsRepeatsDoNot() throws Exception {
+    try (var h = started(null)) {
+      feed(h, click("a"), click("b"), click("a"), click("c"), click("b"), click("a"));
+      assertEquals(List.of("click:a", "click:b", "click:c"), passed(h));
+    }
+  }
+
+  @Test
+  void aClickAndAnImpressionMayShareAnId() throws Exception {
+    try (var h = started(null)) {
+      feed(h, click("x"), event("impression", "x"), event("impression", "x"), click("x"));
+      assertEquals(List.of("click:x", "impression:x"), passed(h));
+    }
+  }
+
+  @Test
+  void rowsAndWatermarksPassUnchangedAndInOrder() throws Exception {
+    try (var h = started(null)) {
+      RowData first = click("w");
+      h.processElement(new StreamRecord<>(first, 42));
+      h.processWatermark(new Watermark(1000));
+      feed(h, click("w"));
+      h.processWatermark(new Watermark(2000));
+      List<Object> output = new ArrayList<>(h.getOutput());
+      assertEquals(3, output.size());
+      assertEquals(new StreamRecord<>(first, 42), output.get(0));
+      assertEquals(new Watermark(1000), output.get(1));
+      assertEquals(new Watermark(2000), output.get(2));
+    }
+  }
+
+  @Test
+  void aRepeatIsDroppedHoweverManyIdsCameBetween() throws Exception {
+    // The set is rebuilt many times as it grows (expired entries dropped, live ones kept), and
+    // time moves on: a repeat within the horizon is still found.
+    try (var h = started(null)) {
+      feed(h, click("early"));
+      for (int i = 0; i < 200_000; i++) {
+        if (i % 20_000 == 0) {
+          h.setProcessingTime(T0 + i / 20_000 * 300_000L); // 5 minutes per 20,000 ids
+        }
+        feed(h, click("id-" + i));
+      }
+      h.setProcessingTime(T0 + (HORIZON_S - 1) * 1000);
+      feed(h, click("early"), click("id-0"), click("id-199999"), click("late"));
+      List<String> passed = passed(h);
+      assertEquals(200_002, passed.size());
+      assertEquals("click:late", passed.get(passed.size() - 1));
+    }
+  }
+
+  @Test
+  void anIdIsForgottenAtTheHorizon() throws Exception {
+    try (var h = started(null)) {
+      feed(h, click("a"));
+      h.setProcessingTime(T0 + HORIZON_S * 1000 - 1);
+      feed(h, click("a"));
+      assertEquals(List.of("click:a"), passed(h));
+      h.setProcessingTime(T0 + HORIZON_S * 1000);
+      feed(h, click("a"));
+      assertEquals(List.of("click:a", "click:a"), passed(h));
+      // Passed again, it is first seen now: its repeats are dropped for another horizon.
+      h.setProcessingTime(T0 + 2 * HORIZON_S * 1000 - 1);
+      feed(h, click("a"));
+      assertEquals(2, passed(h).size());
+    }
+  }
+
+  @Test
+  void aRestoreRemembersTheIdsOfTheCheckpointOnly() throws Exception {
+    OperatorSubtaskState checkpoint;
+    try (var h = started(null)) {
+      feed(h, click("a"), click("b"));
+      checkpoint = h.snapshot(1, T0);
+      feed(h, click("c")); // after the checkpoint: replayed from Kafka after a restore
+    }
+    try (var h = started(checkpoint)) {
+      feed(h, click("a"), click("c"), click("b"), click("c"), click("d"));
+      assertEquals(List.of("click:c", "click:d"), passed(h));
+    }
+  }
+
+  @Test
+  void aCheckpointHoldsOnlyTheIdsAliveInTheHorizon() throws Exception {
+    OperatorSubtaskState checkpoint;
+    try (var h = started(null)) {
+      feed(h, click("old"));
+      h.setProcessingTime(T0 + 1800_000);
+      feed(h, click("new"));
+      h.setProcessingTime(T0 + HORIZON_S * 1000);
+      checkpoint = h.snapshot(1, T0);
+    }
+    try (var h = started(checkpoint)) {
+      h.setProcessingTime(T0 + HORIZON_S * 1000);
+      feed(h, click("old"), click("new"));
+      assertEquals(List.of("click:old"), passed(h));
+    }
+  }
+
+  @Test
+  void rescalingMovesEachIdWithItsKeyGroup() throws Exception {
+    List<RowData> seen = new ArrayList<>();
+    for (int i = 0; i < 2000; i++) {
+      seen.add(click("seen-" + i));
+    }
+    OperatorSubtaskState atTwo = run(2, null, seen, new HashSet<>());
+    // From 2 subtasks to 3, then to 1: every id seen before is dropped wherever it lands now,
+    // and new ids pass.
+    List<RowData> again = new ArrayList<>(seen);
+    for (int i = 0; i < 500; i++) {
+      again.add(click("new-" + i));
+    }
+    Set<String> passedAtThree = new HashSet<>();
+    OperatorSubtaskState atThree = run(3, atTwo, again, passedAtThree);
+    Set<String> expected = new HashSet<>();
+    for (int i = 0; i < 500; i++) {
+      expected.add("click:new-" + i);
+    }
+    assertEquals(expected, passedAtThree);
+    Set<String> passedAtOne = new HashSet<>();
+    run(1, atThree, again, passedAtOne);
+    assertEquals(Set.of(), passedAtOne);
+  }
+
+  /**
+   * Runs the operator at this parallelism from the state (of any parallelism), each row on the
+   * subtask its key goes to; adds the ids let through to passed; returns all subtasks' state.
+   */
+  private static OperatorSubtaskState run(int parallelism, OperatorSubtaskState state,
+                                          List<RowData> rows, Set<String> passed)
+      throws Exception {
+    List<KeyedOneInputStreamOperatorTestHarness<RowData, RowData, RowData>> subtasks =
+        new ArrayList<>();
+    for (int i = 0; i < parallelism; i++) {
+      var h = harness(parallelism, i);
+      h.setProcessingTime(T0);
+      h.initializeState(state == null ? null
+          : AbstractStreamOperatorTestHarness.repartitionOperatorState(
+              state, MAX_PARALLELISM, stateParallelism(state), parallelism, i));
+      h.open();
+      subtasks.add(h);
+    }
+    for (RowData row : rows) {
+      int subtask = KeyGroupRangeAssignment.assignKeyToParallelOperator(
+          KEY.getKey(row), MAX_PARALLELISM, parallelism);
+      feed(subtasks.get(subtask), row);
+    }
+    OperatorSubtaskState[] states = new OperatorSubtaskState[parallelism];
+    for (int i = 0; i < parallelism; i++) {
+      passed.addAll(passed(subtasks.get(i)));
+      states[i] = subtasks.get(i).snapshot(1, T0);
+      subtasks.get(i).close();
+    }
+    OperatorSubtaskState all = AbstractStreamOperatorTestHarness.repackageState(states);
+    PARALLELISM.put(all, parallelism);
+    return all;
+  }
+
+  private static final java.util.Map<OperatorSubtaskState, Integer> PARALLELISM =
+      new java.util.IdentityHashMap<>();
+
+  private static int stateParallelism(OperatorSubtaskState state) {
+    return PARALLELISM.get(state);
+  }
+
+  @Test
+  void theHorizonMustBePositive() {
+    assertTrue(assertThrowsIllegal(() -> new CompactDeduplicateOperator(0, 1, 2, new int[0])));
+  }
+
+  private static boolean assertThrowsIllegal(Runnable action) {
+    try {
+      action.run();
+      return false;
+    } catch (IllegalArgumentException expected) {
+      return true;
+    }
+  }
+}
