@@ -217,7 +217,7 @@ def state_estimate(runs):
 
 
 # The operators whose state grows with the clicks: (what, how its vertex's name begins).
-STATEFUL = (("events_dedup", "Deduplicate[", "the dedup of clicks and impressions (1 h)"),
+STATEFUL = (("events_dedup", "CompactDeduplicate[", "the dedup of clicks and impressions (1 h)"),
             ("attribution_join", "Join[", "the counted clicks the attribution join keeps for "
                                           "the attribution window (7 days by default)"))
 

@@ -7,7 +7,8 @@ repeated ids, counts clicks and impressions per 1-minute event-time tumbling win
 in Python), joins each conversion to the counted click it names, and writes six Kafka topics
 through transactional sinks: counts, top-N, too-late events, dead letters, unique conversions
 and attributions. ClickHouse ingests those topics (adclick.ingest). Everything per event runs
-in the JVM as Flink SQL.
+in the JVM: Flink SQL, and adclick's compact dedup operator (udfs/java) in place of the
+planner's dedup.
 
 Every start resumes the pipeline's newest savepoint or retained checkpoint (adclick.job_state;
 --fresh starts empty); SIGTERM or Ctrl-C of a local run stops the job with a savepoint.
@@ -203,6 +204,8 @@ def configure(t_env, args):
     # restores a savepoint across such a change).
     conf.set("table.exec.uid.generation", "ALWAYS")
     conf.set("table.exec.source.idle-timeout", f"{args.idle_timeout_ms} ms")
+    # The planned dedups' horizon (attach_job gives the compact ones the same) and a bound on
+    # any other state the SQL does not bound itself.
     conf.set("table.exec.state.ttl", f"{args.dedup_horizon_s} s")
     if args.state_backend:
         conf.set("state.backend.type", args.state_backend)

@@ -14,11 +14,13 @@ FROM job_clock
 WHERE beat < 0;
 
 -- Exactly one row per event: the first seen of a click_id (of an impression_id) wins. Keeping
--- the first row on processing time is append-only and keeps event_time a rowtime attribute; its
--- state lives for the dedup horizon (table.exec.state.ttl), so memory stays bounded. The state
--- is keyed by the 128-bit fingerprint of the id (two BIGINTs, from the source format): cheaper
--- to hash, compare and keep than the string, and equal only for equal ids (EventKey.java says
--- how surely); and by the event type, since a click and an impression may share an id.
+-- the first row on processing time is append-only and keeps event_time a rowtime attribute; an
+-- id is remembered for the dedup horizon (table.exec.state.ttl), so memory stays bounded. The
+-- key is the 128-bit fingerprint of the id (two BIGINTs, from the source format): cheaper to
+-- hash, compare and keep than the string, and equal only for equal ids (EventKey.java says how
+-- surely); and the event type, since a click and an impression may share an id.
+-- This says what the dedup does; the job runs udfs/java's CompactDeduplicateOperator in place
+-- of the planner's (attach_job in the job): same keyBy, input and output, 16 bytes per id.
 CREATE TEMPORARY VIEW events_unique AS
 SELECT event, event_id, ad_id, event_ts_ms, user_id, ip, country, device, event_time
 FROM (

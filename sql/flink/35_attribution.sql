@@ -1,7 +1,7 @@
 -- Conversions, attributed to the clicks they name (CVR = attributed conversions / clicks).
 --
 -- Exactly one row per conversion_id: the first seen wins, as for clicks (keyed by the
--- fingerprint of the id; the state lives for the dedup horizon).
+-- fingerprint of the id, remembered for the dedup horizon; the compact dedup runs it too).
 CREATE TEMPORARY VIEW conversions_unique AS
 SELECT conversion_id, click_id, conversion_ts_ms, type, value_micros,
        TO_TIMESTAMP_LTZ(conversion_ts_ms - MOD(conversion_ts_ms, 60000), 3) AS conversion_minute
