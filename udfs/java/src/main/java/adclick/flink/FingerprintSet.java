@@ -29,6 +29,7 @@ import java.nio.ByteBuffer;
 final class FingerprintSet {
 
   static final int BYTES_PER_ENTRY = 16;
+  private static final int WRITE_CHUNK_BYTES = 1 << 16;
   private static final int MIN_CAPACITY = 16;
   private static final long LOW_HALF = 0xFFFF_FFFFL;
   private static final long HIGH_HALF = ~LOW_HALF;
@@ -86,15 +87,18 @@ final class FingerprintSet {
 
   /** Writes the entries alive at nowS: their count, then 16 bytes each. */
   void write(OutputStream out, long nowS, long horizonS) throws IOException {
-    int alive = alive(nowS, horizonS);
-    ByteBuffer buffer = ByteBuffer.allocate(Integer.BYTES + alive * BYTES_PER_ENTRY);
-    buffer.putInt(alive);
+    ByteBuffer buffer = ByteBuffer.allocate(WRITE_CHUNK_BYTES);
+    buffer.putInt(alive(nowS, horizonS));
     for (int i = 0; i < capacity(); i++) {
       if (slots[2 * i] != 0 && alive(slots[2 * i + 1], nowS, horizonS)) {
+        if (buffer.remaining() < BYTES_PER_ENTRY) {
+          out.write(buffer.array(), 0, buffer.position());
+          buffer.clear();
+        }
         buffer.putLong(slots[2 * i]).putLong(slots[2 * i + 1]);
       }
     }
-    out.write(buffer.array());
+    out.write(buffer.array(), 0, buffer.position());
   }
 
   /** Adds the entries write() wrote (this set must not hold any of them yet). */
