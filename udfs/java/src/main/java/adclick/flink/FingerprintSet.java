@@ -125,26 +125,23 @@ final class FingerprintSet {
 
   /** Drops the expired entries; sizes the table to twice the live ones (load 1/2). */
   private void rebuild(long nowS, long horizonS) {
-    long[] old = slots;
-    slots = new long[2 * capacityFor(alive(nowS, horizonS) + 1)];
-    used = 0;
-    for (int i = 0; i < old.length; i += 2) {
-      if (old[i] != 0 && alive(old[i + 1], nowS, horizonS)) {
-        put(old[i], old[i + 1]);
-      }
-    }
+    rehash(capacityFor(alive(nowS, horizonS) + 1), nowS, horizonS);
   }
 
   /** Makes room for entries without dropping any. */
   private void grow(int entries) {
-    if (4L * entries <= 3L * capacity()) {
-      return;
+    if (4L * entries > 3L * capacity()) {
+      rehash(capacityFor(entries), 0, Long.MAX_VALUE); // every entry is alive then
     }
+  }
+
+  /** Moves the entries alive at nowS into a table of this capacity. */
+  private void rehash(int capacity, long nowS, long horizonS) {
     long[] old = slots;
-    slots = new long[2 * capacityFor(entries)];
+    slots = new long[2 * capacity];
     used = 0;
     for (int i = 0; i < old.length; i += 2) {
-      if (old[i] != 0) {
+      if (old[i] != 0 && alive(old[i + 1], nowS, horizonS)) {
         put(old[i], old[i + 1]);
       }
     }

@@ -1,7 +1,7 @@
 package adclick.flink;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
-import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 
 import java.util.ArrayList;
 import java.util.HashSet;
@@ -196,7 +196,7 @@ class CompactDeduplicateOperatorTest {
     for (int i = 0; i < 2000; i++) {
       seen.add(click("seen-" + i));
     }
-    OperatorSubtaskState atTwo = run(2, null, seen, new HashSet<>());
+    OperatorSubtaskState atTwo = run(2, null, 0, seen, new HashSet<>());
     // From 2 subtasks to 3, then to 1: every id seen before is dropped wherever it lands now,
     // and new ids pass.
     List<RowData> again = new ArrayList<>(seen);
@@ -204,23 +204,25 @@ class CompactDeduplicateOperatorTest {
       again.add(click("new-" + i));
     }
     Set<String> passedAtThree = new HashSet<>();
-    OperatorSubtaskState atThree = run(3, atTwo, again, passedAtThree);
+    OperatorSubtaskState atThree = run(3, atTwo, 2, again, passedAtThree);
     Set<String> expected = new HashSet<>();
     for (int i = 0; i < 500; i++) {
       expected.add("click:new-" + i);
     }
     assertEquals(expected, passedAtThree);
     Set<String> passedAtOne = new HashSet<>();
-    run(1, atThree, again, passedAtOne);
+    run(1, atThree, 3, again, passedAtOne);
     assertEquals(Set.of(), passedAtOne);
   }
 
   /**
-   * Runs the operator at this parallelism from the state (of any parallelism), each row on the
-   * subtask its key goes to; adds the ids let through to passed; returns all subtasks' state.
+   * Runs the operator at this parallelism from the state (taken at stateParallelism), each row
+   * on the subtask its key goes to; adds the ids let through to passed; returns all subtasks'
+   * state.
    */
   private static OperatorSubtaskState run(int parallelism, OperatorSubtaskState state,
-                                          List<RowData> rows, Set<String> passed)
+                                          int stateParallelism, List<RowData> rows,
+                                          Set<String> passed)
       throws Exception {
     List<KeyedOneInputStreamOperatorTestHarness<RowData, RowData, RowData>> subtasks =
         new ArrayList<>();
@@ -229,7 +231,7 @@ class CompactDeduplicateOperatorTest {
       h.setProcessingTime(T0);
       h.initializeState(state == null ? null
           : AbstractStreamOperatorTestHarness.repartitionOperatorState(
-              state, MAX_PARALLELISM, stateParallelism(state), parallelism, i));
+              state, MAX_PARALLELISM, stateParallelism, parallelism, i));
       h.open();
       subtasks.add(h);
     }
@@ -244,29 +246,12 @@ class CompactDeduplicateOperatorTest {
       states[i] = subtasks.get(i).snapshot(1, T0);
       subtasks.get(i).close();
     }
-    OperatorSubtaskState all = AbstractStreamOperatorTestHarness.repackageState(states);
-    PARALLELISM.put(all, parallelism);
-    return all;
-  }
-
-  private static final java.util.Map<OperatorSubtaskState, Integer> PARALLELISM =
-      new java.util.IdentityHashMap<>();
-
-  private static int stateParallelism(OperatorSubtaskState state) {
-    return PARALLELISM.get(state);
+    return AbstractStreamOperatorTestHarness.repackageState(states);
   }
 
   @Test
   void theHorizonMustBePositive() {
-    assertTrue(assertThrowsIllegal(() -> new CompactDeduplicateOperator(0, 1, 2, new int[0])));
-  }
-
-  private static boolean assertThrowsIllegal(Runnable action) {
-    try {
-      action.run();
-      return false;
-    } catch (IllegalArgumentException expected) {
-      return true;
-    }
+    assertThrows(IllegalArgumentException.class,
+        () -> new CompactDeduplicateOperator(0, 1, 2, new int[0]));
   }
 }
