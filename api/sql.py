@@ -1,12 +1,14 @@
-"""The sql resource: POST /v1/sql runs one read-only statement for ad-hoc analysis.
+"""The sql resource: POST /v1/sql runs one SELECT for ad-hoc analysis.
 
 The embedded store can be open in one process only, the one running the pipeline and this API,
-so ad-hoc SQL (adclick sql, sql/analyses/*.sql) comes in through here. Safety does not rest on
-parsing the SQL: it runs in a ClickHouse session opened with readonly=1 and fixed limits
-(api.db.Store.sql_client), so the engine itself refuses writes, DDL, file/url table functions
-and any attempt to change a setting. The API adds what the engine cannot: what may be read
-(api.sql_scope: the data tables, not the API's keys), one statement per request, a cap on
-returned rows (reported when hit) and JSON-safe values.
+so ad-hoc SQL (adclick sql, sql/analyses/*.sql) comes in through here. What may run is decided
+by api.sql_scope on the engine's own parse (one SELECT or DESCRIBE over the data tables, no
+output clause, allowed functions only), and what runs is the canonical text it checked. The
+session behind it is readonly=1 with fixed time, memory and row limits (api.db.Store.sql_client):
+the engine refuses writes and setting changes by itself, but the embedded engine still writes
+INTO OUTFILE's file under readonly, which is why the scope is an allow-list and not a courtesy.
+The API adds one statement per request, a cap on returned rows (reported when hit) and
+JSON-safe values.
 """
 
 import math
@@ -82,7 +84,7 @@ def run_sql():
                                  current_app.config["SQL_MAX_QUERY_CHARS"])
     max_rows = current_app.config["SQL_MAX_ROWS"]
     client = db.get_store().sql_client()  # a store that is down is a 503, not a refusal
-    sql_scope.check(client, statement, db.database())
+    statement = sql_scope.check(client, statement, db.database())  # its canonical text
     try:
         result = client.query(statement, query_formats=BYTES_FORMATS)
         columns = list(result.column_names)

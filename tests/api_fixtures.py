@@ -18,6 +18,7 @@ from datetime import datetime
 from datetime import timedelta
 from datetime import timezone
 
+import jsonschema
 import pytest
 from werkzeug.serving import make_server
 
@@ -238,3 +239,55 @@ class LiveServer:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=10)
+
+
+def json_schema(node):
+    """An OpenAPI 3.0 schema as JSON Schema: `nullable: true` becomes "or null"."""
+    if isinstance(node, list):
+        return [json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    converted = {name: json_schema(value) for name, value in node.items() if name != "nullable"}
+    if node.get("nullable"):
+        return {"anyOf": [converted, {"type": "null"}]}
+    return converted
+
+
+class Api:
+    """A test client that validates every response against the OpenAPI document."""
+
+    def __init__(self, app, key, openapi):
+        self.client = app.test_client()
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.openapi = openapi
+
+    def get(self, path, template=None, headers=None, **query):
+        response = self.client.get(path, query_string=query,
+                                   headers=self.headers if headers is None else headers)
+        self.check(response, template or path, "get")
+        return response
+
+    def sql(self, query, status=None, **body):
+        response = self.client.post("/v1/sql", json={"query": query, **body},
+                                    headers=self.headers)
+        self.check(response, "/v1/sql", "post")
+        if status is not None:
+            assert response.status_code == status, response.get_json()
+        return response.get_json()
+
+    def check(self, response, template, method):
+        assert response.content_type.startswith("application/json"), response.data[:200]
+        operation = self.openapi["paths"].get(template, {}).get(method)
+        if operation is None:  # an undocumented URL: must be a JSON 404/405
+            assert response.status_code in (404, 405)
+            assert set(response.get_json()) == {"error"}
+            return
+        documented = operation["responses"].get(str(response.status_code))
+        assert documented, f"{method} {template}: undocumented status {response.status_code}"
+        if "$ref" in documented:
+            documented = self.openapi["components"]["responses"][
+                documented["$ref"].rsplit("/", 1)[1]]
+        schema = documented["content"]["application/json"]["schema"]
+        jsonschema.Draft202012Validator(json_schema(
+            {"allOf": [schema], "components": self.openapi["components"]})
+        ).validate(response.get_json())

@@ -101,8 +101,8 @@ def test_truncated_result_says_so(live, capsys):
 
 
 @pytest.mark.parametrize("statement,reason", [
-    ("INSERT INTO ad_click_counts (ad_id) VALUES ('x')", "only statements that read"),
-    ("DROP TABLE ad_click_counts", "only statements that read"),
+    ("INSERT INTO ad_click_counts (ad_id) VALUES ('x')", "only one SELECT"),
+    ("DROP TABLE ad_click_counts", "only one SELECT"),
     ("SELECT 1; DROP TABLE ad_click_counts", "single statement"),
     ("SELEC 1", "SYNTAX_ERROR"),
 ])
@@ -167,7 +167,7 @@ def test_connection_arguments_for_other_commands(live):
     args = parser.parse_args(["--api-url", url, "--api-key", key])
     sql_client.check_connection_arguments(parser, args)
     assert sql_client.run(args, "SELECT 1 + 1")["rows"] == [[2]]
-    with pytest.raises(sql_client.Refused, match="only statements that read"):
+    with pytest.raises(sql_client.Refused, match="only one SELECT"):
         sql_client.run(args, "DROP TABLE ad_click_counts")
     with pytest.raises(SystemExit):
         sql_client.check_connection_arguments(parser, parser.parse_args(
