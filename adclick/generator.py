@@ -73,6 +73,21 @@ def now_ms():
     return time.time_ns() // 1_000_000
 
 
+def ad_ids(ads=10_000):
+    """The generator's ad ids, most clicked first (ad-000001 is rank 1)."""
+    width = max(6, len(str(ads)))
+    return [f"ad-{rank:0{width}d}" for rank in range(1, ads + 1)]
+
+
+def ads_dimension(ads=10_000, advertisers=50):
+    """Who owns the generator's ads, as (ad_id, advertiser_id, name) rows: ad of rank k
+    belongs to advertiser (k - 1) mod advertisers + 1, so each advertiser has popular and
+    rare ads (the ads table of adclick.access; `make demo` loads it)."""
+    width = max(3, len(str(advertisers)))
+    return [(ad_id, f"adv-{rank % advertisers + 1:0{width}d}", f"Ad {rank + 1} of the demo")
+            for rank, ad_id in enumerate(ad_ids(ads))]
+
+
 class ClickFactory:
     """Seeded source of valid clicks: Zipf ad popularity, weighted countries and devices.
 
@@ -92,8 +107,7 @@ class ClickFactory:
         if run_id is None:
             run_id = f"{self.rng.getrandbits(32):08x}" if seed is not None else uuid.uuid4().hex[:8]
         self.run_id = run_id
-        width = max(6, len(str(ads)))
-        self.ad_ids = [f"ad-{rank:0{width}d}" for rank in range(1, ads + 1)]
+        self.ad_ids = ad_ids(ads)
         self.hot_ad = self.ad_ids[0]
         self._ad_cum = _cumulative(1.0 / rank ** zipf_s for rank in range(1, ads + 1))
         self._countries = list(COUNTRY_WEIGHTS)

@@ -24,10 +24,14 @@ FROM {db:Identifier}.top_ads_minute
 """
 
 # The filter arrays are always bound; an empty array means "any value". ClickHouse folds the
-# empty() test to a constant, so one statement serves every combination of filters.
+# empty() test to a constant, so one statement serves every combination of filters. An
+# advertiser's key adds its advertiser ('' for every other key): only the ads the ads table
+# gives to it count, in every statement that reads counts.
 _FILTERS = """
   AND (empty({countries:Array(String)}) OR country IN {countries:Array(String)})
   AND (empty({devices:Array(String)}) OR device IN {devices:Array(String)})
+  AND ({advertiser:String} = '' OR ad_id IN (
+      SELECT ad_id FROM {db:Identifier}.ads FINAL WHERE advertiser_id = {advertiser:String}))
 """
 
 # API 1: one ad's clicks over [start, end). An ad with no rows sums to 0.
@@ -185,25 +189,6 @@ ORDER BY minute
 
 HEALTH_CHECK = "SELECT 1"
 
-VALID_KEY_HASHES = """
-SELECT key_hash
-FROM {db:Identifier}.api_keys FINAL
-WHERE revoked = 0
-"""
-
-INSERT_KEY = """
-INSERT INTO {db:Identifier}.api_keys (key_hash, name, created_at, updated_at, revoked)
-SELECT {key_hash:String}, {name:String}, now64(3, 'UTC'), now64(3, 'UTC'), 0
-"""
-
-# Revoking re-inserts the key's row, flagged and with a later version (updated_at).
-REVOKE_KEY = """
-INSERT INTO {db:Identifier}.api_keys (key_hash, name, created_at, updated_at, revoked)
-SELECT key_hash, name, created_at, now64(3, 'UTC'), 1
-FROM {db:Identifier}.api_keys FINAL
-WHERE key_hash = {key_hash:String} AND revoked = 0
-"""
-
 # Settings every API read runs with (on top of the per-request limits): each partition is a
 # day and a replayed row always lands in its twin's partition, so FINAL need not merge across.
 READ_SETTINGS = {"do_not_merge_across_partitions_select_final": 1}
@@ -220,13 +205,14 @@ def _settings(settings):
     return {**READ_SETTINGS, **(settings or {})}
 
 
-def _range_parameters(db, start, end, countries, devices):
+def _range_parameters(db, start, end, countries, devices, advertiser=None):
     return {
         "db": store.check_identifier(db),
         "start": _epoch(start),
         "end": _epoch(end),
         "countries": sorted(set(countries or ())),
         "devices": sorted(set(devices or ())),
+        "advertiser": advertiser or "",
     }
 
 
@@ -238,22 +224,24 @@ def latest_complete_minute(client, db, settings=None):
     return None if value is None else datetime.fromtimestamp(value, tz=timezone.utc)
 
 
-def ad_click_count(client, db, ad_id, start, end, countries=(), devices=(), settings=None):
+def ad_click_count(client, db, ad_id, start, end, countries=(), devices=(),
+                   advertiser=None, settings=None):
     """Clicks of ad_id over [start, end), optionally only in countries and on devices."""
-    parameters = _range_parameters(db, start, end, countries, devices)
+    parameters = _range_parameters(db, start, end, countries, devices, advertiser)
     parameters["ad_id"] = ad_id
     rows = client.query(AD_CLICK_COUNT, parameters=parameters,
                         settings=_settings(settings)).result_rows
     return int(rows[0][0]) if rows and rows[0][0] is not None else 0
 
 
-def popular_ads(client, db, start, end, limit, countries=(), devices=(), settings=None):
+def popular_ads(client, db, start, end, limit, countries=(), devices=(),
+                advertiser=None, settings=None):
     """The limit most clicked ads over [start, end) as [(ad_id, count)], best first."""
-    parameters = _range_parameters(db, start, end, countries, devices)
+    parameters = _range_parameters(db, start, end, countries, devices, advertiser)
     parameters["limit"] = int(limit)
     query = POPULAR_ADS
     hours = rollup.whole_hours(parameters["start"], parameters["end"])
-    if hours and not countries and not devices:
+    if hours and not countries and not devices and not advertiser:
         versions = dict(client.query(
             ROLLED_HOURS, parameters={"db": parameters["db"], "hours": hours},
             settings=_settings(settings)).result_rows)
@@ -273,9 +261,10 @@ def ratio(part, whole):
     return part / whole if whole else None
 
 
-def ad_metrics(client, db, ad_id, start, end, countries=(), devices=(), settings=None):
+def ad_metrics(client, db, ad_id, start, end, countries=(), devices=(),
+               advertiser=None, settings=None):
     """(impressions, clicks, conversions) of ad_id over [start, end), filtered."""
-    parameters = _range_parameters(db, start, end, countries, devices)
+    parameters = _range_parameters(db, start, end, countries, devices, advertiser)
     parameters["ad_ids"] = [ad_id]
     rows = client.query(AD_METRICS, parameters=parameters,
                         settings=_settings(settings)).result_rows
@@ -283,10 +272,10 @@ def ad_metrics(client, db, ad_id, start, end, countries=(), devices=(), settings
 
 
 def popular_ads_by(client, db, by, start, end, limit, min_impressions, countries=(),
-                   devices=(), settings=None):
+                   devices=(), advertiser=None, settings=None):
     """The limit best ads by `by` (a RANKINGS key) over [start, end) as
     [(ad_id, impressions, clicks, conversions)], best first."""
-    parameters = _range_parameters(db, start, end, countries, devices)
+    parameters = _range_parameters(db, start, end, countries, devices, advertiser)
     parameters.update({"ad_ids": [], "limit": int(limit), "min_impressions": int(min_impressions)})
     rows = client.query(popular_by_sql(by), parameters=parameters,
                         settings=_settings(settings)).result_rows
@@ -294,9 +283,9 @@ def popular_ads_by(client, db, by, start, end, limit, min_impressions, countries
 
 
 def clicks_per_minute(client, db, start, end, ad_ids=(), countries=(), devices=(),
-                      settings=None):
+                      advertiser=None, settings=None):
     """{minute start (aware UTC datetime): clicks} over [start, end); minutes with none absent."""
-    parameters = _range_parameters(db, start, end, countries, devices)
+    parameters = _range_parameters(db, start, end, countries, devices, advertiser)
     parameters["ad_ids"] = sorted(set(ad_ids or ()))
     rows = client.query(CLICKS_PER_MINUTE, parameters=parameters,
                         settings=_settings(settings)).result_rows
@@ -317,21 +306,3 @@ def health_check(client, settings=None):
     """True if ClickHouse answers a trivial query."""
     rows = client.query(HEALTH_CHECK, settings=settings).result_rows
     return bool(rows) and rows[0][0] == 1
-
-
-def valid_key_hashes(client, db, settings=None):
-    """The SHA-256 hex digests of every API key that is not revoked."""
-    rows = client.query(VALID_KEY_HASHES, parameters={"db": store.check_identifier(db)},
-                        settings=settings).result_rows
-    return frozenset(row[0] for row in rows)
-
-
-def insert_key(client, db, key_hash, name):
-    """Store a new key's hash under a human-readable name."""
-    client.command(INSERT_KEY, parameters={
-        "db": store.check_identifier(db), "key_hash": key_hash, "name": name})
-
-
-def revoke_key(client, db, key_hash):
-    """Mark a key as revoked (no effect if it is unknown or already revoked)."""
-    client.command(REVOKE_KEY, parameters={"db": store.check_identifier(db), "key_hash": key_hash})

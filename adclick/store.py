@@ -4,8 +4,14 @@ The store is any ClickHouse server by http(s):// URL, or the embedded engine (ch
 default). An embedded path can be opened by one process at a time (a file lock), so in the
 embedded setup the `adclick serve` process owns it and runs both the loader and the API;
 anything else (the SQL CLI, tests) goes through that process's HTTP API.
+
+Within that process the engine runs statements of different handles at once, but one handle
+runs one statement at a time. So the loader keeps the handle of `connect`, and the API takes
+its statements to a HandlePool of handles of its own: no query of the API can hold up the
+loader's inserts, or another request's query.
 """
 
+import contextlib
 import re
 import threading
 
@@ -34,6 +40,54 @@ def connect(url=None):
                 _chdb_clients[url] = clickhouse_connect.get_client(dsn=url)
             return _chdb_clients[url]
     return clickhouse_connect.get_client(dsn=url)
+
+
+class HandlePool:
+    """Handles on one embedded engine; each call runs on a handle no other thread is using.
+
+    Handles are opened when all are busy, up to size; past that a call waits for one. It has
+    the calls of a clickhouse-connect client that adclick uses (query, command, insert).
+    """
+
+    def __init__(self, url, size, **kwargs):
+        self.url, self.size, self._kwargs = url, size, kwargs
+        self._free, self._opened = [], 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def handle(self):
+        with self._cond:
+            while not self._free and self._opened >= self.size:
+                self._cond.wait()
+            handle = self._free.pop() if self._free else None
+            if handle is None:
+                self._opened += 1
+        if handle is None:
+            try:
+                handle = clickhouse_connect.get_client(dsn=self.url, **self._kwargs)
+            except BaseException:
+                with self._cond:
+                    self._opened -= 1
+                    self._cond.notify()
+                raise
+        try:
+            yield handle
+        finally:
+            with self._cond:
+                self._free.append(handle)
+                self._cond.notify()
+
+    def query(self, *args, **kwargs):
+        with self.handle() as handle:
+            return handle.query(*args, **kwargs)
+
+    def command(self, *args, **kwargs):
+        with self.handle() as handle:
+            return handle.command(*args, **kwargs)
+
+    def insert(self, *args, **kwargs):
+        with self.handle() as handle:
+            return handle.insert(*args, **kwargs)
 
 
 def check_identifier(name):

@@ -8,8 +8,13 @@ top_ads_minute, so the range ends right after max(minute) of that table. Ending 
 than at the wall clock keeps a count from creeping up while its minute is still open. With no
 complete minute yet the range ends at the current UTC minute. `from`/`to` name the range.
 
+An advertiser's key (api.auth) reads its own ads only: every query is filtered to them
+(Filters.advertiser), its top-N ranks them alone, and any other ad is a 404, the same answer
+as for an ad that does not exist, so a key learns nothing of others' ads.
+
 Answers (and the latest complete minute) go through api.db.cached: the same question asked
-again within RESULT_CACHE_S gets the same answer without a query.
+again within RESULT_CACHE_S gets the same answer without a query; the advertiser is part of
+the question.
 """
 
 from datetime import datetime
@@ -20,13 +25,15 @@ from flask import current_app
 from flask import jsonify
 from flask import request
 
+from adclick import access
 from adclick import queries
 from api import auth
 from api import db
 from api import params
+from api.errors import ApiError
 
 bp = Blueprint("ads", __name__, url_prefix="/v1/ads")
-bp.before_request(auth.require_key)
+bp.before_request(auth.require("reader"))
 
 COUNT_PARAMETERS = params.RANGE_PARAMETERS + params.FILTER_PARAMETERS
 POPULAR_PARAMETERS = COUNT_PARAMETERS + ("count", "by", "min_impressions")
@@ -55,19 +62,33 @@ def resolve_range(requested):
 def _parse(allowed):
     params.check_known(request.args, allowed)
     requested = params.time_range(request.args, current_app.config["MAX_RANGE_MINUTES"])
-    return requested, params.filters(request.args)
+    return requested, params.filters(request.args, auth.current().advertiser)
+
+
+def readable_ad(value):
+    """The ad id of a path or parameter, if the key may read it: 404 for an advertiser's key
+    on an ad the ads table does not give to its advertiser."""
+    ad_id = params.ad_id(value)
+    advertiser = auth.current().advertiser
+    if advertiser is not None:
+        owner = db.cached(("ad_owner", ad_id), lambda: access.ad_owner(
+            db.client(), db.database(), ad_id, db.read_settings()))
+        if owner != advertiser:
+            raise ApiError(f"no ad {ad_id} among this key's ads", 404)
+    return ad_id
 
 
 @bp.get("/<ad_id>/aggregated_count")
 def aggregated_count(ad_id):
     """API 1: clicks of one ad over the range, optionally filtered."""
-    ad_id = params.ad_id(ad_id)
+    ad_id = readable_ad(ad_id)
     requested, filters = _parse(COUNT_PARAMETERS)
     start, end = resolve_range(requested)
     count = db.cached(
         ("count", ad_id, start, end, filters),
         lambda: queries.ad_click_count(db.client(), db.database(), ad_id, start, end,
-                                       filters.countries, filters.devices, db.read_settings()))
+                                       filters.countries, filters.devices,
+                                       filters.advertiser, db.read_settings()))
     return jsonify({"ad_id": ad_id, "count": count,
                     "from": params.iso(start), "to": params.iso(end)})
 
@@ -77,13 +98,14 @@ def metrics(ad_id):
     """One ad's impressions, clicks and attributed conversions over the range, optionally
     filtered, with CTR (clicks / impressions) and CVR (conversions / clicks); a ratio is null
     when its divisor is 0."""
-    ad_id = params.ad_id(ad_id)
+    ad_id = readable_ad(ad_id)
     requested, filters = _parse(COUNT_PARAMETERS)
     start, end = resolve_range(requested)
     impressions, clicks, conversions = db.cached(
         ("metrics", ad_id, start, end, filters),
         lambda: queries.ad_metrics(db.client(), db.database(), ad_id, start, end,
-                                   filters.countries, filters.devices, db.read_settings()))
+                                   filters.countries, filters.devices, filters.advertiser,
+                                   db.read_settings()))
     return jsonify({"ad_id": ad_id, "from": params.iso(start), "to": params.iso(end),
                     **_funnel(impressions, clicks, conversions)})
 
@@ -108,14 +130,15 @@ def popular_ads():
         rows = db.cached(
             ("popular", start, end, limit, filters),
             lambda: queries.popular_ads(db.client(), db.database(), start, end, limit,
-                                        filters.countries, filters.devices, db.read_settings()))
+                                        filters.countries, filters.devices,
+                                        filters.advertiser, db.read_settings()))
         return jsonify({**answer,
                         "ads": [{"ad_id": ad_id, "count": count} for ad_id, count in rows]})
     rows = db.cached(
         ("popular_by", by, start, end, limit, min_impressions, filters),
         lambda: queries.popular_ads_by(db.client(), db.database(), by, start, end, limit,
                                        min_impressions, filters.countries, filters.devices,
-                                       db.read_settings()))
+                                       filters.advertiser, db.read_settings()))
     ads = []
     for ad_id, impressions, clicks, conversions in rows:
         funnel = _funnel(impressions, clicks, conversions)
@@ -129,13 +152,14 @@ def per_minute():
     """Clicks in each minute of the range, of one ad (ad_id=...) or of all, optionally filtered;
     every minute of the range is listed, oldest first, 0 where there were none."""
     requested, filters = _parse(PER_MINUTE_PARAMETERS)
-    ad_id = params.ad_id(request.args["ad_id"]) if "ad_id" in request.args else None
+    ad_id = readable_ad(request.args["ad_id"]) if "ad_id" in request.args else None
     start, end = resolve_range(requested)
     counts = db.cached(
         ("per_minute", ad_id, start, end, filters),
         lambda: queries.clicks_per_minute(db.client(), db.database(), start, end,
                                           [ad_id] if ad_id else (), filters.countries,
-                                          filters.devices, db.read_settings()))
+                                          filters.devices, filters.advertiser,
+                                          db.read_settings()))
     minutes = [{"minute": params.iso(minute), "clicks": counts.get(minute, 0)}
                for minute in params.minutes_of(start, end)]
     return jsonify({"ad_id": ad_id, "from": params.iso(start), "to": params.iso(end),

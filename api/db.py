@@ -7,12 +7,16 @@ modules registered (auth's bootstrap key); until that succeeds every such reques
 
 Two clients per app:
 - `client()` for the API's own fixed statements (adclick.queries), with per-request limits
-  (`read_settings()`). For the embedded engine it is adclick.store's shared client.
+  (`read_settings()`).
 - `sql_client()` for POST /v1/sql: a separate session whose limits and readonly=1 are set when
   it opens. Once readonly=1 is in force the engine refuses to change any setting, so a user's
-  query can neither write nor lift its own time, memory or row limits.
+  query can neither write nor lift its own time, memory or row limits. With a ClickHouse
+  server it may log in as another user (SQL_CLICKHOUSE_URL), one granted SELECT on the data
+  tables only (docs/OPERATIONS.md).
 
-Both are safe to share between the threads of a worker. Under gunicorn each worker process
+Both are safe to share between the threads of a worker. With the embedded engine each is a
+pool of handles of the API's own (adclick.store.HandlePool), never the loader's: a slow query
+holds one handle, not the loader's inserts or the other requests. Under gunicorn each worker process
 builds its own (the app keeps no other state but caches), which needs a ClickHouse server URL:
 an embedded chdb path can be open in one process only.
 
@@ -144,8 +148,12 @@ class Store:
 
     def __init__(self, config):
         self.url = config["CLICKHOUSE_URL"]
+        self.sql_url = config.get("SQL_CLICKHOUSE_URL") or self.url
+        self.handles = int(config["STORE_HANDLES"])
         self.database = store.check_identifier(config["DATABASE"])
-        self.timeout_s = float(config["QUERY_TIMEOUT_S"])
+        # A whole number is sent as one: a server compares the text with its profile's value.
+        timeout_s = float(config["QUERY_TIMEOUT_S"])
+        self.timeout_s = int(timeout_s) if timeout_s.is_integer() else timeout_s
         self.max_memory = int(config["MAX_MEMORY_USAGE"])
         self.sql_max_rows = int(config["SQL_MAX_ROWS"])
         self.on_ready = []
@@ -156,16 +164,14 @@ class Store:
         self._failed_at = None
         self._failure = None
 
-    def _connect(self, **kwargs):
-        if store.is_embedded(self.url) and not kwargs:
-            return store.connect(self.url)
-        if store.is_embedded(self.url):
-            # Another handle on the engine adclick.store opened: same data, its own session.
-            return clickhouse_connect.get_client(dsn=self.url, **kwargs)
+    def _connect(self, url, **kwargs):
+        if store.is_embedded(url):
+            # Handles of the API's own on the engine of this process: same data, own sessions.
+            return store.HandlePool(url, self.handles, **kwargs)
         # No session id: one HTTP client serves concurrent threads. The socket timeout backs up
         # max_execution_time when the server or the network hangs.
         return clickhouse_connect.get_client(
-            dsn=self.url, autogenerate_session_id=False, connect_timeout=min(self.timeout_s, 10),
+            dsn=url, autogenerate_session_id=False, connect_timeout=min(self.timeout_s, 10),
             send_receive_timeout=self.timeout_s + 5, **kwargs)
 
     def client(self):
@@ -180,7 +186,7 @@ class Store:
             if self._failed_at is not None and time.monotonic() - self._failed_at < RETRY_AFTER_S:
                 raise OperationalError(f"ClickHouse not reachable: {self._failure}")
             try:
-                client = self._connect()
+                client = self._connect(self.url)
                 store.apply_schema(client, self.database)
                 for hook in self.on_ready:
                     hook(client, self.database)
@@ -204,7 +210,8 @@ class Store:
                     "result_overflow_mode": "break",
                     "readonly": 1,
                 }
-                self._sql_client = self._connect(database=self.database, settings=settings)
+                self._sql_client = self._connect(self.sql_url, database=self.database,
+                                                 settings=settings)
             return self._sql_client
 
     def read_settings(self):

@@ -9,7 +9,8 @@
   this process, if it has one;
 - adclick_result_cache_lookups_total{outcome}: answers served fresh, stale (while a refresh
   runs) or computed (api.db.ResultCache);
-- adclick_store_up: 1 if the store answered the freshness query.
+- adclick_store_up: 1 if the store answered the freshness query;
+- adclick_fair_use_refused_total{reason}: requests answered 429 (rate, concurrency, sql).
 
 Each app has a registry of its own (tests build many apps in one process). Like /healthz it
 needs no key: it says how the service runs, not what any ad did.
@@ -33,6 +34,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from api import ads
 from api import db
+from api import limits
 from api import status
 
 bp = Blueprint("metrics", __name__)
@@ -72,6 +74,12 @@ class StateCollector:
         for outcome, count in self.app.extensions[db.EXTENSION].cache.lookups.items():
             lookups.add_metric([outcome], count)
         yield lookups
+        refused = CounterMetricFamily("adclick_fair_use_refused",
+                                      "Requests answered 429, by the limit they were past",
+                                      labels=["reason"])
+        for reason, count in self.app.extensions[limits.EXTENSION].refused.items():
+            refused.add_metric([reason], count)
+        yield refused
 
     def _freshness(self):
         up = GaugeMetricFamily("adclick_store_up", "1 if the store answered the last scrape")

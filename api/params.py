@@ -48,10 +48,12 @@ class RangeRequest:
 
 @dataclass(frozen=True)
 class Filters:
-    """Countries and devices to count (empty: all)."""
+    """Countries and devices to count (empty: all), and the advertiser whose ads alone count
+    (an advertiser's key; None: every ad). Part of every cached answer's key."""
 
     countries: tuple = ()
     devices: tuple = ()
+    advertiser: str = None
 
 
 def check_known(args, allowed):
@@ -133,8 +135,9 @@ def _values(args, name):
     return tuple(values)
 
 
-def filters(args):
-    """The country and device filters: comma-separated, several values each."""
+def filters(args, advertiser=None):
+    """The country and device filters (comma-separated, several values each), scoped to
+    advertiser's ads if given."""
     countries = _values(args, "country")
     for value in countries:
         if COUNTRY.check(value, None):
@@ -144,7 +147,8 @@ def filters(args):
     for value in devices:
         if value not in DEVICES:
             raise ApiError(f"'device' values must be among {', '.join(DEVICES)}; got {value!r}")
-    return Filters(countries=tuple(sorted(set(countries))), devices=tuple(sorted(set(devices))))
+    return Filters(countries=tuple(sorted(set(countries))), devices=tuple(sorted(set(devices))),
+                   advertiser=advertiser)
 
 
 def ad_id(value):

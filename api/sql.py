@@ -32,7 +32,7 @@ from api.errors import ApiError
 from api.errors import clickhouse_error_name
 
 bp = Blueprint("sql", __name__, url_prefix="/v1")
-bp.before_request(auth.require_key)
+bp.before_request(auth.require("admin", sql=True))
 
 # Strings come back as bytes and are decoded leniently: a column may hold any bytes.
 BYTES_FORMATS = {"String": "bytes", "FixedString": "bytes"}

@@ -29,7 +29,7 @@ from api import db
 from api import params
 
 bp = Blueprint("status", __name__, url_prefix="/v1")
-bp.before_request(auth.require_key)
+bp.before_request(auth.require("operator"))
 
 LOADER = "adclick.loader"
 FLINK_TIMEOUT_S = 2

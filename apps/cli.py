@@ -14,6 +14,8 @@ def main(argv=None):
         "sql": ("apps.sql", "run read-only SQL against the store"),
         "reconcile": ("apps.reconcile", "recount raw events and compare with the counts"),
         "topics": ("adclick.topics", "create the Kafka topics"),
+        "keys": ("apps.keys", "create, list, revoke and expire API keys"),
+        "ads": ("apps.ads", "load which advertiser owns each ad"),
     }
     if argv and argv[0] in tools:  # these parse their own flags
         module = __import__(tools[argv[0]][0], fromlist=["main"])

@@ -2,11 +2,13 @@
 
 Starts the Kafka broker (unless one is already running), creates the topics, runs the Flink job
 on a local MiniCluster, the store-owning server (loader + API on the embedded ClickHouse) and the
-generator of all three streams (impressions, clicks on some, conversions of some clicks); prints
-the URLs, the API key and sample curls, and reports when the first
-answer is ready. Ctrl-C or SIGTERM stops everything it started, in reverse order; the job stops
-with a savepoint, and the next start resumes it (or its newest checkpoint after a crash), so
-stopping and starting keeps every count. Needs no terminal, so it also runs unattended.
+generator of all three streams (impressions, clicks on some, conversions of some clicks), with
+the generator's ads and their advertisers loaded into the ads table; prints the URLs, where the
+admin key is kept (.stack/api-key, 0600, the same key at every start; never printed) and
+sample curls, and reports when the first answer is ready. Ctrl-C or SIGTERM stops everything
+it started, in reverse order; the job stops with a savepoint, and the next start resumes it
+(or its newest checkpoint after a crash), so stopping and starting keeps every count. Needs no
+terminal, so it also runs unattended.
 """
 
 import argparse
@@ -21,7 +23,10 @@ from datetime import datetime
 from datetime import timezone
 
 from adclick import config
+from adclick import generator
 from adclick.topics import create_topics
+from apps.ads import write_ads
+from apps.server import kept_key
 
 KAFKA_SCRIPT = config.ROOT / "scripts" / "kafka.sh"
 LOG_DIR = config.STACK_DIR / "log"
@@ -65,6 +70,15 @@ def kafka_is_up(bootstrap):
         KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000).close()
         return True
     except Exception:  # noqa: BLE001 - any failure means "not reachable"
+        return False
+
+
+def answers(api):
+    """True once the API answers /healthz."""
+    try:
+        urllib.request.urlopen(f"{api}/healthz", timeout=2).close()
+        return True
+    except OSError:
         return False
 
 
@@ -114,7 +128,10 @@ def main(argv=None):
     create_topics(config.KAFKA_BOOTSTRAP)
 
     key_file = config.DEMO_API_KEY_FILE
-    key_file.unlink(missing_ok=True)
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key = kept_key(key_file)
+    ads_file = config.STACK_DIR / "ads.csv"
+    write_ads(ads_file, generator.ads_dimension())
     python = sys.executable
     flink_rest = f"http://127.0.0.1:{config.DEMO_FLINK_REST_PORT}"
     print("starting the pipeline:", flush=True)
@@ -124,6 +141,7 @@ def main(argv=None):
     children = [
         ("server", start("server", [python, "-m", "apps.cli", "serve", "--port",
                                     str(args.port), "--api-key-file", str(key_file),
+                                    "--ads-file", str(ads_file),
                                     "--flink-rest-url", flink_rest])),
         # RocksDB, as on a cluster: the attribution join keeps a week of clicks, which would
         # outgrow the heap of a demo left running, and be copied whole at every checkpoint.
@@ -154,18 +172,19 @@ def main(argv=None):
                 stop.set()
 
     try:
-        while not (key_file.exists() and key_file.read_text().strip()) and not stop.wait(0.5):
+        while not answers(api) and not stop.wait(0.5):
             watch()
         if stop.is_set():
             return 1 if exited else 0
-        key = key_file.read_text().strip()
-        print(f"\nAPI:      {api}\nAPI key: {key}\n"
-              f"Dashboard: {api}/dashboard#key={key}\n"
-              f"Try:      curl -H 'Authorization: Bearer {key}' "
+        bearer = f"-H \"Authorization: Bearer $(cat {key_file})\""
+        print(f"\nAPI:      {api}\nAPI key:  admin, in {key_file} (readable by you only);"
+              f" more with `adclick keys create NAME --role reader|advertiser:adv-001`\n"
+              f"Dashboard: {api}/dashboard (it asks for a key)\n"
+              f"Try:      curl {bearer} "
               f"'{api}/v1/ads/popular_ads?count=10&minutes=5'\n"
-              f"          curl -H 'Authorization: Bearer {key}' "
+              f"          curl {bearer} "
               f"'{api}/v1/ads/ad-000001/aggregated_count?minutes=5'\n"
-              f"          curl -H 'Authorization: Bearer {key}' "
+              f"          curl {bearer} "
               f"'{api}/v1/ads/ad-000001/metrics?minutes=5'   (CTR, CVR)\n"
               f"Flink:    the job runs on a local MiniCluster, REST API {flink_rest}"
               f" (log: {LOG_DIR / 'job.log'})\n"

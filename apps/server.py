@@ -13,17 +13,22 @@ next start (the store's tables collapse the replay).
 """
 
 import logging
+import os
+import secrets
 import signal
 import threading
+from pathlib import Path
 
 import waitress
 
+from adclick import access
 from adclick import config
 from adclick import store
+from adclick.contract import CLICK
 from adclick.ingest import Loader
 from api import create_app
 from api import status
-from api.auth import create_key
+from apps.ads import read_ads
 
 log = logging.getLogger(__name__)
 LOADER_STOP_S = 3
@@ -44,7 +49,12 @@ def add_serve_arguments(parser):
     parser.add_argument("--port", type=int, default=config.API_PORT)
     parser.add_argument("--threads", type=int, default=8,
                         help="requests answered at once (waitress's thread pool)")
-    parser.add_argument("--api-key-file", help="create an API key and write it here")
+    parser.add_argument("--api-key-file",
+                        help="an admin key kept in this file (0600): created with the file if"
+                             " missing, the same key at every start; never printed")
+    parser.add_argument("--ads-file",
+                        help="load this CSV (ad_id,advertiser_id,name) into the ads table at"
+                             " start (adclick ads load does it while running)")
     parser.add_argument("--flink-rest-url", default=None,
                         help="the Flink job's REST API (e.g. http://127.0.0.1:8081), for the"
                              " status of its checkpoints in /v1/status and the dashboard")
@@ -66,17 +76,33 @@ def stop_on_signals(stop):
     signal.signal(signal.SIGTERM, handler)
 
 
+def kept_key(path):
+    """The key in path, or a new one written there readable by this user only."""
+    path = Path(path)
+    if path.exists() and path.read_text().strip():
+        os.chmod(path, 0o600)
+        return path.read_text().strip()
+    key = access.KEY_PREFIX + secrets.token_urlsafe(24)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(key + "\n")
+    return key
+
+
 def serve(args):
     client = store.connect(args.clickhouse_url)
     loader = start_loader(args, client)
+    if args.ads_file:
+        ads = access.check_ads(read_ads(args.ads_file), CLICK.field("ad_id"))
+        log.info("ads loaded from %s: %d", args.ads_file,
+                 access.load_ads(client, args.database, ads))
+    if args.api_key_file:
+        key = kept_key(args.api_key_file)
+        access.ensure_key(client, args.database, key, "demo", "admin")
+        print(f"admin API key in {args.api_key_file}", flush=True)
     app = create_app({"CLICKHOUSE_URL": args.clickhouse_url, "DATABASE": args.database,
                       "FLINK_REST_URL": args.flink_rest_url})
     status.attach_loader(app, loader)
-    if args.api_key_file:
-        key = create_key(client, args.database, "demo")
-        with open(args.api_key_file, "w") as out:
-            out.write(key + "\n")
-        print(f"API key: {key}", flush=True)
     server = waitress.create_server(app, host=args.host, port=args.port, threads=args.threads)
 
     def exit_serving(signum, _frame):

@@ -70,9 +70,9 @@ def serve(args):
 
     from werkzeug.serving import make_server
 
+    from adclick import access
     from adclick import rollup
     from adclick import store
-    from api import auth
     from api import create_app
 
     url = f"chdb://{args.store}"
@@ -100,7 +100,7 @@ def serve(args):
     parts = client.query(
         "SELECT count() FROM system.parts WHERE database = {db:String} AND active"
         " AND table = 'ad_click_counts'", parameters={"db": DATABASE}).result_rows[0][0]
-    key = auth.create_key(client, DATABASE, "bench")
+    key = access.create_key(client, DATABASE, "bench", "admin")[0]
     servers = [make_server("127.0.0.1", 0, create_app(
         {"CLICKHOUSE_URL": url, "DATABASE": DATABASE, **overrides}), threaded=True)
         for overrides in ({}, {"RESULT_CACHE_S": 0})]

@@ -227,9 +227,7 @@ def throughput_run(name, work, bootstrap, prefix, expected, sampler, timeout_s=1
         t_all_consumed = next((t for t, c in progress if c >= expected), None)
         rows_inserted = api.sql("SELECT count() FROM ad_click_counts")[0][0]
         try:
-            parts = api.sql("SELECT sum(rows), sum(data_compressed_bytes), "
-                            "sum(data_uncompressed_bytes) FROM system.parts "
-                            "WHERE active AND table = 'ad_click_counts'")[0]
+            parts = api.storage()["ad_click_counts"]
             result["clickhouse_bytes_per_row"] = {
                 "compressed": round(int(parts[1]) / max(1, int(parts[0])), 1),
                 "uncompressed": round(int(parts[2]) / max(1, int(parts[0])), 1),
@@ -427,10 +425,7 @@ def freshness_run(work, bootstrap, prefix, sampler, rate=2000, duration_s=None, 
                 table: {"rows": int(rows), "compressed_bytes_per_row":
                         round(int(comp) / max(1, int(rows)), 1),
                         "uncompressed_bytes_per_row": round(int(unc) / max(1, int(rows)), 1)}
-                for table, rows, comp, unc in api.sql(
-                    "SELECT table, sum(rows), sum(data_compressed_bytes), "
-                    "sum(data_uncompressed_bytes) FROM system.parts WHERE active "
-                    "AND database = 'adclick' GROUP BY table")}
+                for table, (rows, comp, unc) in api.storage().items()}
         except (urllib.error.URLError, OSError, KeyError, IndexError, ValueError):
             pass
     finally:

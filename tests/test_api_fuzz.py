@@ -23,7 +23,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import negative_data_rejection
 from schemathesis.checks import positive_data_acceptance
 
-from api import auth
+from adclick import access
 from api import create_app
 from tests.api_fixtures import chdb_url  # noqa: F401 - a fixture
 from tests.api_fixtures import fresh_database
@@ -54,8 +54,9 @@ EXCLUDED_CHECKS = [positive_data_acceptance, negative_data_rejection]
 def fuzz_app(chdb_url):  # noqa: F811
     client = fresh_database(chdb_url, DB)
     load_dataset(client, DB)
-    app = create_app({"CLICKHOUSE_URL": chdb_url, "DATABASE": DB, "QUERY_TIMEOUT_S": 2})
-    return app, auth.create_key(client, DB, "fuzz")
+    app = create_app({"CLICKHOUSE_URL": chdb_url, "DATABASE": DB, "QUERY_TIMEOUT_S": 2,
+                      "RATE_LIMIT_PER_S": 0, "MAX_CONCURRENT_PER_KEY": 0})
+    return app, access.create_key(client, DB, "fuzz", "admin")[0]
 
 
 @pytest.fixture(scope="module")

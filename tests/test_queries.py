@@ -10,8 +10,8 @@ from datetime import datetime
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
 
+from adclick import access
 from adclick import queries
-from api import auth
 from tests.api_fixtures import ADS
 from tests.api_fixtures import COMPLETE_MINUTES
 from tests.api_fixtures import DATA_MINUTES
@@ -117,24 +117,12 @@ def test_health_check(loaded):
     assert queries.health_check(client) is True
 
 
-def test_keys_insert_revoke(loaded):
-    client, _ = loaded
-    key = auth.create_key(client, DB, "queries-test")
-    assert key.startswith("ak_") and len(key) > 30
-    assert auth.hash_key(key) in queries.valid_key_hashes(client, DB)
-    stored = client.query(f"SELECT key_hash, name FROM {DB}.api_keys FINAL").result_rows
-    assert (auth.hash_key(key), "queries-test") in stored
-    assert all(key not in str(row) for row in stored)  # only the hash is stored
-    auth.revoke_key(client, DB, key)
-    assert auth.hash_key(key) not in queries.valid_key_hashes(client, DB)
-    auth.revoke_key(client, DB, "ak_never-existed")  # no effect, no error
-
-
 def test_api_statements_use_only_parameters():
     """Every statement names its database as {db:Identifier}: nothing is formatted in."""
-    for name in ("LATEST_COMPLETE_MINUTE", "AD_CLICK_COUNT", "POPULAR_ADS", "VALID_KEY_HASHES",
-                 "INSERT_KEY", "REVOKE_KEY"):
-        statement = getattr(queries, name)
+    for module, name in ((queries, "LATEST_COMPLETE_MINUTE"), (queries, "AD_CLICK_COUNT"),
+                         (queries, "POPULAR_ADS"), (access, "KEYS"), (access, "WRITE_KEY"),
+                         (access, "RECORD_USE"), (access, "AD_OWNER")):
+        statement = getattr(module, name)
         assert "{db:Identifier}." in statement
         assert "{db}" not in statement
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from adclick import access
 from adclick import sql_client
 from apps import cli
 from apps import sql
-from api import auth
 from api import create_app
 from tests.api_fixtures import ADS
 from tests.api_fixtures import DATA_MINUTES
@@ -37,7 +37,7 @@ def live(chdb_url):  # noqa: F811
     client = fresh_database(chdb_url, DB)
     rows = load_dataset(client, DB)
     app = create_app({"CLICKHOUSE_URL": chdb_url, "DATABASE": DB, "SQL_MAX_ROWS": 50})
-    key = auth.create_key(client, DB, "test_sql_cli")
+    key = access.create_key(client, DB, "test_sql_cli", "admin")[0]
     with LiveServer(app) as server:
         yield server.url, key, rows
 

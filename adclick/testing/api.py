@@ -50,6 +50,14 @@ class Api:
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read() or b"{}")
 
+    def storage(self, timeout=30):
+        """{table: (rows, compressed bytes, uncompressed bytes)} of the store (an admin key's
+        GET /v1/admin/storage; system tables are not readable through /v1/sql)."""
+        with self._open("/v1/admin/storage", timeout=timeout) as response:
+            return {entry["table"]: (entry["rows"], entry["compressed_bytes"],
+                                     entry["uncompressed_bytes"])
+                    for entry in json.loads(response.read())["tables"]}
+
     def metrics(self, timeout=10):
         """GET /metrics (no key needed), as prometheus_samples."""
         with urllib.request.urlopen(f"{self.base}/metrics", timeout=timeout) as response:

@@ -194,7 +194,13 @@
       const [top, all, status] = await Promise.all([
         api("/v1/ads/popular_ads", {...wanted, count: TOP_COUNT}),
         api("/v1/ads/per_minute", wanted),
-        api("/v1/status", {}),
+        // An advertiser's key reads its ads only, not the pipeline's status (a 403).
+        api("/v1/status", {}).catch((failure) => {
+          if (failure.status === 403) {
+            return null;
+          }
+          throw failure;
+        }),
       ]);
       if (state.ad === null && top.ads.length > 0) {
         state.ad = top.ads[0].ad_id;
@@ -206,7 +212,11 @@
       }
       renderTop(top);
       renderChart(all, one);
-      renderHealth(status);
+      $("health").hidden = status === null;
+      $("late-section").hidden = status === null;
+      if (status !== null) {
+        renderHealth(status);
+      }
       showError("");
       document.body.dataset.filters = JSON.stringify(wanted);
       document.body.dataset.updated = String(generation);
