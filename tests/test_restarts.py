@@ -158,3 +158,46 @@ def test_job_killed_and_started_again_keeps_every_count(tmp_path, kafka_bootstra
         job.stop()
         if server is not None:
             server.stop()
+
+
+def test_a_downtime_longer_than_the_dedup_horizon_counts_resends_once(tmp_path, kafka_bootstrap,
+                                                                      topic_prefix):
+    """The dedup's horizon runs on event time: clicks resent while the job is down for longer
+    than the horizon (20 s here) wait in Kafka, and are still dropped after the restart (a wall
+    clock would have forgotten every id seen before the outage, and counted them again)."""
+    checkpoints = tmp_path / "checkpoints"
+    horizon = ("--dedup-horizon-s", "20")
+    job = start_job(tmp_path, kafka_bootstrap, topic_prefix, checkpoints, *horizon)
+    server = None
+    topics = config.Topics.with_prefix(topic_prefix)
+    traffic = LiveTraffic(kafka_bootstrap, topics["clicks"], rate=100, seed=13)
+    try:
+        server, api = start_server(tmp_path, kafka_bootstrap, topic_prefix, tmp_path / "store")
+        wait_for(lambda: "adclick: running" in job.tail(200), 180, "the job to run", [job])
+        try:
+            traffic.start()
+            time.sleep(15)
+            wait_for(lambda: completed_checkpoints(checkpoints), 180, "a checkpoint", [job])
+            job.popen.kill()
+            job.popen.wait()
+            stopped = time.time()
+            # Clicks of the last 5 s before the stop, sent again while the job is down.
+            traffic.resend(RESENDS, newest=5 * traffic.rate)
+            time.sleep(35)  # down well past the horizon
+            job = start_job(tmp_path, kafka_bootstrap, topic_prefix, checkpoints, *horizon,
+                            name="job-2")
+            wait_for(lambda: "adclick: resuming from the newest checkpoint" in job.tail(200), 120,
+                     "the restarted job to resume its newest checkpoint", [job])
+            down = time.time() - stopped
+            time.sleep(15)
+        finally:
+            traffic.stopping.set()
+            traffic.join(60)
+        outcome = settle_and_compare(traffic, api, [job, server])
+        print(f"\n{outcome.line('down past the dedup horizon', None)}; down {down:.0f} s,"
+              f" horizon 20 s, {traffic.resent} resends")
+        assert outcome.matches, outcome
+    finally:
+        job.stop()
+        if server is not None:
+            server.stop()

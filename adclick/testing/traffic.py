@@ -126,9 +126,12 @@ class LiveTraffic(threading.Thread):
             self.stopping.wait(max(0.0, tick - (time.time() - started)))
         producer.close()
 
-    def resend(self, count):
-        """Send `count` records sent earlier again, picked at random (not counted again)."""
+    def resend(self, count, newest=None):
+        """Send `count` records sent earlier again, picked at random (not counted again) among
+        all, or among the `newest` records sent."""
         earlier = list(self.sent_payloads)  # the sending thread goes on appending
+        if newest is not None:
+            earlier = earlier[-newest:]
         payloads = random.Random(count).sample(earlier, min(count, len(earlier)))
         producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
         try:

@@ -12,6 +12,7 @@ import org.apache.flink.table.runtime.typeutils.InternalTypeInfo;
 import org.apache.flink.table.types.logical.LogicalType;
 import org.apache.flink.table.types.logical.LogicalTypeRoot;
 import org.apache.flink.table.types.logical.RowType;
+import org.apache.flink.table.types.logical.utils.LogicalTypeChecks;
 
 /**
  * Puts a {@link CompactDeduplicateOperator} in place of a dedup the planner made, once the
@@ -38,8 +39,9 @@ public final class CompactDeduplicate {
    * compact one remembering ids for horizonS seconds; renames it "CompactDeduplicate[id]",
    * with the uid "id_compact-deduplicate" (its state is not the planner's).
    *
-   * @throws IllegalArgumentException if the transformation is another kind of dedup, or its
-   *     key is not a 128-bit fingerprint (two BIGINTs) plus STRING columns
+   * @throws IllegalArgumentException if the transformation is another kind of dedup, its key
+   *     is not a 128-bit fingerprint (two BIGINTs) plus STRING columns, or its input has no
+   *     event time (eventTimeField)
    */
   public static void install(Transformation<?> transformation, long horizonS) {
     if (!(transformation instanceof OneInputTransformation)) {
@@ -67,15 +69,46 @@ public final class CompactDeduplicate {
     if (longs.size() != 2) {
       throw new IllegalArgumentException("the key holds no 128-bit fingerprint: " + key);
     }
+    RowType input = keyType(dedup.getInputType());
+    int time = eventTimeField(input);
     // The key's columns are the input's, in the input's order: the high half comes first
     // (key_hi, key_lo; tests/test_job_plan.py checks the job's inputs).
     CompactDeduplicateOperator operator = new CompactDeduplicateOperator(
         horizonS, longs.get(0), longs.get(1),
-        others.stream().mapToInt(Integer::intValue).toArray());
+        others.stream().mapToInt(Integer::intValue).toArray(), time,
+        !input.getTypeAt(time).is(LogicalTypeRoot.BIGINT));
     setFactory(dedup, SimpleOperatorFactory.of(operator));
     String id = dedup.getName().replaceAll("\\D", "");
     dedup.setName("CompactDeduplicate[" + id + "]");
     dedup.setUid(id + "_compact-deduplicate");
+  }
+
+  /**
+   * The input's event time: its rowtime attribute (event_time: clicks and impressions, whose
+   * watermark is then the dedup's clock), else its one BIGINT column named *_ts or *_ts_ms,
+   * epoch milliseconds as the contract has them (conversion_ts: conversions, which have no
+   * watermark).
+   */
+  static int eventTimeField(RowType input) {
+    int millis = -1;
+    for (int i = 0; i < input.getFieldCount(); i++) {
+      LogicalType type = input.getTypeAt(i);
+      String name = input.getFieldNames().get(i);
+      if (LogicalTypeChecks.isRowtimeAttribute(type)) {
+        return i;
+      }
+      if ((name.endsWith("_ts") || name.endsWith("_ts_ms")) && type.is(LogicalTypeRoot.BIGINT)) {
+        if (millis >= 0) {
+          throw new IllegalArgumentException("two event times in " + input);
+        }
+        millis = i;
+      }
+    }
+    if (millis < 0) {
+      throw new IllegalArgumentException(
+          "no event time (a rowtime, or a BIGINT *_ts or *_ts_ms) in " + input);
+    }
+    return millis;
   }
 
   private static String userFunctionClass(StreamOperatorFactory<?> factory) {
@@ -92,7 +125,7 @@ public final class CompactDeduplicate {
 
   private static RowType keyType(TypeInformation<?> type) {
     if (!(type instanceof InternalTypeInfo)) {
-      throw new IllegalArgumentException("not a keyed SQL operator's key: " + type);
+      throw new IllegalArgumentException("not a SQL operator's row type: " + type);
     }
     LogicalType logical = ((InternalTypeInfo<?>) type).toLogicalType();
     if (!(logical instanceof RowType)) {

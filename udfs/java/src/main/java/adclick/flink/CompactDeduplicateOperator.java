@@ -1,5 +1,7 @@
 package adclick.flink;
 
+import java.io.DataInputStream;
+import java.io.DataOutputStream;
 import org.apache.flink.runtime.state.KeyGroupRangeAssignment;
 import org.apache.flink.runtime.state.KeyGroupStatePartitionStreamProvider;
 import org.apache.flink.runtime.state.KeyedStateCheckpointOutputStream;
@@ -7,13 +9,24 @@ import org.apache.flink.runtime.state.StateInitializationContext;
 import org.apache.flink.runtime.state.StateSnapshotContext;
 import org.apache.flink.streaming.api.operators.AbstractStreamOperator;
 import org.apache.flink.streaming.api.operators.OneInputStreamOperator;
+import org.apache.flink.streaming.api.watermark.Watermark;
 import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
 import org.apache.flink.table.data.RowData;
 
 /**
- * Keeps the first row of each key seen within the horizon (processing time) and drops the
- * rest: what Flink SQL's {@code ROW_NUMBER() ... ORDER BY proc_time ASC} = 1 with a state TTL
- * does, for keys made of a 128-bit fingerprint (two BIGINTs, EventKey) and maybe more columns.
+ * Keeps the first row of each key seen within the horizon and drops the rest: what Flink SQL's
+ * {@code ROW_NUMBER() ... ORDER BY proc_time ASC} = 1 with a state TTL does, for keys made of
+ * a 128-bit fingerprint (two BIGINTs, EventKey) and maybe more columns, but with the horizon
+ * measured in event time, never on the wall clock.
+ *
+ * <p>The clock is the input's watermark (for an input with a rowtime: clicks and impressions),
+ * or else the newest event time seen, held back to the processing time (conversions, which
+ * have no watermark: a producer's fast clock cannot expire everyone's ids). Either clock
+ * stands still while the job is down, and both are checkpointed, so a backlog read after a
+ * long outage finds the ids it saw before it (a wall clock would have expired them all). An
+ * id is stamped with its event time, or the clock if that is later, and forgotten once the
+ * clock is the horizon past its stamp: by then any copy of it is older than the watermark by
+ * more than the allowed lateness (with the horizon above it), so it is too late to count.
  *
  * <p>The ids seen are held per key group, each group's in one {@link FingerprintSet}, and are
  * checkpointed as Flink's raw keyed state, group by group: a checkpoint, a restore and a
@@ -32,17 +45,28 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
   private final int loField;
   // Key fields besides the fingerprint (the event type): mixed into it.
   private final int[] otherFields;
+  // The row's event time: a rowtime (TIMESTAMP_LTZ, the clock is the watermark) or epoch
+  // milliseconds (BIGINT, the clock is the newest event time, held to the processing time).
+  private final int timeField;
+  private final boolean watermarkClock;
 
   private transient FingerprintSet[] sets;
   private transient int maxParallelism;
+  // Seconds: the clock as it was restored (the newest of the key groups'), and as it moved.
+  private transient long restoredS;
+  private transient long clockS;
 
   /**
    * @param horizonS how long (seconds) an id is remembered after it was first seen
    * @param hiField the key's field holding the fingerprint's high 64 bits
    * @param loField the key's field holding its low 64 bits
    * @param otherFields the key's other fields, each a STRING
+   * @param timeField the row's field holding its event time
+   * @param watermarkClock whether that field is a rowtime (a TIMESTAMP_LTZ with watermarks),
+   *     else epoch milliseconds (a BIGINT)
    */
-  public CompactDeduplicateOperator(long horizonS, int hiField, int loField, int[] otherFields) {
+  public CompactDeduplicateOperator(long horizonS, int hiField, int loField, int[] otherFields,
+                                    int timeField, boolean watermarkClock) {
     if (horizonS <= 0) {
       throw new IllegalArgumentException("the horizon must be positive: " + horizonS);
     }
@@ -50,6 +74,8 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
     this.hiField = hiField;
     this.loField = loField;
     this.otherFields = otherFields.clone();
+    this.timeField = timeField;
+    this.watermarkClock = watermarkClock;
   }
 
   @Override
@@ -57,10 +83,22 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
     super.initializeState(context);
     maxParallelism = getRuntimeContext().getTaskInfo().getMaxNumberOfParallelSubtasks();
     sets = new FingerprintSet[maxParallelism];
+    restoredS = 0;
+    clockS = 0;
     for (KeyGroupStatePartitionStreamProvider group : context.getRawKeyedStateInputs()) {
-      setOf(group.getKeyGroupId()).read(group.getStream());
+      DataInputStream in = new DataInputStream(group.getStream());
+      int first = in.readInt();
+      int count = first;
+      if (first == FORMAT_WITH_CLOCK) {
+        restoredS = Math.max(restoredS, in.readLong());
+        count = in.readInt();
+      } // else a state of the first format: its count came first, stamped on the wall clock
+      setOf(group.getKeyGroupId()).read(in, count);
     }
   }
+
+  // A key group's state starts with this (never a count), then the clock, then the set.
+  static final int FORMAT_WITH_CLOCK = -2;
 
   /** The raw keyed state is this operator's sets (Flink's timers are not written there). */
   @Override
@@ -68,7 +106,12 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
     return true;
   }
 
-  /** How long (seconds) an id is remembered after it was first seen. */
+  /** Whether the clock is the watermark (else the newest event time, held to the wall clock). */
+  public boolean usesWatermarkClock() {
+    return watermarkClock;
+  }
+
+  /** How long (seconds of event time) an id is remembered after its stamp. */
   public long getHorizonS() {
     return horizonS;
   }
@@ -84,18 +127,46 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
       hi ^= mix(key.isNullAt(field) ? 0 : key.getString(field).toString().hashCode() + 1L);
     }
     int group = KeyGroupRangeAssignment.assignToKeyGroup(key, maxParallelism);
-    if (setOf(group).add(hi, lo, nowS(), horizonS)) {
+    long eventS = eventS(element.getValue());
+    if (!watermarkClock && eventS != Long.MIN_VALUE) {
+      long processingS = getProcessingTimeService().getCurrentProcessingTime() / 1000;
+      clockS = Math.max(clockS, Math.min(eventS, processingS));
+    }
+    long nowS = nowS();
+    if (setOf(group).add(hi, lo, Math.max(eventS, nowS), nowS, horizonS)) {
       output.collect(element);
     }
+  }
+
+  @Override
+  public void processWatermark(Watermark mark) throws Exception {
+    if (watermarkClock) {
+      clockS = Math.max(clockS, Math.floorDiv(mark.getTimestamp(), 1000L));
+    }
+    super.processWatermark(mark);
+  }
+
+  /** The row's event time in seconds, or Long.MIN_VALUE if it has none. */
+  private long eventS(RowData row) {
+    if (row.isNullAt(timeField)) {
+      return Long.MIN_VALUE;
+    }
+    long millis = watermarkClock ? row.getTimestamp(timeField, 3).getMillisecond()
+        : row.getLong(timeField);
+    return Math.floorDiv(millis, 1000L);
   }
 
   @Override
   public void snapshotState(StateSnapshotContext context) throws Exception {
     super.snapshotState(context);
     KeyedStateCheckpointOutputStream out = context.getRawKeyedOperatorStateOutput();
+    DataOutputStream data = new DataOutputStream(out); // not closed: Flink closes the stream
     long nowS = nowS();
     for (int group : out.getKeyGroupList()) {
       out.startNewKeyGroup(group);
+      data.writeInt(FORMAT_WITH_CLOCK);
+      data.writeLong(nowS);
+      data.flush();
       setOf(group).write(out, nowS, horizonS);
     }
   }
@@ -109,8 +180,9 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
     return set;
   }
 
-  private long nowS() {
-    return getProcessingTimeService().getCurrentProcessingTime() / 1000;
+  /** The clock in seconds of event time; 0 (1970) until it has read anything. */
+  long nowS() {
+    return Math.max(restoredS, clockS);
   }
 
   /** A 32-bit hash spread over 64 bits (MurmurHash3's finalizer). */

@@ -8,8 +8,9 @@ import java.nio.ByteBuffer;
 
 /**
  * The event ids one key group of the dedup has seen within its horizon: 96 bits of each id's
- * fingerprint and the second it was first seen, in one open-addressing table (linear probing)
- * of primitive longs, 16 bytes a slot.
+ * fingerprint and its stamp (the event-time second it counts from, see
+ * CompactDeduplicateOperator), in one open-addressing table (linear probing) of primitive
+ * longs, 16 bytes a slot.
  *
  * <p>Why this layout: Flink SQL's dedup keeps one state entry per id, with a TTL that Flink
  * checks and cleans up entry by entry (38-50 checkpointed bytes per id, and most of the job's
@@ -22,8 +23,8 @@ import java.nio.ByteBuffer;
  * alive in the horizon, below 1e-12 for 180 million (an hour at 50,000 clicks/s).
  *
  * <p>Slot i holds {@code slots[2i]}: the fingerprint's high 64 bits (never 0: 0 marks an
- * empty slot), and {@code slots[2i + 1]}: the low 64 bits' upper half, then the first-seen
- * second as an unsigned 32-bit number (good until 2106). Not thread-safe: one per key group of
+ * empty slot), and {@code slots[2i + 1]}: the low 64 bits' upper half, then the stamp (a
+ * second) as an unsigned 32-bit number (good until 2106). Not thread-safe: one per key group of
  * one operator.
  */
 final class FingerprintSet {
@@ -39,11 +40,11 @@ final class FingerprintSet {
   private int used;
 
   /**
-   * Whether an event with this fingerprint, arriving at nowS (seconds), is the first within
-   * the horizon: true if none was seen, or the one seen was first seen horizonS or more
-   * before (it then counts as first seen now); false for a duplicate.
+   * Whether an event with this fingerprint, seen when the clock reads nowS (seconds), is the
+   * first within the horizon: true if none is held, or the one held is stamped horizonS or
+   * more before nowS (this one then takes its place, stamped stampS); false for a duplicate.
    */
-  boolean add(long hi, long lo, long nowS, long horizonS) {
+  boolean add(long hi, long lo, long stampS, long nowS, long horizonS) {
     if (4L * (used + 1) > 3L * capacity()) {
       rebuild(nowS, horizonS);
     }
@@ -54,7 +55,7 @@ final class FingerprintSet {
       long slotHigh = slots[2 * i];
       if (slotHigh == 0) {
         slots[2 * i] = high;
-        slots[2 * i + 1] = lowHalf | (nowS & LOW_HALF);
+        slots[2 * i + 1] = lowHalf | (stampS & LOW_HALF);
         used++;
         return true;
       }
@@ -63,13 +64,13 @@ final class FingerprintSet {
         if (alive(rest, nowS, horizonS)) {
           return false;
         }
-        slots[2 * i + 1] = lowHalf | (nowS & LOW_HALF);
+        slots[2 * i + 1] = lowHalf | (stampS & LOW_HALF);
         return true;
       }
     }
   }
 
-  /** Entries first seen less than horizonS before nowS. */
+  /** Entries stamped less than horizonS before nowS (or after it). */
   int alive(long nowS, long horizonS) {
     int alive = 0;
     for (int i = 0; i < capacity(); i++) {
@@ -104,7 +105,11 @@ final class FingerprintSet {
   /** Adds the entries write() wrote (this set must not hold any of them yet). */
   void read(InputStream in) throws IOException {
     DataInputStream data = new DataInputStream(in);
-    int count = data.readInt();
+    read(data, data.readInt());
+  }
+
+  /** Adds count entries of write()'s, whose count the caller has read. */
+  void read(DataInputStream data, int count) throws IOException {
     byte[] bytes = new byte[count * BYTES_PER_ENTRY];
     data.readFully(bytes);
     ByteBuffer buffer = ByteBuffer.wrap(bytes);
@@ -115,6 +120,7 @@ final class FingerprintSet {
   }
 
   private static boolean alive(long rest, long nowS, long horizonS) {
+    // A stamp after nowS (an event ahead of the clock) is alive: the difference is negative.
     return nowS - (rest & LOW_HALF) < horizonS;
   }
 

@@ -17,25 +17,30 @@ import org.apache.flink.streaming.util.KeyedOneInputStreamOperatorTestHarness;
 import org.apache.flink.table.data.GenericRowData;
 import org.apache.flink.table.data.RowData;
 import org.apache.flink.table.data.StringData;
+import org.apache.flink.table.data.TimestampData;
 import org.apache.flink.table.runtime.typeutils.InternalTypeInfo;
 import org.apache.flink.table.runtime.typeutils.RowDataSerializer;
 import org.apache.flink.table.types.logical.BigIntType;
+import org.apache.flink.table.types.logical.LocalZonedTimestampType;
 import org.apache.flink.table.types.logical.VarCharType;
 import org.junit.jupiter.api.Test;
 
 /**
- * The compact dedup as Flink runs it (its operator test harness: keyed input, processing time,
- * checkpoints, restores and rescaling), against what the planner's keep-first-row dedup with a
- * state TTL does: the first row of a key within the horizon passes, the others are dropped.
+ * The compact dedup as Flink runs it (its operator test harness: keyed input, watermarks,
+ * checkpoints, restores and rescaling), against what the planner's keep-first-row dedup does
+ * with its horizon measured in event time: the first row of a key within the horizon passes,
+ * the others are dropped, and the horizon's clock is the watermark, never the wall clock.
  *
- * <p>Rows here are (event, id, key_hi, key_lo), keyed as the job's events are: by the event
- * type and the id's fingerprint, with the event type first, as the planner orders the key.
+ * <p>Rows here are (event, id, key_hi, key_lo, event_time), keyed as the job's events are: by
+ * the event type and the id's fingerprint, with the event type first, as the planner orders
+ * the key.
  */
 class CompactDeduplicateOperatorTest {
 
   private static final long HORIZON_S = 3600;
   private static final int MAX_PARALLELISM = 128;
   private static final long T0 = 1_767_225_600_000L; // 2026-01-01T00:00:00Z
+  private static final long HOUR = 3_600_000L;
 
   private static final KeySelector<RowData, RowData> KEY =
       row -> GenericRowData.of(row.getString(0), row.getLong(2), row.getLong(3));
@@ -43,24 +48,29 @@ class CompactDeduplicateOperatorTest {
       InternalTypeInfo.ofFields(new VarCharType(VarCharType.MAX_LENGTH), new BigIntType(),
           new BigIntType());
 
-  private static RowData event(String event, String id) {
+  private static RowData event(String event, String id, long eventMs) {
     EventKey key = new EventKey();
     key.of(id);
     return GenericRowData.of(StringData.fromString(event), StringData.fromString(id), key.hi,
-        key.lo);
+        key.lo, TimestampData.fromEpochMillis(eventMs));
+  }
+
+  private static RowData click(String id, long eventMs) {
+    return event("click", id, eventMs);
   }
 
   private static RowData click(String id) {
-    return event("click", id);
+    return click(id, T0);
   }
 
   private static KeyedOneInputStreamOperatorTestHarness<RowData, RowData, RowData> harness(
       int parallelism, int subtask) throws Exception {
     var h = new KeyedOneInputStreamOperatorTestHarness<RowData, RowData, RowData>(
-        new CompactDeduplicateOperator(HORIZON_S, 1, 2, new int[] {0}), KEY, KEY_TYPE,
+        new CompactDeduplicateOperator(HORIZON_S, 1, 2, new int[] {0}, 4, true), KEY, KEY_TYPE,
         MAX_PARALLELISM, parallelism, subtask);
     h.setup(new RowDataSerializer(new VarCharType(VarCharType.MAX_LENGTH),
-        new VarCharType(VarCharType.MAX_LENGTH), new BigIntType(), new BigIntType()));
+        new VarCharType(VarCharType.MAX_LENGTH), new BigIntType(), new BigIntType(),
+        new LocalZonedTimestampType(3)));
     return h;
   }
 
@@ -101,7 +111,8 @@ class CompactDeduplicateOperatorTest {
   @Test
   void aClickAndAnImpressionMayShareAnId() throws Exception {
     try (var h = started(null)) {
-      feed(h, click("x"), event("impression", "x"), event("impression", "x"), click("x"));
+      feed(h, click("x"), event("impression", "x", T0), event("impression", "x", T0),
+          click("x"));
       assertEquals(List.of("click:x", "impression:x"), passed(h));
     }
   }
@@ -125,16 +136,17 @@ class CompactDeduplicateOperatorTest {
   @Test
   void aRepeatIsDroppedHoweverManyIdsCameBetween() throws Exception {
     // The set is rebuilt many times as it grows (expired entries dropped, live ones kept), and
-    // time moves on: a repeat within the horizon is still found.
+    // the watermark moves on: a repeat within the horizon is still found.
     try (var h = started(null)) {
       feed(h, click("early"));
       for (int i = 0; i < 200_000; i++) {
+        long at = T0 + i / 20_000 * 300_000L; // 5 minutes per 20,000 ids
         if (i % 20_000 == 0) {
-          h.setProcessingTime(T0 + i / 20_000 * 300_000L); // 5 minutes per 20,000 ids
+          h.processWatermark(new Watermark(at));
         }
-        feed(h, click("id-" + i));
+        feed(h, click("id-" + i, at));
       }
-      h.setProcessingTime(T0 + (HORIZON_S - 1) * 1000);
+      h.processWatermark(new Watermark(T0 + (HORIZON_S - 1) * 1000));
       feed(h, click("early"), click("id-0"), click("id-199999"), click("late"));
       List<String> passed = passed(h);
       assertEquals(200_002, passed.size());
@@ -143,20 +155,102 @@ class CompactDeduplicateOperatorTest {
   }
 
   @Test
-  void anIdIsForgottenAtTheHorizon() throws Exception {
+  void anIdIsForgottenWhenTheWatermarkIsTheHorizonPastIt() throws Exception {
     try (var h = started(null)) {
       feed(h, click("a"));
-      h.setProcessingTime(T0 + HORIZON_S * 1000 - 1);
+      h.processWatermark(new Watermark(T0 + HORIZON_S * 1000 - 1));
       feed(h, click("a"));
       assertEquals(List.of("click:a"), passed(h));
-      h.setProcessingTime(T0 + HORIZON_S * 1000);
+      h.processWatermark(new Watermark(T0 + HORIZON_S * 1000));
       feed(h, click("a"));
       assertEquals(List.of("click:a", "click:a"), passed(h));
-      // Passed again, it is first seen now: its repeats are dropped for another horizon.
-      h.setProcessingTime(T0 + 2 * HORIZON_S * 1000 - 1);
+      // Passed again, it is stamped with the clock now: dropped for another horizon.
+      h.processWatermark(new Watermark(T0 + 2 * HORIZON_S * 1000 - 1));
       feed(h, click("a"));
       assertEquals(2, passed(h).size());
     }
+  }
+
+  @Test
+  void theWallClockNeverExpiresAnId() throws Exception {
+    // The job stood still for ten horizons (processing time ran on, the watermark did not):
+    // the ids seen before are all still remembered.
+    try (var h = started(null)) {
+      h.processWatermark(new Watermark(T0 - 5000));
+      feed(h, click("a"), click("b"));
+      h.setProcessingTime(T0 + 10 * HORIZON_S * 1000);
+      feed(h, click("a"), click("b"), click("c"));
+      assertEquals(List.of("click:a", "click:b", "click:c"), passed(h));
+    }
+  }
+
+  @Test
+  void aRestoreAfterALongOutageRemembersEveryIdOfTheCheckpoint() throws Exception {
+    // Down for longer than the horizon: the backlog's watermark starts over behind the
+    // restored clock, and resends of the ids before the outage are dropped.
+    OperatorSubtaskState checkpoint;
+    try (var h = started(null)) {
+      h.processWatermark(new Watermark(T0 + 50 * 60_000));
+      feed(h, click("a", T0 + 50 * 60_000), click("b", T0 + 55 * 60_000));
+      checkpoint = h.snapshot(1, T0);
+    }
+    try (var h = harness(1, 0)) {
+      h.setProcessingTime(T0 + 5 * HOUR); // five hours later on the wall clock
+      h.initializeState(checkpoint);
+      h.open();
+      feed(h, click("a", T0 + 50 * 60_000), click("b", T0 + 55 * 60_000), click("c"));
+      h.processWatermark(new Watermark(T0 + 56 * 60_000));
+      feed(h, click("a", T0 + 50 * 60_000));
+      assertEquals(List.of("click:c"), passed(h));
+    }
+  }
+
+  @Test
+  void anIdIsStampedWithItsEventTimeOrTheClockIfLater() throws Exception {
+    try (var h = started(null)) {
+      h.processWatermark(new Watermark(T0));
+      // An event half an hour ahead of the watermark lives from its own time; one an hour
+      // behind it lives from the clock (never less than a horizon of the clock's progress).
+      feed(h, click("ahead", T0 + 30 * 60_000), click("behind", T0 - HOUR));
+      h.processWatermark(new Watermark(T0 + HORIZON_S * 1000));
+      feed(h, click("ahead", T0 + 30 * 60_000), click("behind", T0 - HOUR));
+      assertEquals(List.of("click:ahead", "click:behind", "click:behind"), passed(h));
+      h.processWatermark(new Watermark(T0 + HORIZON_S * 1000 + 30 * 60_000));
+      feed(h, click("ahead", T0 + 30 * 60_000));
+      assertEquals(4, passed(h).size());
+    }
+  }
+
+  @Test
+  void withoutWatermarksTheClockIsTheNewestEventTimeUpToTheWallClock() throws Exception {
+    // Conversions: epoch milliseconds in a BIGINT, no watermark. A producer with a clock an
+    // hour fast cannot expire the others' ids; the wall clock alone does not either.
+    KeySelector<RowData, RowData> key = row -> GenericRowData.of(row.getLong(1), row.getLong(2));
+    var h = new KeyedOneInputStreamOperatorTestHarness<RowData, RowData, RowData>(
+        new CompactDeduplicateOperator(HORIZON_S, 0, 1, new int[0], 3, false), key,
+        InternalTypeInfo.ofFields(new BigIntType(), new BigIntType()), MAX_PARALLELISM, 1, 0);
+    h.setup(new RowDataSerializer(new VarCharType(VarCharType.MAX_LENGTH), new BigIntType(),
+        new BigIntType(), new BigIntType()));
+    h.setProcessingTime(T0);
+    h.initializeState((OperatorSubtaskState) null);
+    h.open();
+    try (h) {
+      h.processElement(new StreamRecord<>(conversion("v1", T0 - 1000), 0));
+      h.processElement(new StreamRecord<>(conversion("fast", T0 + 2 * HOUR), 0));
+      h.processElement(new StreamRecord<>(conversion("v1", T0 - 1000), 0));
+      h.setProcessingTime(T0 + 10 * HOUR);
+      h.processElement(new StreamRecord<>(conversion("v1", T0 - 1000), 0));
+      assertEquals(2, h.extractOutputValues().size());
+      h.processElement(new StreamRecord<>(conversion("later", T0 + 2 * HOUR), 0));
+      h.processElement(new StreamRecord<>(conversion("v1", T0 - 1000), 0));
+      assertEquals(4, h.extractOutputValues().size()); // the clock is 2 h past v1 now
+    }
+  }
+
+  private static RowData conversion(String id, long eventMs) {
+    EventKey key = new EventKey();
+    key.of(id);
+    return GenericRowData.of(StringData.fromString(id), key.hi, key.lo, eventMs);
   }
 
   @Test
@@ -177,15 +271,14 @@ class CompactDeduplicateOperatorTest {
   void aCheckpointHoldsOnlyTheIdsAliveInTheHorizon() throws Exception {
     OperatorSubtaskState checkpoint;
     try (var h = started(null)) {
-      feed(h, click("old"));
-      h.setProcessingTime(T0 + 1800_000);
-      feed(h, click("new"));
-      h.setProcessingTime(T0 + HORIZON_S * 1000);
+      feed(h, click("old", T0));
+      h.processWatermark(new Watermark(T0 + 1800_000));
+      feed(h, click("new", T0 + 1800_000));
+      h.processWatermark(new Watermark(T0 + HORIZON_S * 1000));
       checkpoint = h.snapshot(1, T0);
     }
     try (var h = started(checkpoint)) {
-      h.setProcessingTime(T0 + HORIZON_S * 1000);
-      feed(h, click("old"), click("new"));
+      feed(h, click("old", T0), click("new", T0 + 1800_000));
       assertEquals(List.of("click:old"), passed(h));
     }
   }
@@ -233,6 +326,7 @@ class CompactDeduplicateOperatorTest {
           : AbstractStreamOperatorTestHarness.repartitionOperatorState(
               state, MAX_PARALLELISM, stateParallelism, parallelism, i));
       h.open();
+      h.processWatermark(new Watermark(T0));
       subtasks.add(h);
     }
     for (RowData row : rows) {
@@ -252,6 +346,6 @@ class CompactDeduplicateOperatorTest {
   @Test
   void theHorizonMustBePositive() {
     assertThrows(IllegalArgumentException.class,
-        () -> new CompactDeduplicateOperator(0, 1, 2, new int[0]));
+        () -> new CompactDeduplicateOperator(0, 1, 2, new int[0], 3, true));
   }
 }

@@ -16,7 +16,10 @@ import org.apache.flink.table.runtime.operators.deduplicate.ProcTimeDeduplicateK
 import org.apache.flink.table.runtime.typeutils.InternalTypeInfo;
 import org.apache.flink.table.types.logical.BigIntType;
 import org.apache.flink.table.types.logical.DoubleType;
+import org.apache.flink.table.types.logical.LocalZonedTimestampType;
 import org.apache.flink.table.types.logical.LogicalType;
+import org.apache.flink.table.types.logical.RowType;
+import org.apache.flink.table.types.logical.TimestampKind;
 import org.apache.flink.table.types.logical.VarCharType;
 import org.apache.flink.util.Collector;
 import org.junit.jupiter.api.Test;
@@ -24,9 +27,12 @@ import org.junit.jupiter.api.Test;
 /** What install replaces, and what it refuses to (rather than change a dedup's meaning). */
 class CompactDeduplicateTest {
 
-  private static final InternalTypeInfo<RowData> ROW =
-      InternalTypeInfo.ofFields(new VarCharType(VarCharType.MAX_LENGTH), new BigIntType(),
-          new BigIntType());
+  // The events' input: the event type, the fingerprint, the epoch-ms time and the rowtime.
+  private static final InternalTypeInfo<RowData> ROW = InternalTypeInfo.of(RowType.of(
+      new LogicalType[] {new VarCharType(VarCharType.MAX_LENGTH), new BigIntType(),
+          new BigIntType(), new BigIntType(),
+          new LocalZonedTimestampType(true, TimestampKind.ROWTIME, 3)},
+      new String[] {"event", "key_hi", "key_lo", "event_ts_ms", "event_time"}));
 
   /** A planned dedup's shape: "Deduplicate[id]", keyed, its operator the given function. */
   private static OneInputTransformation<RowData, RowData> planned(
@@ -53,6 +59,19 @@ class CompactDeduplicateTest {
     assertEquals("12_compact-deduplicate", dedup.getUid());
     assertEquals(ROW, dedup.getOutputType()); // input, output and key stay the planner's
     assertTrue(dedup.getStateKeySelector() != null);
+  }
+
+  @Test
+  void theEventTimeIsTheRowtimeElseTheEpochMilliseconds() {
+    assertEquals(4, CompactDeduplicate.eventTimeField((RowType) ROW.toLogicalType()));
+    RowType conversions = RowType.of(
+        new LogicalType[] {new VarCharType(VarCharType.MAX_LENGTH), new BigIntType(),
+            new BigIntType(), new BigIntType()},
+        new String[] {"conversion_id", "conversion_ts", "key_hi", "key_lo"});
+    assertEquals(1, CompactDeduplicate.eventTimeField(conversions));
+    RowType none = RowType.of(new LogicalType[] {new BigIntType(), new BigIntType()},
+        new String[] {"key_hi", "key_lo"});
+    assertThrows(IllegalArgumentException.class, () -> CompactDeduplicate.eventTimeField(none));
   }
 
   @Test
