@@ -14,7 +14,9 @@ Per-record Python is what limits a loader (measured: ~50 us a raw click with kaf
 the contract checked in Python). So the consumer is librdkafka's (confluent-kafka), and an input
 topic's records go to ClickHouse as they came, a column per attribute, where the contract's
 rules run in bulk (adclick.clickhouse_rules). Only the job's outputs, a few rows a minute per
-ad, are converted here.
+ad, are converted here. A record of those that cannot be converted is not skipped: it goes to
+loader_rejects (topic, partition, offset, the table it was meant for, the reason, its bytes as
+text) in the same batch, so it is stored, or replayed, like any other row.
 """
 
 import json
@@ -26,6 +28,7 @@ from datetime import timezone
 
 from confluent_kafka import Consumer
 from confluent_kafka import KafkaError
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
 from confluent_kafka import KafkaException
 from confluent_kafka import TopicPartition
 
@@ -38,6 +41,9 @@ LAG_INTERVAL_S = 1  # how often the loader measures how far behind it is
 LAG_TIMEOUT_S = 1  # and how long it waits for committed offsets (must not stop loading)
 POLL_TIMEOUT_S = 0.5
 COMPACT_INTERVAL_S = 30  # how often the loader computes API 2's hourly rollup of quiet hours
+REJECTS = "loader_rejects"  # the table of the records the loader could not convert
+REJECT_REASON_CHARS = 1000
+REJECT_PAYLOAD_BYTES = 64 * 1024
 
 COLUMNS = {
     "ad_click_counts": ["minute", "ad_id", "country", "device", "clicks", "impressions", "late",
@@ -54,6 +60,7 @@ COLUMNS = {
     "conversion_attributions": ["minute", "ad_id", "country", "device", "conversion_id",
                                 "click_id", "type", "value_micros", "conversion_ts", "click_ts",
                                 "outcome"],
+    REJECTS: ["topic", "partition", "offset", "table", "reason", "payload", "received_at"],
 }
 
 
@@ -115,6 +122,18 @@ def attribution_rows(record):
         from_millis(event["conversion_ts"]), from_millis(event["click_ts"]), event["outcome"]]
 
 
+def reject_row(record, tables, error):
+    """The loader_rejects row of a record that could not be converted for tables."""
+    value = record.value() or b""  # a tombstone (None) is an empty payload
+    kind, ms = record.timestamp()
+    # The record's own time, so that a replay's row falls into the same partition as its twin;
+    # a broker always sets one (CreateTime or LogAppendTime), the fallback is for completeness.
+    received = from_millis(ms) if kind != TIMESTAMP_NOT_AVAILABLE else datetime.now(timezone.utc)
+    return [record.topic(), record.partition(), record.offset(), ",".join(tables),
+            f"{type(error).__name__}: {error}"[:REJECT_REASON_CHARS],
+            value[:REJECT_PAYLOAD_BYTES].decode("utf-8", errors="replace"), received]
+
+
 def table_routes(topics):
     """topic name -> (the tables it fills, its converter), for the job's output topics."""
     return {
@@ -153,7 +172,8 @@ class Loader:
     """Consumes the topics, inserts batches, then commits offsets; one thread, one consumer.
 
     rows_loaded counts, per table, the rows inserted; for a raw table, the records handed to
-    its rules (the invalid ones included, which the rules drop).
+    its rules (the invalid ones included, which the rules drop); for loader_rejects, the
+    records of the job's topics that could not be converted.
     """
 
     def __init__(self, client, database=config.DATABASE, bootstrap=config.KAFKA_BOOTSTRAP,
@@ -172,6 +192,7 @@ class Loader:
         self.stopping = threading.Event()
         self.rows_loaded = {table: 0 for tables, _ in self.routes.values() for table in tables}
         self.rows_loaded.update({table: 0 for table in self.raw_routes.values()})
+        self.rows_loaded[REJECTS] = 0
         self.last_batch_at = None
         # Records each topic still holds for this loader (end offset minus position over its
         # assigned partitions), measured every LAG_INTERVAL_S; None while not known.
@@ -204,14 +225,17 @@ class Loader:
             if table is not None:
                 raw.setdefault(table, RawColumns()).add(record)
                 continue
-            _tables, convert = self.routes[topic]
+            tables, convert = self.routes[topic]
             try:
-                for table, row in convert(record):
-                    batches.setdefault(table, []).append(row)
-            except (ValueError, KeyError, TypeError) as error:
-                # The job writes these topics; a bad record here is a bug, not input.
-                log.error("skipping unreadable record %s[%d]@%d: %s",
-                          topic, record.partition(), record.offset(), error)
+                rows = list(convert(record))  # all of a record's rows, or none of them
+            except (ValueError, KeyError, TypeError, AttributeError) as error:
+                # The job writes these topics; a bad record here is a bug, not input. It is
+                # kept, with the batch (a crash replays it too), not skipped.
+                log.error("unreadable record %s[%d]@%d into %s: %s", topic, record.partition(),
+                          record.offset(), REJECTS, error)
+                rows = [(REJECTS, reject_row(record, tables, error))]
+            for table, row in rows:
+                batches.setdefault(table, []).append(row)
         counts = batches.get("ad_click_counts")
         if counts:
             # Before the rows: a crash in between leaves the hour marked, never unmarked.

@@ -6,7 +6,8 @@
 - adclick_newest_complete_minute_age_seconds: freshness (api.status);
 - adclick_loader_lag_records{topic}, adclick_loader_rows_total{table},
   adclick_loader_last_batch_timestamp_seconds, adclick_loader_reconnects_total: the loader of
-  this process, if it has one;
+  this process, if it has one; adclick_loader_rows_total{table="loader_rejects"} counts the
+  records of the job's topics it could not convert and stored there (0 until one comes);
 - adclick_result_cache_lookups_total{outcome}: answers served fresh, stale (while a refresh
   runs) or computed (api.db.ResultCache);
 - adclick_store_up: 1 if the store answered the freshness query;

@@ -1,11 +1,16 @@
 """The loader on the real broker and the embedded store: a consumer left without partitions
-(what a stuck group rebalance of kafka-python looked like) is replaced, and the loader loads."""
+(what a stuck group rebalance of kafka-python looked like) is replaced, and the loader loads; a
+record it cannot convert goes to loader_rejects, never nowhere."""
 
 import json
 import time
 import uuid
+from datetime import datetime
+from datetime import timezone
 
 import pytest
+from confluent_kafka import Consumer
+from confluent_kafka import TopicPartition
 from kafka import KafkaConsumer
 from kafka import KafkaProducer
 
@@ -82,3 +87,47 @@ def test_a_restarted_loader_is_not_behind_on_a_quiet_transactional_topic(kafka_b
             loader.stop()
     rows = client.query("SELECT count() FROM loader_restart.dead_letters FINAL")
     assert rows.result_rows == [(3,)]
+
+
+def test_a_record_the_loader_cannot_convert_goes_to_loader_rejects(kafka_bootstrap,
+                                                                   chdb_url):  # noqa: F811
+    client = fresh_database(chdb_url, "loader_rejects")
+    prefix = f"j{uuid.uuid4().hex[:10]}-"
+    topics = create_topics(kafka_bootstrap, prefix=prefix, partitions=1)
+    count = {"minute": "2026-01-01T00:00:00Z", "ad_id": "ad-1", "country": "DE",
+             "device": "mobile", "clicks": 3, "impressions": 9, "late": False, "event_id": None}
+    missing = json.dumps({key: value for key, value in count.items() if key != "clicks"})
+    records = [missing.encode(), b"not json \xff", json.dumps(count).encode()]
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    for value in records:  # offsets 0, 1, 2 of the one partition, the valid record last
+        producer.send(topics["counts"], value).get(30)
+    producer.close()
+    sent_at = datetime.now(timezone.utc)
+    loader = Loader(client, database="loader_rejects", bootstrap=kafka_bootstrap,
+                    topic_prefix=prefix, group_id=prefix + "loader", raw=False).start()
+    try:
+        wait_for(lambda: loader.rows_loaded["ad_click_counts"] == 1, 90, "the valid count")
+        assert loader.rows_loaded.get("loader_rejects") == 2, loader.rows_loaded
+        committed = Consumer({"bootstrap.servers": kafka_bootstrap,
+                              "group.id": prefix + "loader"})
+        try:
+            wait_for(lambda: committed.committed([TopicPartition(topics["counts"], 0)],
+                                                 timeout=10)[0].offset == 3,
+                     60, "the offsets committed past the rejects")
+        finally:
+            committed.close()
+    finally:
+        loader.stop()
+    counts = client.query("SELECT ad_id, clicks, impressions, src_offset"
+                          " FROM loader_rejects.ad_click_counts FINAL")
+    assert counts.result_rows == [("ad-1", 3, 9, 2)]
+    rejects = client.query(
+        "SELECT topic, `partition`, `offset`, `table`, reason, payload, received_at"
+        " FROM loader_rejects.loader_rejects FINAL ORDER BY `offset`").result_rows
+    assert [row[:4] for row in rejects] == [(topics["counts"], 0, 0, "ad_click_counts"),
+                                            (topics["counts"], 0, 1, "ad_click_counts")]
+    assert rejects[0][4] == "KeyError: 'clicks'"
+    assert rejects[1][4].startswith("UnicodeDecodeError: ")  # not JSON, not even UTF-8
+    assert [row[5] for row in rejects] == [missing, "not json \ufffd"]
+    for row in rejects:  # the records' own timestamps, so that a replay collapses
+        assert abs((row[6].replace(tzinfo=timezone.utc) - sent_at).total_seconds()) < 60
