@@ -8,6 +8,14 @@ Only the NEWEST state is ever safe: the sinks' Kafka transactions of every compl
 are committed, so restoring an older one would publish the clicks after it a second time. A
 state that cannot be read is therefore an error, never a reason to fall back to an older one.
 
+"Newest" is the highest checkpoint id, read from each state's _metadata by Flink's own reader,
+not the file's modification time: object stores and NFS keep coarse times (chk-9 and chk-10 can
+share one) and a copied or touched savepoint gets a new one. Within a pipeline's lineage the ids
+only grow: a restored job counts on from the id it restored, and a stop-with-savepoint takes an
+id of the same counter. (A start from an older state given by hand, `--from-savepoint`, counts
+on from that state's lower id: set the folder aside first, or the newer states that are still
+in it win the next start.) The completion time only breaks ties.
+
 Layout under the job's --checkpoint-dir (any Flink file system: file://, s3://, ...):
 
     <pipeline>/<job id>/chk-<n>/_metadata          retained checkpoints (Flink writes them)
@@ -21,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from datetime import timezone
 
+from py4j.protocol import Py4JJavaError
 from pyflink.java_gateway import get_gateway
 
 JOB_ID = re.compile(r"[0-9a-f]{32}")
@@ -29,7 +38,18 @@ METADATA = "_metadata"
 
 
 class PipelineBusy(Exception):
-    """Another run of the same pipeline is alive (see PipelineState.lock)."""
+    """Another run of the same pipeline is alive (see PipelineState.lock), or whether one is
+    cannot be told."""
+
+
+class UnreadableState(Exception):
+    """A completed state whose _metadata Flink cannot read. Its checkpoint id is unknown, so
+    which state is the newest cannot be told: the start stops (see the module's docstring)."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
 
 
 def pipeline_name(topic_prefix, group_id):
@@ -49,15 +69,18 @@ def savepoint_uri(state):
 
 @dataclass(frozen=True)
 class SavedState:
-    """One completed checkpoint or savepoint: its directory, kind and completion time."""
+    """One completed checkpoint or savepoint: its directory, kind, completion time (its
+    _metadata's modification time) and checkpoint id (from that _metadata)."""
 
     path: str
     kind: str  # "checkpoint" or "savepoint"
     completed_ms: int
+    checkpoint_id: int
 
     def describe(self):
         when = datetime.fromtimestamp(self.completed_ms / 1000, tz=timezone.utc)
-        return f"{self.kind} {self.path} (completed {when:%Y-%m-%d %H:%M:%S} UTC)"
+        return (f"{self.kind} {self.path} (checkpoint id {self.checkpoint_id}, completed "
+                f"{when:%Y-%m-%d %H:%M:%S} UTC)")
 
 
 class PipelineState:
@@ -75,12 +98,34 @@ class PipelineState:
         return savepoint_uri(self.uri)
 
     def _children(self, path):
-        if not self._fs.exists(path):
-            return []
-        return [status for status in self._fs.listStatus(path) or [] if status.isDir()]
+        try:
+            return [status for status in self._fs.listStatus(path) or [] if status.isDir()]
+        except Py4JJavaError:
+            if self._fs.exists(path):
+                raise
+            return []  # never made, or deleted meanwhile (see _read)
+
+    def _read(self, path, kind, metadata):
+        """The SavedState of folder `path`, whose completion is `metadata` (its _metadata): the
+        checkpoint id read by Flink's own reader. Raises UnreadableState."""
+        jvm = self._jvm
+        try:
+            completed_ms = self._fs.getFileStatus(metadata).getModificationTime()
+            stream = jvm.java.io.DataInputStream(self._fs.open(metadata))
+            try:
+                loaded = jvm.org.apache.flink.runtime.checkpoint.Checkpoints \
+                    .loadCheckpointMetadata(
+                        stream, jvm.java.lang.Thread.currentThread().getContextClassLoader(),
+                        str(path))
+            finally:
+                stream.close()
+        except Py4JJavaError as error:
+            raise UnreadableState(str(path), error.java_exception.toString()) from None
+        return SavedState(str(path), kind, completed_ms, int(loaded.getCheckpointId()))
 
     def saved_states(self):
-        """Every completed checkpoint and savepoint of this pipeline, oldest first."""
+        """Every completed checkpoint and savepoint of this pipeline, oldest (lowest checkpoint
+        id) first; raises UnreadableState if any completed one cannot be read."""
         found = []
         for folder in self._children(self._root):
             name = folder.getPath().getName()
@@ -95,11 +140,17 @@ class PipelineState:
                     continue
                 # Flink writes _metadata last: without it the checkpoint never completed.
                 metadata = self._jvm.org.apache.flink.core.fs.Path(state.getPath(), METADATA)
-                if self._fs.exists(metadata):
-                    status = self._fs.getFileStatus(metadata)
-                    found.append(SavedState(str(state.getPath()), kind,
-                                            status.getModificationTime()))
-        return sorted(found, key=lambda state: (state.completed_ms, state.path))
+                if not self._fs.exists(metadata):
+                    continue
+                try:
+                    found.append(self._read(state.getPath(), kind, metadata))
+                except UnreadableState:
+                    if self._fs.exists(metadata):
+                        raise
+                    # Deleted while being read: Flink deletes a checkpoint once a newer state
+                    # subsumes it or its job has finished (a stop-with-savepoint's checkpoints
+                    # go a moment after the job), so it is not the newest, nor restorable.
+        return sorted(found, key=lambda s: (s.checkpoint_id, s.completed_ms, s.path))
 
     def newest(self):
         """The state a start must resume, or None when the pipeline has never checkpointed."""

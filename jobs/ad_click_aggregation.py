@@ -70,6 +70,9 @@ def parse_args(argv=None):
     p.add_argument("--topic-prefix", default="", help="prefix of all nine topic names")
     p.add_argument("--group-id", default="adclick-aggregation")
     p.add_argument("--parallelism", type=int, default=2)
+    p.add_argument("--max-parallelism", type=int, default=128,
+                   help="key groups of the keyed state: the most subtasks it can ever be"
+                        " rescaled to; cannot change once state exists")
     p.add_argument("--checkpoint-interval-ms", type=int, default=5000,
                    help="results become visible to read_committed consumers at each checkpoint")
     p.add_argument("--checkpoint-dir", default=(config.STACK_DIR / "checkpoints").as_uri())
@@ -183,6 +186,14 @@ def configure(t_env, args):
     conf.set("pipeline.name", f"{JOB_NAME} [{pipeline_name(args)}]")
     conf.set("table.local-time-zone", "UTC")
     conf.set("parallelism.default", str(args.parallelism))
+    # Fixed before any state exists: keyed state is laid out in this many key groups, and a
+    # state saved under another number cannot be restored. 128 is what Flink chose by itself
+    # for every state saved so far (its default up to a parallelism of 85).
+    conf.set("pipeline.max-parallelism", str(args.max_parallelism))
+    # Timers in RocksDB, as RocksDB's own default: heap timers are written into the raw keyed
+    # state at every checkpoint, which an operator writing its own raw keyed state (the
+    # compact dedup) excludes, and the checkpoint would fail (Flink's checkState on it).
+    conf.set("state.backend.rocksdb.timer-service.factory", "ROCKSDB")
     conf.set("execution.checkpointing.interval", f"{args.checkpoint_interval_ms} ms")
     conf.set("execution.checkpointing.mode", "EXACTLY_ONCE")
     conf.set("execution.checkpointing.dir", state_uri(args))
@@ -261,8 +272,11 @@ def source_schema(args, event="click"):
 
     The 'adclick-event' format (udfs/java) parses each record once and fills the event's
     columns, or only reject_reason and payload (the original bytes) for a record that breaks the
-    contract. A rejected record has no event time, so its event_time is 0 and cannot move the
-    watermark. Conversions are not windowed: they have no watermark.
+    contract. A rejected record has no event time of its own, so its event_time is its Kafka
+    timestamp: the time it was produced, which keeps its partition's watermark where the
+    partition's clicks keep it (with 0, a partition receiving only junk held every minute
+    open: never idle, its watermark at 1970). Conversions are not windowed: they have no
+    watermark.
     """
     contract = CONTRACTS[event]
     schema = Schema.new_builder()
@@ -280,7 +294,8 @@ def source_schema(args, event="click"):
     return (
         schema
         .column_by_expression("event_time",
-                              f"TO_TIMESTAMP_LTZ(COALESCE({contract.time_field}, 0), 3)")
+                              f"COALESCE(TO_TIMESTAMP_LTZ({contract.time_field}, 3),"
+                              f" kafka_timestamp)")
         .watermark("event_time",
                    f"TIMESTAMPADD(MILLISECOND, -{int(args.watermark_delay_ms)}, event_time)")
         .build()
@@ -364,7 +379,9 @@ def sink_descriptor(args, topic, name, columns):
         .format("json")
         .option("json.timestamp-format.standard", "ISO-8601")
         .option("sink.delivery-guarantee", "exactly-once")
-        .option("sink.transactional-id-prefix", f"{args.group_id}-{name}")
+        # The whole pipeline (topic prefix and group) names its transactions: two pipelines
+        # sharing a group id would otherwise fence each other's producers.
+        .option("sink.transactional-id-prefix", f"{args.topic_prefix}{args.group_id}-{name}")
         # The broker caps transactions at 15 minutes (transaction.max.timeout.ms).
         .option("properties.transaction.timeout.ms", "900000")
     )
@@ -565,7 +582,13 @@ def announce(message):
 
 def restore_from(t_env, args, state):
     """Point the job at the state it must resume: given (`flink run -s` or --from-savepoint),
-    else the pipeline's newest; --fresh sets the old state aside and starts empty."""
+    else the pipeline's newest; --fresh sets the old state aside and starts empty.
+
+    The newest it picks by itself is restored in CLAIM mode if it is a checkpoint (the job takes
+    it over and deletes it once a newer checkpoint subsumes it, so restarts do not pile up full
+    copies of the state), in NO_CLAIM mode if it is a savepoint: a stop-with-savepoint, such as
+    an upgrade's, is the rollback point, and a claimed one would be deleted by the first
+    checkpoint after it. A state that cannot be read stops the start (job_state)."""
     conf = t_env.get_config()
     given = args.from_savepoint or conf.get("execution.state-recovery.path", "")
     if args.fresh:
@@ -576,28 +599,58 @@ def restore_from(t_env, args, state):
         conf.set("execution.state-recovery.path", given)
         announce(f"restoring the given state {given}")
         return
-    newest = state.newest()
+    try:
+        newest = state.newest()
+    except job_state.UnreadableState as unreadable:
+        sys.exit(f"adclick: cannot restore {unreadable.path}: {unreadable.reason}\nNothing "
+                 "runs: without its checkpoint id, which state is the newest cannot be told. "
+                 "Repair that state (or move it out of the pipeline's folder if it is not the "
+                 "newest), or start empty on purpose with --fresh (the minutes it holds open and "
+                 "its dedup memory are then lost).")
     if newest is None:
         announce(f"starting empty: no savepoint or checkpoint yet in {state.uri}")
         return
     conf.set("execution.state-recovery.path", newest.path)
-    # The job takes the state over and deletes it once a newer checkpoint subsumes it, so
-    # restarts do not pile up full copies of the state.
-    conf.set("execution.state-recovery.claim-mode", "CLAIM")
-    announce(f"resuming from the newest {newest.describe()}")
+    if newest.kind == "savepoint":
+        conf.set("execution.state-recovery.claim-mode", "NO_CLAIM")
+        announce(f"resuming from the newest {newest.describe()}; NO_CLAIM: the savepoint is "
+                 "kept as a rollback point (delete it by hand once it is not needed)")
+    else:
+        conf.set("execution.state-recovery.claim-mode", "CLAIM")
+        announce(f"resuming from the newest {newest.describe()}; CLAIM: the job deletes it once "
+                 "a newer checkpoint subsumes it")
 
 
 def refuse_a_second_copy(t_env):
-    """On a cluster: a second copy of the pipeline would publish every count twice."""
+    """On a cluster: a second copy of the pipeline would publish every count twice, so the job
+    is not submitted while the cluster (its REST API, rest.address:rest.port) lists a job of
+    the same name that has not ended, nor when it cannot be asked (fails closed). Setting
+    ADCLICK_SKIP_COPY_CHECK=1 skips the check: only when you know no copy runs.
+
+    Why a check and not a lock: the standalone cluster has no lock per job name; a lock file in
+    the checkpoint file system would not be released when a JobManager dies with its job (and
+    object stores have no atomic create to take one), so a crash would block every later start.
+    The check is made before the submission, so two submissions racing each other can both pass
+    it; one submitter (scripts/submit-job.sh, by hand) is assumed. A local run holds a real lock
+    instead, taken by its JVM (job_state.PipelineState.lock)."""
+    import os
+
+    skip = "ADCLICK_SKIP_COPY_CHECK"
     conf = t_env.get_config()
     address = conf.get("rest.address", "localhost")
     port = conf.get("rest.port", "8081")
     name = conf.get("pipeline.name", "")
-    try:
-        jobs = flink_rest.live_jobs(f"http://{address}:{port}", timeout_s=10)
-    except OSError as error:
-        logging.warning("could not list the cluster's jobs (%s); not checking for a copy", error)
+    url = f"http://{address}:{port}"
+    if os.environ.get(skip) == "1":
+        announce(f"{skip}=1: not asking {url} for a running copy of this pipeline")
         return
+    try:
+        jobs = flink_rest.live_jobs(url, timeout_s=10)
+    except (OSError, ValueError) as error:
+        raise job_state.PipelineBusy(
+            f"could not ask the cluster's REST API at {url} whether a copy of this pipeline "
+            f"runs ({error}); a second copy would count every click twice. Check rest.address "
+            f"and rest.port, or set {skip}=1 if you know none runs") from error
     for job in jobs:
         if job["name"] == name:
             raise job_state.PipelineBusy(f"job {job['jid']} of this pipeline is {job['state']}")

@@ -13,6 +13,7 @@ topics directly (read_committed), no store.
 import collections
 import json
 import random
+import threading
 import time
 from datetime import datetime
 from datetime import timezone
@@ -124,3 +125,48 @@ def test_bursts_after_silence_count_every_click_once(job, kafka_bootstrap, topic
         want = {k: n for k, n in truth.items() if k[0] == minute}
         got = {k: n for k, n in counted.items() if k[0] == minute}
         assert got == want, f"minute {minute}: counted {sum(got.values())} of {sum(want.values())}"
+
+
+def test_a_partition_of_only_junk_does_not_hold_minutes_open(job, kafka_bootstrap, topic_prefix):
+    """A partition that receives nothing but malformed records is never idle; its watermark
+    follows the records' Kafka timestamps, so the minutes the other partitions fill still
+    close (with event time 0 for rejects, the whole job's watermark stayed at 1970)."""
+    rng = random.Random(12)
+    topics = config.Topics.with_prefix(topic_prefix)
+    truth = collections.Counter()
+    stop = threading.Event()
+
+    def send():
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
+        serial = 0
+        while not stop.is_set():
+            now = int(time.time() * 1000)
+            for partition in range(PARTITIONS - 1):
+                serial += 1
+                click = {"click_id": f"j-{serial}", "ad_id": rng.choice(ADS), "click_ts": now,
+                         "user_id": "u1", "ip": "10.0.0.1", "country": "KR",
+                         "device": "mobile"}
+                producer.send(topics["clicks"], json.dumps(click).encode(),
+                              partition=partition)
+                truth[now - now % MINUTE_MS] += 1
+            producer.send(topics["clicks"], b"not json at all", partition=PARTITIONS - 1)
+            time.sleep(0.1)
+        producer.close()
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        now = int(time.time() * 1000)
+        minute = now - now % MINUTE_MS + MINUTE_MS  # the first whole minute sent
+        time.sleep(max(0.0, (minute + MINUTE_MS - now) / 1000))
+
+        def counted():
+            return sum(row["clicks"] for row in read_committed(kafka_bootstrap, topics["counts"])
+                       if minute_of(row["minute"]) == minute)
+        wait_for(lambda: truth[minute] and counted() == truth[minute], 90,
+                 "the minute the valid partitions filled to close", [job])
+        dead = read_committed(kafka_bootstrap, topics["dlq"])
+        assert dead and all(row["source_partition"] == PARTITIONS - 1 for row in dead)
+    finally:
+        stop.set()
+        sender.join(30)

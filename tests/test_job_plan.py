@@ -102,6 +102,16 @@ def test_state_backend_flag_sets_the_backend_and_incremental_checkpoints(backend
     assert managed == (f"{512 * args.parallelism}m" if backend == "rocksdb" else None)
 
 
+def test_key_groups_and_timers_are_fixed_by_the_job():
+    """The max parallelism is set, not left to Flink's choice from the parallelism (it lays
+    out every keyed state); timers stay out of raw keyed state, which the dedup writes."""
+    t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
+    job.configure(t_env, job.parse_args(["--parallelism", "3"]))
+    conf = t_env.get_config()
+    assert conf.get("pipeline.max-parallelism", None) == "128"
+    assert conf.get("state.backend.rocksdb.timer-service.factory", None) == "ROCKSDB"
+
+
 def test_without_the_flag_the_cluster_decides_the_state_backend():
     t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
     job.configure(t_env, job.parse_args([]))
@@ -168,12 +178,16 @@ def test_the_job_runs_the_compact_dedup_in_place_of_each_planned_one(stream_node
     dedups = {node.getOperatorName(): node for node in stream_nodes
               if "Deduplicate" in node.getOperatorName()}
     assert sorted(re.sub(r"\d+", "N", name) for name in dedups) == ["CompactDeduplicate[N]"] * 2
+    clocks = []
     for name, node in dedups.items():
         operator = node.getOperatorFactory().getOperator()
         assert operator.getClass().getName() == "adclick.flink.CompactDeduplicateOperator"
         assert operator.getHorizonS() == 900  # --dedup-horizon-s
         assert node.getStatePartitioners()[0] is not None
         assert node.getTransformationUID() == re.sub(r"\D", "", name) + "_compact-deduplicate"
+        clocks.append(operator.usesWatermarkClock())
+    # The horizon runs on event time: the events' watermark, the conversions' newest time.
+    assert sorted(clocks) == [False, True]
 
 
 def test_a_stage_is_replaced_by_name_not_by_text():
