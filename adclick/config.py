@@ -33,7 +33,7 @@ def default_api_key():
 
 
 class Topics:
-    """Kafka topics: the three inputs and the six the Flink job writes transactionally.
+    """Kafka topics: the three inputs and the seven the Flink job writes transactionally.
 
     The late and dead-letter topics keep their first names, from when clicks were the only
     input; their records name the event type they hold.
@@ -49,6 +49,7 @@ class Topics:
     CONVERSIONS_UNIQUE = os.environ.get("ADCLICK_TOPIC_CONVERSIONS_UNIQUE",
                                         "ad-conversions-unique")
     ATTRIBUTIONS = os.environ.get("ADCLICK_TOPIC_ATTRIBUTIONS", "ad-conversion-attributions")
+    MINUTES = os.environ.get("ADCLICK_TOPIC_MINUTES", "ad-minutes-closed")
 
     # The input topics' roles, and the event type each one carries.
     INPUTS = {"clicks": "click", "impressions": "impression", "conversions": "conversion"}
@@ -66,6 +67,7 @@ class Topics:
             "dlq": prefix + cls.DLQ,
             "conversions_unique": prefix + cls.CONVERSIONS_UNIQUE,
             "attributions": prefix + cls.ATTRIBUTIONS,
+            "minutes": prefix + cls.MINUTES,
         }
 
 

@@ -60,6 +60,7 @@ COLUMNS = {
     "conversion_attributions": ["minute", "ad_id", "country", "device", "conversion_id",
                                 "click_id", "type", "value_micros", "conversion_ts", "click_ts",
                                 "outcome"],
+    "minutes_closed": ["minute", "src_partition", "src_offset"],
     REJECTS: ["topic", "partition", "offset", "table", "reason", "payload", "received_at"],
 }
 
@@ -89,6 +90,11 @@ def top_rows(record):
     for rank, entry in enumerate(event["top"], start=1):
         yield "top_ads_minute", [minute, rank, entry["ad_id"], int(entry["clicks"]),
                                  record.offset()]
+
+
+def minute_rows(record):
+    event = json.loads(record.value())
+    yield "minutes_closed", [parse_time(event["minute"]), record.partition(), record.offset()]
 
 
 def late_rows(record):
@@ -143,6 +149,7 @@ def table_routes(topics):
         topics["dlq"]: (("dead_letters",), dead_letter_rows),
         topics["conversions_unique"]: (("conversions",), conversion_rows),
         topics["attributions"]: (("conversion_attributions",), attribution_rows),
+        topics["minutes"]: (("minutes_closed",), minute_rows),
     }
 
 

@@ -16,11 +16,17 @@ from datetime import timezone
 from adclick import rollup
 from adclick import store
 
-# The newest minute whose window fired. top_ads_minute gets a minute only once it is complete,
-# so its max is the end of the data the API can present as final.
+# The newest minute the job's watermark has passed: minutes_closed gets every minute once it
+# is complete, with or without clicks (top_ads_minute, a minute with clicks; a store from before
+# minutes_closed has only that), so the newest of both is the end of what the API can present
+# as final.
 LATEST_COMPLETE_MINUTE = """
 SELECT toUnixTimestamp(maxOrNull(minute))
-FROM {db:Identifier}.top_ads_minute
+FROM (
+    SELECT maxOrNull(minute) AS minute FROM {db:Identifier}.top_ads_minute
+    UNION ALL
+    SELECT maxOrNull(minute) FROM {db:Identifier}.minutes_closed
+)
 """
 
 # The filter arrays are always bound; an empty array means "any value". ClickHouse folds the

@@ -3,8 +3,9 @@ impressions, conversions, CTR or CVR), one ad's metrics (impressions, clicks, co
 CVR), and the clicks of each minute (one ad's or all, for charts).
 
 Both answer for a range of whole minutes. `minutes=M` means the M most recent complete minutes:
-a minute is complete once the job's window for it has fired, which is when it appears in
-top_ads_minute, so the range ends right after max(minute) of that table. Ending there rather
+a minute is complete once the job's watermark has passed it, which is when it appears in
+minutes_closed (with or without clicks; or in top_ads_minute, with clicks), so the range ends
+right after the newest such minute. Ending there rather
 than at the wall clock keeps a count from creeping up while its minute is still open. With no
 complete minute yet the range ends at the current UTC minute. `from`/`to` name the range.
 

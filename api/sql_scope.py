@@ -42,6 +42,7 @@ DATA_TABLES = frozenset({
     "ad_click_counts", "top_ads_minute", "late_clicks", "late_impressions", "dead_letters",
     "conversions", "conversion_attributions", "unattributed_conversions", "raw_clicks",
     "raw_impressions", "raw_conversions", "ad_counts_hourly", "ad_counts_hourly_state", "ads",
+    "minutes_closed",
     "loader_rejects",
 })
 PRIVATE_TABLES = frozenset({

@@ -4,11 +4,11 @@ attributed to their clicks, exactly once.
 Reads raw clicks, impressions and conversions from Kafka, parses and validates them, drops
 repeated ids, counts clicks and impressions per 1-minute event-time tumbling window keyed by
 (ad_id, country, device), ranks ads per minute by clicks (local top-N in the JVM, global merge
-in Python), joins each conversion to the counted click it names, and writes six Kafka topics
-through transactional sinks: counts, top-N, too-late events, dead letters, unique conversions
-and attributions. ClickHouse ingests those topics (adclick.ingest). Everything per event runs
-in the JVM: Flink SQL, and adclick's compact dedup operator (udfs/java) in place of the
-planner's dedup.
+in Python), joins each conversion to the counted click it names, and writes seven Kafka topics
+through transactional sinks: counts, top-N, too-late events, dead letters, unique conversions,
+attributions and the minutes closed. ClickHouse ingests those topics (adclick.ingest).
+Everything per event runs in the JVM: Flink SQL, and adclick's compact dedup operator
+(udfs/java) in place of the planner's dedup.
 
 Every start resumes the pipeline's newest savepoint or retained checkpoint (adclick.job_state;
 --fresh starts empty); SIGTERM or Ctrl-C of a local run stops the job with a savepoint.
@@ -437,11 +437,13 @@ SINK_COLUMNS = {
         ("type", "STRING"), ("value_micros", "BIGINT"), ("conversion_ts", "BIGINT"),
         ("click_ts", "BIGINT"), ("outcome", "STRING"),
     ],
+    # Each minute the watermark has passed, with or without events (sql/flink/50_*.sql).
+    "minutes": [("minute", "TIMESTAMP_LTZ(3)")],
 }
 
 
 # The pipeline's logical tables. Its statements (sql/flink/) read the three <input>_raw tables
-# and job_clock and write the six sinks; attach_connectors binds them to Kafka and the clock,
+# and job_clock and write the seven sinks; attach_connectors binds them to Kafka and the clock,
 # and a test or the benchmark may bind them to something else (tests/test_pipeline_logic.py:
 # rows in memory).
 #   clicks_raw, impressions_raw, conversions_raw

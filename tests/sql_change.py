@@ -5,7 +5,7 @@ import shutil
 
 from jobs.ad_click_aggregation import SQL_DIR
 
-ADDED_FILE = "50_country_minutes.sql"
+ADDED_FILE = "90_country_minutes.sql"  # after every existing statement
 ADDED_STATEMENTS = """
 CREATE TEMPORARY TABLE country_minute_sink (
   minute_start TIMESTAMP_LTZ(3), country STRING, clicks BIGINT

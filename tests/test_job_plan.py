@@ -38,7 +38,7 @@ def test_one_dedup_feeds_every_sink(execution_plan):
     dedups = re.findall(r"\bDeduplicate\(keep=\[FirstRow\], key=\[([\w, ]+)\]", execution_plan)
     assert dedups == ["event, key_hi, key_lo", "key_hi, key_lo"]
     assert len(re.findall(r"CURRENT_WATERMARK", execution_plan)) == 2  # counts' and sinks' calc
-    assert len(re.findall(r"\bSink\(table=", execution_plan)) == 6
+    assert len(re.findall(r"\bSink\(table=", execution_plan)) == len(job.SINK_COLUMNS) == 7
 
 
 def test_the_dedup_is_keyed_by_the_id_fingerprint(execution_plan):

@@ -4,7 +4,7 @@ The pipeline (jobs/ad_click_aggregation.py build_pipeline over sql/flink/, attac
 attaches it: with its compact dedup) runs at parallelism 2 on a local MiniCluster over parse
 results held in memory (valid clicks and impressions, duplicates, rejected records, events late
 and too late, and conversions: attributed, before their click, outside the attribution window,
-of unknown or too-late clicks, repeated), its six sinks bound to JSON files, the job's clock
+of unknown or too-late clicks, repeated), its seven sinks bound to JSON files, the job's clock
 stage left out. A small model of the job's semantics (dedup first wins; each unique event
 classed against the watermark the classifier saw; windows; top-N by clicks; each unique
 conversion joined to its counted click) computes what each sink must hold, and the test
@@ -162,7 +162,7 @@ def expected_outputs(rows, conversions):
     windows = collections.defaultdict(collections.Counter)
     counted_clicks = {}
     out = {"counts": [], "late": [], "dlq": [], "top": [], "conversions_unique": [],
-           "attributions": []}
+           "attributions": [], "minutes": []}
     for row in rows:
         r = dict(zip(columns, row))
         event_ms = r["ts"] or 0  # a rejected record's event time is 0
@@ -197,6 +197,7 @@ def expected_outputs(rows, conversions):
             per_ad[minute][ad] += kinds["click"]
     for minute, ads in per_ad.items():
         out["top"].append((minute, tuple(sorted(ads.items(), key=rank_key)[:TOP_N])))
+        out["minutes"].append(minute)  # without the clock, the minutes with a top list
     names = [name for name, _ in CONVERSION_COLUMNS]
     first = {}
     for row in conversions:  # in arrival order
@@ -254,8 +255,10 @@ def actual_outputs(out_dir):
                      r["conversion_id"], r["click_id"], r["type"], r["value_micros"],
                      r["conversion_ts"], r["click_ts"], r["outcome"])
                     for r in read_sink(out_dir / "attributions")]
+    minutes = [millis(r["minute"]) for r in read_sink(out_dir / "minutes")]
     out = {"counts": counts, "late": late, "dlq": dlq, "top": top,
-           "conversions_unique": conversions, "attributions": attributions}
+           "conversions_unique": conversions, "attributions": attributions,
+           "minutes": minutes}
     return {name: sorted(values, key=repr) for name, values in out.items()}
 
 
@@ -290,7 +293,7 @@ def in_memory_table(env, t_env, rows, columns, event_time=True):
 def bind_in_memory(env, t_env, rows, conversions, out_dir):
     """The pipeline's logical tables: clicks_raw and impressions_raw from rows (one ordered
     source), conversions_raw from conversions, sinks into JSON files (no job_clock: the test
-    leaves out the stage that reads it)."""
+    leaves out the stages that read it)."""
     t_env.create_temporary_view("events_mem", in_memory_table(
         env, t_env, rows, EVENT_COLUMNS + FORMAT_COLUMNS + RECORD_COLUMNS))
     own = ", ".join(name for name, _ in FORMAT_COLUMNS + RECORD_COLUMNS)
@@ -335,7 +338,10 @@ def run_pipeline(work):
     job.configure(t_env, args)
     t_env.get_config().set("pipeline.auto-watermark-interval", f"{EMIT_INTERVAL_MS} ms")
     bind_in_memory(env, t_env, rows, conversions, work / "out")
-    statements = job.build_pipeline(t_env, args, replace={"events_and_clock": WITHOUT_CLOCK})
+    statements = job.build_pipeline(t_env, args, replace={
+        "events_and_clock": WITHOUT_CLOCK,
+        # No clock ticks: the minutes closed are those of the local top lists.
+        "minute_beats": "SELECT minute_time FROM local_top_ads"})
     plan = statements.explain()
     # As the job runs: the compact dedup in place of the planner's (attach_job).
     job.attach_job(env, statements, args.dedup_horizon_s)
