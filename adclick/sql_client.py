@@ -50,24 +50,30 @@ def run(args, query):
     return run_direct(args, query) if args.clickhouse_url else run_api(args, query)
 
 
-def run_api(args, query):
-    """POST the statement to the API; the result as the API returns it."""
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    url = args.api_url.rstrip("/") + "/v1/sql"
+def call_api(method, url, api_key, timeout, hints=None, **kwargs):
+    """The JSON body of an API call; Refused with the API's error (and hints[status], a hint
+    for the user) on an error status or when the API cannot be reached."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        response = requests.post(url, json={"query": query}, headers=headers,
-                                 timeout=args.timeout)
+        response = requests.request(method, url, headers=headers, timeout=timeout, **kwargs)
     except requests.RequestException as error:
-        raise Refused(f"cannot reach the API at {args.api_url}: {error}") from None
+        raise Refused(f"cannot reach the API at {url}: {error}") from None
     try:
         body = response.json()
     except ValueError:
         body = {"error": response.text[:500]}
-    if response.status_code != 200:
+    if response.status_code >= 400:
         message = body.get("error", "") if isinstance(body, dict) else str(body)
-        hint = " (give --api-key or set ADCLICK_API_KEY)" if response.status_code == 401 else ""
+        hint = (hints or {}).get(response.status_code, "")
         raise Refused(f"{message}{hint} [HTTP {response.status_code}]")
     return body
+
+
+def run_api(args, query):
+    """POST the statement to the API; the result as the API returns it."""
+    return call_api("POST", args.api_url.rstrip("/") + "/v1/sql", args.api_key, args.timeout,
+                    {401: " (give --api-key or set ADCLICK_API_KEY)",
+                     403: " (SQL needs an admin key)"}, json={"query": query})
 
 
 def _plain(value):

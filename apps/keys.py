@@ -35,9 +35,7 @@ UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 ADS_PER_REQUEST = 10_000
 
 
-class Refused(Exception):
-    """The store or the API refused; the message says why."""
-
+Refused = sql_client.Refused  # the store or the API refused; the message says why
 
 class Direct:
     """Keys and ads on the store itself."""
@@ -79,24 +77,13 @@ class Api:
 
     def __init__(self, api_url, api_key, timeout):
         self.base = api_url.rstrip("/") + "/v1/admin"
-        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.timeout = timeout
+        self.api_key, self.timeout = api_key, timeout
 
     def _call(self, method, path, **kwargs):
-        try:
-            response = requests.request(method, self.base + path, headers=self.headers,
-                                        timeout=self.timeout, **kwargs)
-        except requests.RequestException as error:
-            raise Refused(f"cannot reach the API at {self.base}: {error}") from None
-        try:
-            body = response.json()
-        except ValueError:
-            body = {"error": response.text[:500]}
-        if response.status_code >= 400:
-            hint = {401: " (give an admin key: --api-key or ADCLICK_API_KEY)",
-                    403: " (this needs an admin key)"}.get(response.status_code, "")
-            raise Refused(f"{body.get('error', body)}{hint} [HTTP {response.status_code}]")
-        return body
+        return sql_client.call_api(
+            method, self.base + path, self.api_key, self.timeout,
+            {401: " (give an admin key: --api-key or ADCLICK_API_KEY)",
+             403: " (this needs an admin key)"}, **kwargs)
 
     def create(self, name, role, expires_at):
         body = {"name": name, "role": role}
