@@ -613,10 +613,12 @@ def restore_from(t_env, args, state):
         announce(f"starting empty: no savepoint or checkpoint yet in {state.uri}")
         return
     conf.set("execution.state-recovery.path", newest.path)
+    for path in state.drop_older_savepoints():
+        announce(f"deleted the superseded savepoint {path}")
     if newest.kind == "savepoint":
         conf.set("execution.state-recovery.claim-mode", "NO_CLAIM")
         announce(f"resuming from the newest {newest.describe()}; NO_CLAIM: the savepoint is "
-                 "kept as a rollback point (delete it by hand once it is not needed)")
+                 "kept as a rollback point until a newer savepoint supersedes it")
     else:
         conf.set("execution.state-recovery.claim-mode", "CLAIM")
         announce(f"resuming from the newest {newest.describe()}; CLAIM: the job deletes it once "

@@ -135,6 +135,24 @@ def test_a_savepoint_is_restored_without_claiming_it_a_checkpoint_is_claimed(
     assert path.endswith(str(checkpoint)) and mode == "CLAIM"
 
 
+def test_a_start_keeps_the_newest_savepoint_and_drops_the_older_ones(pipeline_dir, capsys):
+    # Every stop takes a savepoint, restored without claiming it: without this they would pile
+    # up, a full copy of the state each.
+    now = time.time()
+    older = [saved(pipeline_dir, f"savepoints/savepoint-aaaaaa-{n}", now - 100 + n,
+                   checkpoint_id=n) for n in (3, 5)]
+    newest_savepoint = saved(pipeline_dir, "savepoints/savepoint-bbbbbb-7", now - 50,
+                             checkpoint_id=7)
+    checkpoint = saved(pipeline_dir, f"{JOB_A}/chk-9", now)
+    path, mode = restored(pipeline_dir)
+    assert path.endswith(str(checkpoint)) and mode == "CLAIM"
+    assert [folder.exists() for folder in older] == [False, False]
+    assert newest_savepoint.exists() and checkpoint.exists()
+    assert capsys.readouterr().out.count("deleted the superseded savepoint") == 2
+    path, mode = restored(pipeline_dir)  # nothing more to drop
+    assert path.endswith(str(checkpoint)) and newest_savepoint.exists()
+
+
 def start_small_job(pipeline_dir, args=None):
     """A small stateful streaming job (a count per key) of the pipeline in pipeline_dir,
     checkpointing every 200 ms where the real job does; with args, restore_from picks its state.
