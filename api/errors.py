@@ -40,6 +40,13 @@ def clickhouse_error_name(error):
     return getattr(error, "name", None) or type(error).__name__
 
 
+def refused_by_engine(error, max_chars=2000):
+    """The 400 for a statement ClickHouse refused: its error name and message, without the
+    engine's version trailer."""
+    message = str(error).split(" (version ")[0].strip()[:max_chars]
+    return ApiError(f"ClickHouse refused the query ({clickhouse_error_name(error)}): {message}")
+
+
 def _api_error(error):
     return json_error(error.message, error.status, error.headers)
 

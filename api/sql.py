@@ -28,15 +28,13 @@ from api import auth
 from api import db
 from api import params
 from api import sql_scope
-from api.errors import ApiError
-from api.errors import clickhouse_error_name
+from api.errors import refused_by_engine
 
 bp = Blueprint("sql", __name__, url_prefix="/v1")
 bp.before_request(auth.require("admin", sql=True))
 
 # Strings come back as bytes and are decoded leniently: a column may hold any bytes.
 BYTES_FORMATS = {"String": "bytes", "FixedString": "bytes"}
-MAX_ERROR_CHARS = 2000
 
 
 def jsonable(value):
@@ -61,11 +59,6 @@ def jsonable(value):
     if isinstance(value, (list, tuple, set, frozenset)):
         return [jsonable(item) for item in value]
     return str(value)  # UUID, IP addresses, and anything else with a canonical text form
-
-
-def _engine_message(error):
-    text = str(error).split(" (version ")[0].strip()
-    return text[:MAX_ERROR_CHARS]
 
 
 def _columns_of(client, statement):
@@ -95,8 +88,7 @@ def run_sql():
     except OperationalError:
         raise
     except DatabaseError as error:
-        raise ApiError(f"ClickHouse refused the query ({clickhouse_error_name(error)}):"
-                       f" {_engine_message(error)}") from None
+        raise refused_by_engine(error) from None
     truncated = len(rows) > max_rows
     body = {
         "columns": columns,

@@ -28,11 +28,12 @@ ClickHouse server a user granted SELECT on the data tables only is the engine's 
 
 import re
 import threading
+import weakref
 
 from clickhouse_connect.driver.exceptions import DatabaseError
 
 from api.errors import ApiError
-from api.errors import clickhouse_error_name
+from api.errors import refused_by_engine
 
 # The tables a user may read: the pipeline's data. Not the API's keys or key usage, not the raw
 # tables' input and rules (plumbing of the loader), not system tables or other databases.
@@ -185,23 +186,26 @@ class Functions:
 class Catalog:
     """What names mean in the engine: its databases, the API database's tables, its functions."""
 
+    # The databases and the API database's tables, in one query per statement checked.
+    NAMES = """
+SELECT 'database', name FROM system.databases
+UNION ALL
+SELECT 'table', name FROM system.tables WHERE database = {db:String}
+"""
     FUNCTIONS = ("SELECT name, categories, is_aggregate, alias_to, case_insensitive"
                  " FROM system.functions")
     _lock = threading.Lock()
-    _functions = {}  # the engine's version -> Functions (its list is fixed per version)
+    _functions = weakref.WeakKeyDictionary()  # client -> Functions: fixed per engine
 
     def __init__(self, client, database):
         self.database = database
-        self.databases = {row[0] for row in client.query(
-            "SELECT name FROM system.databases").result_rows}
-        self.tables = {row[0] for row in client.query(
-            "SELECT name FROM system.tables WHERE database = {db:String}",
-            parameters={"db": database}).result_rows}
-        version = client.query("SELECT version()").result_rows[0][0]
+        self.databases, self.tables = set(), set()
+        for kind, name in client.query(self.NAMES, parameters={"db": database}).result_rows:
+            (self.databases if kind == "database" else self.tables).add(name)
         with self._lock:
-            if version not in self._functions:
-                self._functions[version] = Functions(client.query(self.FUNCTIONS).result_rows)
-            self.functions = self._functions[version]
+            if client not in self._functions:
+                self._functions[client] = Functions(client.query(self.FUNCTIONS).result_rows)
+            self.functions = self._functions[client]
 
     def table_refusal(self, name):
         """Why a table name may not be read. An unqualified name that is no table of the
@@ -261,12 +265,6 @@ def refusal(tree, catalog):
     return None
 
 
-def _engine_refusal(error):
-    # A syntax error's position counts the parse function's own text; its message is enough.
-    message = str(error).split(" (version ")[0].strip()[:2000]
-    return ApiError(f"ClickHouse refused the query ({clickhouse_error_name(error)}): {message}")
-
-
 def check(client, statement, database):
     """The canonical text of statement if it only reads what /v1/sql may read, which is what
     must run; ApiError otherwise."""
@@ -274,7 +272,7 @@ def check(client, statement, database):
         canonical = client.query("SELECT formatQuerySingleLine({statement:String})",
                                  parameters={"statement": statement}).result_rows[0][0]
     except DatabaseError as error:
-        raise _engine_refusal(error) from None
+        raise refused_by_engine(error) from None
     words = bare_words(canonical)
     if "OUTFILE" in words:
         raise ApiError("no INTO OUTFILE clause can run here: the result comes back as JSON", 403)
@@ -284,7 +282,7 @@ def check(client, statement, database):
         lines = [row[0] for row in client.query(f"EXPLAIN AST\n{canonical}").result_rows]
         catalog = Catalog(client, database)
     except DatabaseError as error:
-        raise _engine_refusal(error) from None
+        raise refused_by_engine(error) from None
     found = refusal(parse_explain_ast(lines), catalog)
     if found is not None:
         status, message = found
