@@ -6,9 +6,6 @@ can also work on the store directly. The key itself is in one answer only, the o
 creates it; everything else names keys by name or id (adclick.access).
 """
 
-from datetime import datetime
-from datetime import timezone
-
 from flask import Blueprint
 from flask import jsonify
 from flask import request
@@ -33,34 +30,7 @@ ORDER BY table
 
 
 def _body(allowed, required=()):
-    body = request.get_json(force=True, silent=True)
-    if not isinstance(body, dict):
-        raise ApiError("the body must be a JSON object")
-    unknown = sorted(set(body) - set(allowed))
-    if unknown:
-        raise ApiError(f"unknown body field(s): {', '.join(unknown)}"
-                       f" (allowed: {', '.join(allowed)})")
-    missing = [name for name in required if name not in body]
-    if missing:
-        raise ApiError(f"missing body field(s): {', '.join(missing)}")
-    return body
-
-
-def _moment(body, name):
-    """body[name] as an aware UTC datetime (ISO 8601 with Z), or None if absent or null."""
-    text = body.get(name)
-    if text is None:
-        return None
-    if not isinstance(text, str):
-        raise ApiError(f"'{name}' must be an ISO 8601 UTC time like 2026-12-31T00:00:00Z")
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ApiError(f"'{name}' must be an ISO 8601 UTC time like 2026-12-31T00:00:00Z,"
-                       f" got {text[:80]!r}") from None
-    if moment.tzinfo is None:
-        raise ApiError(f"'{name}' must say its zone (Z for UTC), got {text[:80]!r}")
-    return moment.astimezone(timezone.utc)
+    return params.json_object(request.get_json(force=True, silent=True), allowed, required)
 
 
 def _access(call, *args):
@@ -88,7 +58,7 @@ def create_key():
     if not isinstance(body["name"], str) or not isinstance(body["role"], str):
         raise ApiError("'name' and 'role' must be strings")
     key, record = _access(access.create_key, body["name"], body["role"],
-                          _moment(body, "expires_at"))
+                          params.moment(body, "expires_at"))
     auth.changed_here()
     return jsonify({"key": key, **record.public()}), 201
 
@@ -105,7 +75,7 @@ def revoke_key(name_or_id):
 def expire_key(name_or_id):
     """Set when the key of this name or id stops working: {"at": ...}, default now."""
     body = _body(("at",)) if request.get_data() else {}
-    key = _access(access.expire_key, name_or_id, _moment(body, "at"))
+    key = _access(access.expire_key, name_or_id, params.moment(body, "at"))
     auth.changed_here()
     return jsonify(key.public())
 

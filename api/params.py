@@ -171,14 +171,42 @@ def iso(moment):
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def json_object(body, allowed, required=(), example=None):
+    """A request body that must be a JSON object of only the allowed fields, with the required
+    ones: 400 naming what is wrong."""
+    if not isinstance(body, dict):
+        raise ApiError("the body must be a JSON object" + (f" like {example}" if example else ""))
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise ApiError(f"unknown body field(s): {', '.join(unknown)}"
+                       f" (allowed: {', '.join(allowed)})")
+    missing = [name for name in required if name not in body]
+    if missing:
+        raise ApiError(f"missing body field(s): {', '.join(missing)}")
+    return body
+
+
+def moment(body, name):
+    """body[name] as an aware UTC datetime (ISO 8601 with its zone), or None if absent or
+    null."""
+    text = body.get(name)
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise ApiError(f"'{name}' must be an ISO 8601 UTC time like 2026-12-31T00:00:00Z")
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(f"'{name}' must be an ISO 8601 UTC time like 2026-12-31T00:00:00Z,"
+                       f" got {text[:80]!r}") from None
+    if parsed.tzinfo is None:
+        raise ApiError(f"'{name}' must say its zone (Z for UTC), got {text[:80]!r}")
+    return parsed.astimezone(timezone.utc)
+
+
 def sql_query(body, max_chars):
     """The single statement of a POST /v1/sql body {"query": "..."}."""
-    if not isinstance(body, dict):
-        raise ApiError("the body must be a JSON object like {\"query\": \"SELECT 1\"}")
-    unknown = sorted(set(body) - {"query"})
-    if unknown:
-        raise ApiError(f"unknown body field(s): {', '.join(unknown)} (allowed: query)")
-    query = body.get("query")
+    query = json_object(body, ("query",), example='{"query": "SELECT 1"}').get("query")
     if not isinstance(query, str):
         raise ApiError("'query' is required and must be a string")
     if len(query) > max_chars:
