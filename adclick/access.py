@@ -24,6 +24,7 @@ from datetime import datetime
 from datetime import timezone
 
 from adclick import store
+from adclick.contract import CLICK
 
 KEY_PREFIX = "ak_"
 ID_PREFIX = "k_"
@@ -160,6 +161,11 @@ def check_name(name):
     return name
 
 
+def new_key():
+    """A new random key (192 bits), as only its holder ever sees it."""
+    return KEY_PREFIX + secrets.token_urlsafe(24)
+
+
 def create_key(client, db, name, role, expires_at=None, key=None):
     """Store a new key (a random one, or `key` given by an operator) and return
     (the key, its Key). A live key of the same name is an error: names identify keys."""
@@ -170,7 +176,7 @@ def create_key(client, db, name, role, expires_at=None, key=None):
     if any(existing.name == name for existing in keys(client, db)):
         raise AccessError(f"a live key is already named {name!r}; revoke it or pick another"
                           " name")
-    key = key or KEY_PREFIX + secrets.token_urlsafe(24)
+    key = key or new_key()
     record = Key(hash_key(key), name, role, datetime.now(timezone.utc), expires_at)
     _write(client, db, record)
     return key, record
@@ -205,9 +211,10 @@ def ensure_key(client, db, key, name, role):
     """Store key if no live key has its hash (an operator's ADCLICK_API_KEY, the demo's key
     kept across restarts); a live one keeps its name and role."""
     digest = hash_key(key)
-    if any(existing.key_hash == digest for existing in keys(client, db)):
+    live = keys(client, db)
+    if any(existing.key_hash == digest for existing in live):
         return False
-    if any(existing.name == name for existing in keys(client, db)):
+    if any(existing.name == name for existing in live):
         name = f"{name}-{key_id(digest)}"
     create_key(client, db, name, role, key=key)
     return True
@@ -227,9 +234,10 @@ SELECT advertiser_id FROM {db:Identifier}.ads FINAL WHERE ad_id = {ad_id:String}
 """
 
 
-def check_ads(rows, ad_id_rule):
+def _checked_ads(rows):
     """rows ((ad_id, advertiser_id, name) each) as a list, or AccessError naming the first bad
-    row. ad_id_rule is the event contract's ad_id field (an ad the job can count)."""
+    row. An ad_id is what the event contract accepts (an ad the job can count)."""
+    ad_id_rule = CLICK.field("ad_id")
     checked = []
     for number, row in enumerate(rows, 1):
         if len(row) != 3:
@@ -248,8 +256,9 @@ def check_ads(rows, ad_id_rule):
 
 
 def load_ads(client, db, rows):
-    """Store ads ((ad_id, advertiser_id, name) rows, checked by check_ads); an ad stored
-    before is replaced. Returns how many were stored."""
+    """Store ads ((ad_id, advertiser_id, name) rows); an ad stored before is replaced. Returns
+    how many were stored; AccessError, and nothing stored, if any row is not a valid ad."""
+    rows = _checked_ads(rows)
     if not rows:
         return 0
     now = datetime.now(timezone.utc)

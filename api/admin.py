@@ -92,12 +92,7 @@ def load_ads():
         if not isinstance(ad, dict) or set(ad) - set(access.AD_COLUMNS) or "ad_id" not in ad:
             raise ApiError(f"ad {number}: expected an object of {', '.join(access.AD_COLUMNS)}")
         rows.append(tuple(ad.get(column, "") for column in access.AD_COLUMNS))
-    try:
-        checked = access.check_ads(rows, params.AD_ID)
-    except access.AccessError as error:
-        raise ApiError(str(error)) from None
-    stored = access.load_ads(db.client(), db.database(), checked)
-    return jsonify({"stored": stored})
+    return jsonify({"stored": _access(access.load_ads, rows)})
 
 
 @bp.get("/storage")

@@ -28,7 +28,6 @@ import requests
 from adclick import access
 from adclick import sql_client
 from adclick import store
-from adclick.contract import CLICK
 
 DURATION = re.compile(r"^([0-9]{1,6})([smhd])$")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -65,11 +64,7 @@ class Direct:
         return self._call(access.expire_key, name_or_id, at).public()
 
     def load_ads(self, rows):
-        try:
-            checked = access.check_ads(rows, CLICK.field("ad_id"))
-        except access.AccessError as error:
-            raise Refused(str(error)) from None
-        return access.load_ads(self.client, self.database, checked)
+        return self._call(access.load_ads, rows)
 
 
 class Api:

@@ -14,7 +14,6 @@ next start (the store's tables collapse the replay).
 
 import logging
 import os
-import secrets
 import signal
 import threading
 from pathlib import Path
@@ -24,7 +23,6 @@ import waitress
 from adclick import access
 from adclick import config
 from adclick import store
-from adclick.contract import CLICK
 from adclick.ingest import Loader
 from api import create_app
 from api import status
@@ -82,7 +80,7 @@ def kept_key(path):
     if path.exists() and path.read_text().strip():
         os.chmod(path, 0o600)
         return path.read_text().strip()
-    key = access.KEY_PREFIX + secrets.token_urlsafe(24)
+    key = access.new_key()
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as out:
         out.write(key + "\n")
@@ -93,9 +91,8 @@ def serve(args):
     client = store.connect(args.clickhouse_url)
     loader = start_loader(args, client)
     if args.ads_file:
-        ads = access.check_ads(read_ads(args.ads_file), CLICK.field("ad_id"))
         log.info("ads loaded from %s: %d", args.ads_file,
-                 access.load_ads(client, args.database, ads))
+                 access.load_ads(client, args.database, read_ads(args.ads_file)))
     if args.api_key_file:
         key = kept_key(args.api_key_file)
         access.ensure_key(client, args.database, key, "demo", "admin")
