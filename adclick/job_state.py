@@ -152,15 +152,17 @@ class PipelineState:
                     # go a moment after the job), so it is not the newest, nor restorable.
         return sorted(found, key=lambda s: (s.checkpoint_id, s.completed_ms, s.path))
 
-    def drop_older_savepoints(self):
-        """Delete every savepoint but the newest (by checkpoint id); returns their paths.
+    def drop_older_savepoints(self, states=None):
+        """Delete every savepoint but the newest (by checkpoint id) among states (default:
+        saved_states(), read anew); returns their paths.
 
         The newest is kept: restored without claiming it, it is the rollback point of the last
         stop or upgrade. The older ones are superseded (only the newest state is ever safe to
         restore), and without this every stop would leave a full copy of the state for good.
         A savepoint is self-contained, so no newer state reads its files.
         """
-        savepoints = [state for state in self.saved_states() if state.kind == "savepoint"]
+        states = self.saved_states() if states is None else states
+        savepoints = [state for state in states if state.kind == "savepoint"]
         dropped = []
         for old in savepoints[:-1]:
             self._fs.delete(self._jvm.org.apache.flink.core.fs.Path(old.path), True)

@@ -19,6 +19,7 @@ Submit to a cluster:        flink run -py jobs/ad_click_aggregation.py -pyexec <
 
 import argparse
 import logging
+import os
 import re
 import signal
 import sys
@@ -602,18 +603,19 @@ def restore_from(t_env, args, state):
         announce(f"restoring the given state {given}")
         return
     try:
-        newest = state.newest()
+        states = state.saved_states()  # read once: the newest, and the savepoints to drop
     except job_state.UnreadableState as unreadable:
         sys.exit(f"adclick: cannot restore {unreadable.path}: {unreadable.reason}\nNothing "
                  "runs: without its checkpoint id, which state is the newest cannot be told. "
                  "Repair that state (or move it out of the pipeline's folder if it is not the "
                  "newest), or start empty on purpose with --fresh (the minutes it holds open and "
                  "its dedup memory are then lost).")
+    newest = states[-1] if states else None
     if newest is None:
         announce(f"starting empty: no savepoint or checkpoint yet in {state.uri}")
         return
     conf.set("execution.state-recovery.path", newest.path)
-    for path in state.drop_older_savepoints():
+    for path in state.drop_older_savepoints(states):
         announce(f"deleted the superseded savepoint {path}")
     if newest.kind == "savepoint":
         conf.set("execution.state-recovery.claim-mode", "NO_CLAIM")
@@ -637,8 +639,6 @@ def refuse_a_second_copy(t_env):
     The check is made before the submission, so two submissions racing each other can both pass
     it; one submitter (scripts/submit-job.sh, by hand) is assumed. A local run holds a real lock
     instead, taken by its JVM (job_state.PipelineState.lock)."""
-    import os
-
     skip = "ADCLICK_SKIP_COPY_CHECK"
     conf = t_env.get_config()
     address = conf.get("rest.address", "localhost")
