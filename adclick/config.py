@@ -84,6 +84,9 @@ WINDOW_MS = WINDOW_SECONDS * 1000
 WATERMARK_DELAY_SECONDS = 5
 ALLOWED_LATENESS_SECONDS = 300
 DEDUP_HORIZON_SECONDS = 3600
+# Impressions, twenty or more per click, are remembered for less: a resend comes within minutes,
+# and one later than the allowed lateness plus a minute is too late to count anyway.
+IMPRESSION_DEDUP_HORIZON_SECONDS = 600
 TOP_N = 100
 MAX_PAYLOAD_BYTES = 4096
 MAX_FUTURE_SECONDS = 3600

@@ -83,7 +83,12 @@ def parse_args(argv=None):
     p.add_argument("--allowed-lateness-s", type=int, default=config.ALLOWED_LATENESS_SECONDS,
                    help="how long after its window fired a click still corrects its minute")
     p.add_argument("--dedup-horizon-s", type=int, default=config.DEDUP_HORIZON_SECONDS,
-                   help="how long a click_id is remembered to drop its duplicates")
+                   help="how long a click_id (or conversion_id) is remembered to drop its"
+                        " duplicates, in event time")
+    p.add_argument("--impression-dedup-horizon-s", type=int,
+                   default=config.IMPRESSION_DEDUP_HORIZON_SECONDS,
+                   help="the same for an impression_id (impressions are many, their resends"
+                        " come within minutes)")
     p.add_argument("--attribution-window-s", type=int,
                    default=config.ATTRIBUTION_WINDOW_SECONDS,
                    help="a conversion counts for its click when it comes within this long after"
@@ -130,13 +135,19 @@ def parse_args(argv=None):
     if not any(args.sql_dir.glob("*.sql")):
         p.error(f"--sql-dir: no *.sql files in {args.sql_dir}")
     for name in ("parallelism", "checkpoint_interval_ms", "top_n", "top_n_buckets",
-                 "max_payload_bytes", "dedup_horizon_s", "idle_timeout_ms", "stop_timeout_s",
+                 "max_payload_bytes", "dedup_horizon_s", "impression_dedup_horizon_s",
+                 "idle_timeout_ms", "stop_timeout_s",
                  "attribution_window_s", "conversion_wait_s"):
         if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
     for name in ("watermark_delay_ms", "allowed_lateness_s", "max_future_s"):
         if getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must not be negative")
+    if args.conversion_wait_s < args.allowed_lateness_s + 60:
+        # A click counted late (its minute closed less than the lateness ago) may come after a
+        # conversion that waited for it: the wait must outlast that, or an attribution is lost.
+        p.error("--conversion-wait-s must be at least --allowed-lateness-s plus a minute"
+                f" ({args.allowed_lateness_s + 60})")
     if args.idle_timeout_ms < MIN_IDLE_TIMEOUT_MS:
         p.error(f"--idle-timeout-ms must be at least {MIN_IDLE_TIMEOUT_MS} (the job's clock"
                 " source ticks every 250 ms)")
@@ -530,7 +541,7 @@ def main(argv=None):
     restore_from(t_env, args, state)
     recovery = t_env.get_config().get("execution.state-recovery.path", "")
     attach_connectors(t_env, args)
-    attach_job(env, build_pipeline(t_env, args), args.dedup_horizon_s)
+    attach_job(env, build_pipeline(t_env, args), args)
     try:
         job_client = env.execute_async(t_env.get_config().get("pipeline.name", JOB_NAME))
         announce(f"submitted job {job_client.get_job_id()}")
@@ -545,13 +556,20 @@ def main(argv=None):
         follow(job_client, state, stopping, args.stop_timeout_s)
 
 
-def attach_job(env, statements, dedup_horizon_s):
-    """Translate the statements into env's graph, with adclick's compact dedup in place of each
-    of the planner's, and a uid on every operator.
+def attach_job(env, statements, args):
+    """Translate the statements into env's graph, with adclick's compact operators in place of
+    the planner's dedups and attribution join, and a uid on every operator.
 
     The dedups: the planner's keep-first-row dedup (sql/flink/20_*.sql, 35_*.sql) becomes a
     CompactDeduplicateOperator (udfs/java), same keyBy, input and output, holding 16 bytes per
-    id in per-key-group sets instead of a state entry with a TTL per id.
+    id in per-key-group sets instead of a state entry with a TTL per id, its horizon in event
+    time (--dedup-horizon-s; --impression-dedup-horizon-s for impressions).
+
+    The attribution: the planner's join of conversions with counted clicks (35_*.sql) becomes a
+    CompactAttributionOperator, same keyBy, inputs and output, holding 24 bytes per click in
+    per-key-group tables instead of the whole row with a TTL per click, and keeping each click
+    for the attribution window plus the conversion wait, each conversion for the wait, in event
+    time (the SQL's STATE_TTL hint says the same on the wall clock).
 
     The uids: the planner names each operator "<Kind>[<plan node id>]" and (uid generation
     ALWAYS) gives it the uid "<id>_<kind>", but not its Python operators
@@ -560,7 +578,10 @@ def attach_job(env, statements, dedup_horizon_s):
     such a change could not be restored.
     """
     statements.attach_as_datastream()
-    compact_dedup = get_gateway().jvm.adclick.flink.CompactDeduplicate
+    compact = get_gateway().jvm.adclick.flink
+    retention_s = int(args.attribution_window_s) + int(args.conversion_wait_s)
+    horizons = get_gateway().jvm.java.util.HashMap()  # by the dedup key's event type
+    horizons.put("impression", int(args.impression_dedup_horizon_s))
     pending = list(env._j_stream_execution_environment.getTransformations())
     seen = set()
     while pending:
@@ -570,7 +591,11 @@ def attach_job(env, statements, dedup_horizon_s):
         seen.add(transformation.getId())
         named = re.fullmatch(r"([A-Za-z]+)\[(\d+)\]", transformation.getName())
         if named and named[1] == "Deduplicate":
-            compact_dedup.install(transformation, int(dedup_horizon_s))
+            compact.CompactDeduplicate.install(transformation, int(args.dedup_horizon_s),
+                                               horizons)
+        elif named and named[1] == "Join":
+            compact.CompactAttribution.install(transformation, retention_s,
+                                               int(args.conversion_wait_s))
         elif named and transformation.getUid() is None:
             kind = re.sub(r"(?<!^)(?=[A-Z])", "-", named[1]).lower()
             transformation.setUid(f"{named[2]}_{kind}")

@@ -50,7 +50,7 @@ def test_the_dedup_is_keyed_by_the_id_fingerprint(execution_plan):
 
 def test_the_attribution_join_keeps_clicks_for_the_window_and_conversions_for_the_wait():
     args = job.parse_args(["--topic-prefix", "plan-", "--attribution-window-s", "600",
-                           "--conversion-wait-s", "60"])
+                           "--conversion-wait-s", "480"])
     t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
     job.configure(t_env, args)
     job.attach_connectors(t_env, args)
@@ -58,7 +58,7 @@ def test_the_attribution_join_keeps_clicks_for_the_window_and_conversions_for_th
         job.build_pipeline(t_env, args)._j_statement_set.compilePlan().asJsonString())
     joins = [node for node in plan["nodes"] if node["type"].startswith("stream-exec-join")]
     assert [(state["name"], state["ttl"]) for state in joins[0]["state"]] == \
-        [("leftState", "1 min"), ("rightState", "11 min")]
+        [("leftState", "8 min"), ("rightState", "18 min")]
 
 
 def test_window_counts_are_two_phase(execution_plan):
@@ -87,6 +87,12 @@ def test_the_job_clock_reaches_the_dedup_but_none_of_its_rows_do(execution_plan)
     assert re.search(r"TableSourceScan\(table=\[\[\w+, \w+, job_clock\b", execution_plan)
     assert "where=[(beat < 0)]" in execution_plan
     assert re.search(r"Union\(all=\[true\]", execution_plan)
+
+
+def test_a_conversion_waits_for_every_click_that_can_still_count():
+    with pytest.raises(SystemExit):
+        job.parse_args(["--allowed-lateness-s", "360", "--conversion-wait-s", "419"])
+    assert job.parse_args(["--allowed-lateness-s", "360", "--conversion-wait-s", "420"])
 
 
 @pytest.mark.parametrize("backend, incremental", [("rocksdb", "true"), ("hashmap", "false")])
@@ -154,10 +160,12 @@ def stream_nodes():
     """The job's operators as it runs them: after attach_job (compact dedups, uids)."""
     env = StreamExecutionEnvironment.get_execution_environment()
     t_env = StreamTableEnvironment.create(env, EnvironmentSettings.in_streaming_mode())
-    args = job.parse_args(["--topic-prefix", "plan-", "--dedup-horizon-s", "900"])
+    args = job.parse_args(["--topic-prefix", "plan-", "--dedup-horizon-s", "900",
+                           "--impression-dedup-horizon-s", "420",
+                           "--attribution-window-s", "600", "--conversion-wait-s", "480"])
     job.configure(t_env, args)
     job.attach_connectors(t_env, args)
-    job.attach_job(env, job.build_pipeline(t_env, args), args.dedup_horizon_s)
+    job.attach_job(env, job.build_pipeline(t_env, args), args)
     return env._generate_stream_graph(clear_transformations=True).getStreamNodes().toArray()
 
 
@@ -178,16 +186,38 @@ def test_the_job_runs_the_compact_dedup_in_place_of_each_planned_one(stream_node
     dedups = {node.getOperatorName(): node for node in stream_nodes
               if "Deduplicate" in node.getOperatorName()}
     assert sorted(re.sub(r"\d+", "N", name) for name in dedups) == ["CompactDeduplicate[N]"] * 2
-    clocks = []
+    clocks, impressions = [], []
     for name, node in dedups.items():
         operator = node.getOperatorFactory().getOperator()
         assert operator.getClass().getName() == "adclick.flink.CompactDeduplicateOperator"
         assert operator.getHorizonS() == 900  # --dedup-horizon-s
+        assert operator.getHorizonS("click") == 900
         assert node.getStatePartitioners()[0] is not None
         assert node.getTransformationUID() == re.sub(r"\D", "", name) + "_compact-deduplicate"
         clocks.append(operator.usesWatermarkClock())
+        impressions.append(operator.getHorizonS("impression"))
     # The horizon runs on event time: the events' watermark, the conversions' newest time.
     assert sorted(clocks) == [False, True]
+    # Impressions have a horizon of their own in the events' dedup (the conversions' has no
+    # event type in its key).
+    assert sorted(impressions) == [420, 900]
+
+
+def test_the_job_runs_the_compact_attribution_in_place_of_the_planned_join(stream_nodes):
+    # The attribution join (35_attribution.sql) runs as udfs/java's CompactAttributionOperator
+    # behind the planner's keyBy on click_id, keeping clicks for the window plus the wait and
+    # conversions for the wait, and no regular join is left in the job.
+    names = [node.getOperatorName() for node in stream_nodes]
+    assert [name for name in names if re.fullmatch(r"Join\[\d+\]", name)] == []
+    joins = [node for node in stream_nodes if "CompactAttribution" in node.getOperatorName()]
+    assert len(joins) == 1
+    node = joins[0]
+    operator = node.getOperatorFactory().getOperator()
+    assert operator.getClass().getName() == "adclick.flink.CompactAttributionOperator"
+    assert (operator.getRetentionS(), operator.getWaitS()) == (1080, 480)
+    assert all(partitioner is not None for partitioner in node.getStatePartitioners())
+    assert node.getTransformationUID() == \
+        re.sub(r"\D", "", node.getOperatorName()) + "_compact-attribution"
 
 
 def test_a_stage_is_replaced_by_name_not_by_text():

@@ -344,7 +344,7 @@ def run_pipeline(work):
         "minute_beats": "SELECT minute_time FROM local_top_ads"})
     plan = statements.explain()
     # As the job runs: the compact dedup in place of the planner's (attach_job).
-    job.attach_job(env, statements, args.dedup_horizon_s)
+    job.attach_job(env, statements, args)
     env.execute("pipeline-logic")
     return rows, conversions, plan, work / "out"
 

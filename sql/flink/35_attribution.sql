@@ -36,6 +36,11 @@ WHERE event = 'click' AND timeliness <> 'too_late'
 --   outside_window  it came after the window
 -- A conversion no counted click ever met is unattributed too (the store's view
 -- unattributed_conversions, from the conversions sink).
+-- This says what the attribution does; the job runs udfs/java's CompactAttributionOperator in
+-- place of the planner's join (attach_job in the job): same keyBy, inputs and output, 24 bytes
+-- per click instead of the row, and the two times of the hint in event time (the clicks'
+-- watermark) instead of on the wall clock. It rebuilds the click's side from those 24 bytes, so
+-- it takes exactly the five columns of clicks_counted.
 CREATE TEMPORARY VIEW conversions_attributed AS
 SELECT /*+ STATE_TTL('c' = '${conversion_wait_s}s', 'k' = '${click_retention_s}s') */
        c.conversion_minute, k.ad_id, k.country, k.device, c.conversion_id, c.click_id, c.type,

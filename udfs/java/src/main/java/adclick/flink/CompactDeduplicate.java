@@ -2,7 +2,9 @@ package adclick.flink;
 
 import java.lang.reflect.Field;
 import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.List;
+import java.util.Map;
 import org.apache.flink.api.common.typeinfo.TypeInformation;
 import org.apache.flink.api.dag.Transformation;
 import org.apache.flink.streaming.api.operators.SimpleOperatorFactory;
@@ -44,6 +46,17 @@ public final class CompactDeduplicate {
    *     event time (eventTimeField)
    */
   public static void install(Transformation<?> transformation, long horizonS) {
+    install(transformation, horizonS, Map.of());
+  }
+
+  /**
+   * The same, with other horizons for the ids whose key's STRING column (the event type) holds
+   * one of horizonsByKey's keys; ignored for a dedup whose key has no STRING column.
+   */
+  public static void install(Transformation<?> transformation, long horizonS,
+                             Map<String, ? extends Number> horizonsByKey) {
+    Map<String, Long> horizons = new HashMap<>(); // Python's ints may come as Integers
+    horizonsByKey.forEach((key, value) -> horizons.put(key, value.longValue()));
     if (!(transformation instanceof OneInputTransformation)) {
       throw new IllegalArgumentException("not a one-input transformation: " + transformation);
     }
@@ -74,7 +87,7 @@ public final class CompactDeduplicate {
     // The key's columns are the input's, in the input's order: the high half comes first
     // (key_hi, key_lo; tests/test_job_plan.py checks the job's inputs).
     CompactDeduplicateOperator operator = new CompactDeduplicateOperator(
-        horizonS, longs.get(0), longs.get(1),
+        horizonS, others.isEmpty() ? Map.of() : horizons, longs.get(0), longs.get(1),
         others.stream().mapToInt(Integer::intValue).toArray(), time,
         !input.getTypeAt(time).is(LogicalTypeRoot.BIGINT));
     setFactory(dedup, SimpleOperatorFactory.of(operator));
@@ -111,7 +124,7 @@ public final class CompactDeduplicate {
     return millis;
   }
 
-  private static String userFunctionClass(StreamOperatorFactory<?> factory) {
+  static String userFunctionClass(StreamOperatorFactory<?> factory) {
     if (!(factory instanceof SimpleOperatorFactory)) {
       return String.valueOf(factory);
     }
@@ -123,7 +136,7 @@ public final class CompactDeduplicate {
         .getUserFunction().getClass().getName();
   }
 
-  private static RowType keyType(TypeInformation<?> type) {
+  static RowType keyType(TypeInformation<?> type) {
     if (!(type instanceof InternalTypeInfo)) {
       throw new IllegalArgumentException("not a SQL operator's row type: " + type);
     }
@@ -134,15 +147,15 @@ public final class CompactDeduplicate {
     return (RowType) logical;
   }
 
-  private static void setFactory(OneInputTransformation<?, ?> dedup,
-                                 StreamOperatorFactory<?> factory) {
+  /** Sets a translated transformation's operator factory (a field of each kind's own). */
+  static void setFactory(Transformation<?> transformation, StreamOperatorFactory<?> factory) {
     try {
-      Field field = OneInputTransformation.class.getDeclaredField("operatorFactory");
+      Field field = transformation.getClass().getDeclaredField("operatorFactory");
       field.setAccessible(true);
-      field.set(dedup, factory);
+      field.set(transformation, factory);
     } catch (ReflectiveOperationException e) {
-      throw new IllegalStateException("this Flink's OneInputTransformation has no operator"
-          + " factory field to set; the compact dedup needs Flink 2.2's", e);
+      throw new IllegalStateException("this Flink's " + transformation.getClass().getSimpleName()
+          + " has no operator factory field to set; the compact operators need Flink 2.2's", e);
     }
   }
 }

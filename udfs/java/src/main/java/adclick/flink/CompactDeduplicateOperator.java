@@ -2,6 +2,7 @@ package adclick.flink;
 
 import java.io.DataInputStream;
 import java.io.DataOutputStream;
+import java.util.Map;
 import org.apache.flink.runtime.state.KeyGroupRangeAssignment;
 import org.apache.flink.runtime.state.KeyGroupStatePartitionStreamProvider;
 import org.apache.flink.runtime.state.KeyedStateCheckpointOutputStream;
@@ -12,6 +13,7 @@ import org.apache.flink.streaming.api.operators.OneInputStreamOperator;
 import org.apache.flink.streaming.api.watermark.Watermark;
 import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
 import org.apache.flink.table.data.RowData;
+import org.apache.flink.table.data.StringData;
 
 /**
  * Keeps the first row of each key seen within the horizon and drops the rest: what Flink SQL's
@@ -26,7 +28,10 @@ import org.apache.flink.table.data.RowData;
  * long outage finds the ids it saw before it (a wall clock would have expired them all). An
  * id is stamped with its event time, or the clock if that is later, and forgotten once the
  * clock is the horizon past its stamp: by then any copy of it is older than the watermark by
- * more than the allowed lateness (with the horizon above it), so it is too late to count.
+ * more than the allowed lateness (with the horizon above it), so it is too late to count. The
+ * horizon may differ by the key's first column besides the fingerprint (the event type:
+ * impressions, twenty times as many as clicks and never billed twice by a resend hours later,
+ * are remembered for minutes); each id is held with the second it expires at.
  *
  * <p>The ids seen are held per key group, each group's in one {@link FingerprintSet}, and are
  * checkpointed as Flink's raw keyed state, group by group: a checkpoint, a restore and a
@@ -41,6 +46,9 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
   private static final long serialVersionUID = 1L;
 
   private final long horizonS;
+  // The horizons that differ from horizonS, by the value of the key's first other field.
+  private final String[] horizonKeys;
+  private final long[] horizonValues;
   private final int hiField;
   private final int loField;
   // Key fields besides the fingerprint (the event type): mixed into it.
@@ -51,6 +59,7 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
   private final boolean watermarkClock;
 
   private transient FingerprintSet[] sets;
+  private transient StringData[] horizonKeyData;
   private transient int maxParallelism;
   // Seconds: the clock as it was restored (the newest of the key groups'), and as it moved.
   private transient long restoredS;
@@ -58,6 +67,8 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
 
   /**
    * @param horizonS how long (seconds) an id is remembered after it was first seen
+   * @param horizonsByKey other horizons, for keys whose first field of otherFields holds the
+   *     map's key (empty: one horizon for all)
    * @param hiField the key's field holding the fingerprint's high 64 bits
    * @param loField the key's field holding its low 64 bits
    * @param otherFields the key's other fields, each a STRING
@@ -65,12 +76,22 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
    * @param watermarkClock whether that field is a rowtime (a TIMESTAMP_LTZ with watermarks),
    *     else epoch milliseconds (a BIGINT)
    */
-  public CompactDeduplicateOperator(long horizonS, int hiField, int loField, int[] otherFields,
-                                    int timeField, boolean watermarkClock) {
-    if (horizonS <= 0) {
-      throw new IllegalArgumentException("the horizon must be positive: " + horizonS);
+  public CompactDeduplicateOperator(long horizonS, Map<String, Long> horizonsByKey, int hiField,
+                                    int loField, int[] otherFields, int timeField,
+                                    boolean watermarkClock) {
+    if (horizonS <= 0 || horizonsByKey.values().stream().anyMatch(h -> h <= 0)) {
+      throw new IllegalArgumentException(
+          "every horizon must be positive: " + horizonS + ", " + horizonsByKey);
+    }
+    if (!horizonsByKey.isEmpty() && otherFields.length == 0) {
+      throw new IllegalArgumentException("horizons by key need a key column to tell them by");
     }
     this.horizonS = horizonS;
+    this.horizonKeys = horizonsByKey.keySet().toArray(new String[0]);
+    this.horizonValues = new long[horizonKeys.length];
+    for (int i = 0; i < horizonKeys.length; i++) {
+      horizonValues[i] = horizonsByKey.get(horizonKeys[i]);
+    }
     this.hiField = hiField;
     this.loField = loField;
     this.otherFields = otherFields.clone();
@@ -83,21 +104,34 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
     super.initializeState(context);
     maxParallelism = getRuntimeContext().getTaskInfo().getMaxNumberOfParallelSubtasks();
     sets = new FingerprintSet[maxParallelism];
+    horizonKeyData = new StringData[horizonKeys.length];
+    for (int i = 0; i < horizonKeys.length; i++) {
+      horizonKeyData[i] = StringData.fromString(horizonKeys[i]);
+    }
+    long longestS = horizonS;
+    for (long value : horizonValues) {
+      longestS = Math.max(longestS, value);
+    }
     restoredS = 0;
     clockS = 0;
     for (KeyGroupStatePartitionStreamProvider group : context.getRawKeyedStateInputs()) {
       DataInputStream in = new DataInputStream(group.getStream());
       int first = in.readInt();
       int count = first;
-      if (first == FORMAT_WITH_CLOCK) {
+      // Earlier formats held each id's stamp, not its expiry: kept for the longest horizon.
+      long addS = longestS;
+      if (first == FORMAT_WITH_EXPIRY || first == FORMAT_WITH_CLOCK) {
         restoredS = Math.max(restoredS, in.readLong());
         count = in.readInt();
+        addS = first == FORMAT_WITH_EXPIRY ? 0 : longestS;
       } // else a state of the first format: its count came first, stamped on the wall clock
-      setOf(group.getKeyGroupId()).read(in, count);
+      setOf(group.getKeyGroupId()).read(in, count, addS);
     }
   }
 
-  // A key group's state starts with this (never a count), then the clock, then the set.
+  // A key group's state starts with this (never a count), then the clock, then the set of
+  // expiries; FORMAT_WITH_CLOCK's held stamps (one horizon for all).
+  static final int FORMAT_WITH_EXPIRY = -3;
   static final int FORMAT_WITH_CLOCK = -2;
 
   /** The raw keyed state is this operator's sets (Flink's timers are not written there). */
@@ -113,6 +147,16 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
 
   /** How long (seconds of event time) an id is remembered after its stamp. */
   public long getHorizonS() {
+    return horizonS;
+  }
+
+  /** The same, for ids whose key's first other field holds this value. */
+  public long getHorizonS(String key) {
+    for (int i = 0; i < horizonKeys.length; i++) {
+      if (horizonKeys[i].equals(key)) {
+        return horizonValues[i];
+      }
+    }
     return horizonS;
   }
 
@@ -133,9 +177,21 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
       clockS = Math.max(clockS, Math.min(eventS, processingS));
     }
     long nowS = nowS();
-    if (setOf(group).add(hi, lo, Math.max(eventS, nowS), nowS, horizonS)) {
+    if (setOf(group).add(hi, lo, Math.max(eventS, nowS) + horizonOf(key), nowS)) {
       output.collect(element);
     }
+  }
+
+  private long horizonOf(RowData key) {
+    if (horizonKeyData.length > 0 && !key.isNullAt(otherFields[0])) {
+      StringData value = key.getString(otherFields[0]);
+      for (int i = 0; i < horizonKeyData.length; i++) {
+        if (horizonKeyData[i].equals(value)) {
+          return horizonValues[i];
+        }
+      }
+    }
+    return horizonS;
   }
 
   @Override
@@ -164,10 +220,10 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
     long nowS = nowS();
     for (int group : out.getKeyGroupList()) {
       out.startNewKeyGroup(group);
-      data.writeInt(FORMAT_WITH_CLOCK);
+      data.writeInt(FORMAT_WITH_EXPIRY);
       data.writeLong(nowS);
       data.flush();
-      setOf(group).write(out, nowS, horizonS);
+      setOf(group).write(out, nowS);
     }
   }
 

@@ -7,15 +7,15 @@ import java.io.OutputStream;
 import java.nio.ByteBuffer;
 
 /**
- * The event ids one key group of the dedup has seen within its horizon: 96 bits of each id's
- * fingerprint and its stamp (the event-time second it counts from, see
- * CompactDeduplicateOperator), in one open-addressing table (linear probing) of primitive
- * longs, 16 bytes a slot.
+ * The event ids one key group of the dedup has seen within their horizon: 96 bits of each id's
+ * fingerprint and the event-time second it expires at (its stamp plus its event type's
+ * horizon, see CompactDeduplicateOperator), in one open-addressing table (linear probing) of
+ * primitive longs, 16 bytes a slot.
  *
  * <p>Why this layout: Flink SQL's dedup keeps one state entry per id, with a TTL that Flink
  * checks and cleans up entry by entry (38-50 checkpointed bytes per id, and most of the job's
- * time, measured). Here a lookup is one probe sequence in one array, an entry's expiry is its
- * stamp compared with the clock, and expired entries are dropped in bulk when the table is
+ * time, measured). Here a lookup is one probe sequence in one array, an entry's expiry is
+ * compared with the clock (so ids of different horizons share the table), and expired entries are dropped in bulk when the table is
  * rebuilt, which it is when it fills (so memory follows the ids alive in the horizon, not all
  * ids ever seen). A checkpoint writes the live entries only, 16 bytes each.
  *
@@ -23,7 +23,7 @@ import java.nio.ByteBuffer;
  * alive in the horizon, below 1e-12 for 180 million (an hour at 50,000 clicks/s).
  *
  * <p>Slot i holds {@code slots[2i]}: the fingerprint's high 64 bits (never 0: 0 marks an
- * empty slot), and {@code slots[2i + 1]}: the low 64 bits' upper half, then the stamp (a
+ * empty slot), and {@code slots[2i + 1]}: the low 64 bits' upper half, then the expiry (a
  * second) as an unsigned 32-bit number (good until 2106). Not thread-safe: one per key group of
  * one operator.
  */
@@ -41,12 +41,12 @@ final class FingerprintSet {
 
   /**
    * Whether an event with this fingerprint, seen when the clock reads nowS (seconds), is the
-   * first within the horizon: true if none is held, or the one held is stamped horizonS or
-   * more before nowS (this one then takes its place, stamped stampS); false for a duplicate.
+   * first within its horizon: true if none is held, or the one held expired at nowS or before
+   * (this one then takes its place, expiring at expiryS); false for a duplicate.
    */
-  boolean add(long hi, long lo, long stampS, long nowS, long horizonS) {
+  boolean add(long hi, long lo, long expiryS, long nowS) {
     if (4L * (used + 1) > 3L * capacity()) {
-      rebuild(nowS, horizonS);
+      rebuild(nowS);
     }
     long high = hi == 0 ? 1 : hi;
     long lowHalf = lo & HIGH_HALF;
@@ -55,26 +55,26 @@ final class FingerprintSet {
       long slotHigh = slots[2 * i];
       if (slotHigh == 0) {
         slots[2 * i] = high;
-        slots[2 * i + 1] = lowHalf | (stampS & LOW_HALF);
+        slots[2 * i + 1] = lowHalf | (expiryS & LOW_HALF);
         used++;
         return true;
       }
       long rest = slots[2 * i + 1];
       if (slotHigh == high && (rest & HIGH_HALF) == lowHalf) {
-        if (alive(rest, nowS, horizonS)) {
+        if (alive(rest, nowS)) {
           return false;
         }
-        slots[2 * i + 1] = lowHalf | (stampS & LOW_HALF);
+        slots[2 * i + 1] = lowHalf | (expiryS & LOW_HALF);
         return true;
       }
     }
   }
 
-  /** Entries stamped less than horizonS before nowS (or after it). */
-  int alive(long nowS, long horizonS) {
+  /** Entries expiring after nowS. */
+  int alive(long nowS) {
     int alive = 0;
     for (int i = 0; i < capacity(); i++) {
-      if (slots[2 * i] != 0 && alive(slots[2 * i + 1], nowS, horizonS)) {
+      if (slots[2 * i] != 0 && alive(slots[2 * i + 1], nowS)) {
         alive++;
       }
     }
@@ -87,11 +87,11 @@ final class FingerprintSet {
   }
 
   /** Writes the entries alive at nowS: their count, then 16 bytes each. */
-  void write(OutputStream out, long nowS, long horizonS) throws IOException {
+  void write(OutputStream out, long nowS) throws IOException {
     ByteBuffer buffer = ByteBuffer.allocate(WRITE_CHUNK_BYTES);
-    buffer.putInt(alive(nowS, horizonS));
+    buffer.putInt(alive(nowS));
     for (int i = 0; i < capacity(); i++) {
-      if (slots[2 * i] != 0 && alive(slots[2 * i + 1], nowS, horizonS)) {
+      if (slots[2 * i] != 0 && alive(slots[2 * i + 1], nowS)) {
         if (buffer.remaining() < BYTES_PER_ENTRY) {
           out.write(buffer.array(), 0, buffer.position());
           buffer.clear();
@@ -105,23 +105,27 @@ final class FingerprintSet {
   /** Adds the entries write() wrote (this set must not hold any of them yet). */
   void read(InputStream in) throws IOException {
     DataInputStream data = new DataInputStream(in);
-    read(data, data.readInt());
+    read(data, data.readInt(), 0);
   }
 
-  /** Adds count entries of write()'s, whose count the caller has read. */
-  void read(DataInputStream data, int count) throws IOException {
+  /**
+   * Adds count entries of write()'s, whose count the caller has read, each one's second moved
+   * by addS (a state written with stamps instead of expiries: addS is the horizon).
+   */
+  void read(DataInputStream data, int count, long addS) throws IOException {
     byte[] bytes = new byte[count * BYTES_PER_ENTRY];
     data.readFully(bytes);
     ByteBuffer buffer = ByteBuffer.wrap(bytes);
     grow(used + count);
     for (int n = 0; n < count; n++) {
-      put(buffer.getLong(), buffer.getLong());
+      long high = buffer.getLong();
+      long rest = buffer.getLong();
+      put(high, (rest & HIGH_HALF) | (((rest & LOW_HALF) + addS) & LOW_HALF));
     }
   }
 
-  private static boolean alive(long rest, long nowS, long horizonS) {
-    // A stamp after nowS (an event ahead of the clock) is alive: the difference is negative.
-    return nowS - (rest & LOW_HALF) < horizonS;
+  private static boolean alive(long rest, long nowS) {
+    return (rest & LOW_HALF) > nowS;
   }
 
   private static int slotOf(long high, int mask) {
@@ -130,24 +134,24 @@ final class FingerprintSet {
   }
 
   /** Drops the expired entries; sizes the table to twice the live ones (load 1/2). */
-  private void rebuild(long nowS, long horizonS) {
-    rehash(capacityFor(alive(nowS, horizonS) + 1), nowS, horizonS);
+  private void rebuild(long nowS) {
+    rehash(capacityFor(alive(nowS) + 1), nowS);
   }
 
   /** Makes room for entries without dropping any. */
   private void grow(int entries) {
     if (4L * entries > 3L * capacity()) {
-      rehash(capacityFor(entries), 0, Long.MAX_VALUE); // every entry is alive then
+      rehash(capacityFor(entries), Long.MIN_VALUE); // every entry is alive then
     }
   }
 
   /** Moves the entries alive at nowS into a table of this capacity. */
-  private void rehash(int capacity, long nowS, long horizonS) {
+  private void rehash(int capacity, long nowS) {
     long[] old = slots;
     slots = new long[2 * capacity];
     used = 0;
     for (int i = 0; i < old.length; i += 2) {
-      if (old[i] != 0 && alive(old[i + 1], nowS, horizonS)) {
+      if (old[i] != 0 && alive(old[i + 1], nowS)) {
         put(old[i], old[i + 1]);
       }
     }

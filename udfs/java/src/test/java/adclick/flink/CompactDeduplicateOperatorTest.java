@@ -6,6 +6,7 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import java.util.ArrayList;
 import java.util.HashSet;
 import java.util.List;
+import java.util.Map;
 import java.util.Set;
 import org.apache.flink.api.java.functions.KeySelector;
 import org.apache.flink.runtime.checkpoint.OperatorSubtaskState;
@@ -65,9 +66,14 @@ class CompactDeduplicateOperatorTest {
 
   private static KeyedOneInputStreamOperatorTestHarness<RowData, RowData, RowData> harness(
       int parallelism, int subtask) throws Exception {
+    return harness(new CompactDeduplicateOperator(HORIZON_S, Map.of(), 1, 2, new int[] {0}, 4,
+        true), parallelism, subtask);
+  }
+
+  private static KeyedOneInputStreamOperatorTestHarness<RowData, RowData, RowData> harness(
+      CompactDeduplicateOperator operator, int parallelism, int subtask) throws Exception {
     var h = new KeyedOneInputStreamOperatorTestHarness<RowData, RowData, RowData>(
-        new CompactDeduplicateOperator(HORIZON_S, 1, 2, new int[] {0}, 4, true), KEY, KEY_TYPE,
-        MAX_PARALLELISM, parallelism, subtask);
+        operator, KEY, KEY_TYPE, MAX_PARALLELISM, parallelism, subtask);
     h.setup(new RowDataSerializer(new VarCharType(VarCharType.MAX_LENGTH),
         new VarCharType(VarCharType.MAX_LENGTH), new BigIntType(), new BigIntType(),
         new LocalZonedTimestampType(3)));
@@ -155,6 +161,33 @@ class CompactDeduplicateOperatorTest {
   }
 
   @Test
+  void impressionsMayHaveAShorterHorizonThanClicksInTheSameSets() throws Exception {
+    var operator = new CompactDeduplicateOperator(
+        HORIZON_S, Map.of("impression", 600L), 1, 2, new int[] {0}, 4, true);
+    OperatorSubtaskState checkpoint;
+    try (var h = harness(operator, 1, 0)) {
+      h.open();
+      feed(h, click("a"), event("impression", "a", T0));
+      h.processWatermark(new Watermark(T0 + 599_999));
+      feed(h, click("a"), event("impression", "a", T0));
+      assertEquals(List.of("click:a", "impression:a"), passed(h));
+      checkpoint = h.snapshot(1, T0);
+    }
+    var restored = harness(new CompactDeduplicateOperator(HORIZON_S, Map.of("impression", 600L),
+        1, 2, new int[] {0}, 4, true), 1, 0);
+    try (restored) {
+      restored.initializeState(checkpoint);
+      restored.open();
+      restored.processWatermark(new Watermark(T0 + 600_000));
+      // Ten minutes on, the impression's id has expired, the click's (an hour) has not.
+      feed(restored, click("a"), event("impression", "a", T0));
+      assertEquals(List.of("impression:a"), passed(restored));
+    }
+    assertEquals(600, operator.getHorizonS("impression"));
+    assertEquals(HORIZON_S, operator.getHorizonS("click"));
+  }
+
+  @Test
   void anIdIsForgottenWhenTheWatermarkIsTheHorizonPastIt() throws Exception {
     try (var h = started(null)) {
       feed(h, click("a"));
@@ -227,7 +260,7 @@ class CompactDeduplicateOperatorTest {
     // hour fast cannot expire the others' ids; the wall clock alone does not either.
     KeySelector<RowData, RowData> key = row -> GenericRowData.of(row.getLong(1), row.getLong(2));
     var h = new KeyedOneInputStreamOperatorTestHarness<RowData, RowData, RowData>(
-        new CompactDeduplicateOperator(HORIZON_S, 0, 1, new int[0], 3, false), key,
+        new CompactDeduplicateOperator(HORIZON_S, Map.of(), 0, 1, new int[0], 3, false), key,
         InternalTypeInfo.ofFields(new BigIntType(), new BigIntType()), MAX_PARALLELISM, 1, 0);
     h.setup(new RowDataSerializer(new VarCharType(VarCharType.MAX_LENGTH), new BigIntType(),
         new BigIntType(), new BigIntType()));
@@ -346,6 +379,6 @@ class CompactDeduplicateOperatorTest {
   @Test
   void theHorizonMustBePositive() {
     assertThrows(IllegalArgumentException.class,
-        () -> new CompactDeduplicateOperator(0, 1, 2, new int[0], 3, true));
+        () -> new CompactDeduplicateOperator(0, Map.of(), 1, 2, new int[0], 3, true));
   }
 }

@@ -1,0 +1,300 @@
+package adclick.flink;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.ByteArrayInputStream;
+import java.io.ByteArrayOutputStream;
+import java.io.DataInputStream;
+import java.io.DataOutputStream;
+import java.util.ArrayList;
+import java.util.HashSet;
+import java.util.List;
+import java.util.Set;
+import org.apache.flink.table.data.StringData;
+import org.junit.jupiter.api.Test;
+
+/**
+ * The click table's own promises: a click is found by its fingerprint with its attributes and
+ * time while alive (the clock less than the retention past its click time), twins are refused,
+ * rebuilds drop expired clicks and renumber the dictionary without mixing up attributes, and a
+ * checkpoint holds exactly the alive clicks.
+ */
+class ClickTableTest {
+
+  private static final long RETENTION_MS = 1_000_000;
+
+  /** A click: its id's fingerprint, attributes and time. */
+  private static final class Click {
+    final String id;
+    final long hi;
+    final long lo;
+    final String adId;
+    final String country;
+    final String device;
+    final long clickMs;
+
+    Click(String id, String adId, String country, String device, long clickMs) {
+      EventKey key = new EventKey();
+      key.of(id);
+      this.id = id;
+      this.hi = key.hi;
+      this.lo = key.lo;
+      this.adId = adId;
+      this.country = country;
+      this.device = device;
+      this.clickMs = clickMs;
+    }
+
+    boolean addTo(ClickTable table, long nowMs) {
+      return table.add(hi, lo, StringData.fromString(adId), StringData.fromString(country),
+          StringData.fromString(device), clickMs, nowMs, RETENTION_MS);
+    }
+
+    boolean aliveAt(long nowMs) {
+      return nowMs - clickMs < RETENTION_MS;
+    }
+  }
+
+  /** Asserts the click is in the table at nowMs with its attributes and time. */
+  private static void assertHeld(ClickTable table, Click click, long nowMs) {
+    int slot = table.find(click.hi, click.lo, nowMs, RETENTION_MS);
+    assertTrue(slot >= 0, click.id + " not found at " + nowMs);
+    StringData[] attributes = table.attributes(slot);
+    assertEquals(3, attributes.length);
+    assertEquals(click.adId, attributes[0].toString(), click.id);
+    assertEquals(click.country, attributes[1].toString(), click.id);
+    assertEquals(click.device, attributes[2].toString(), click.id);
+    assertEquals(click.clickMs, table.clickMs(slot), click.id);
+  }
+
+  @Test
+  void anAddedClickIsFoundWithItsAttributesAndTime() {
+    ClickTable table = new ClickTable();
+    Click a = new Click("a", "ad-1", "FR", "mobile", 5000);
+    Click b = new Click("b", "ad-2", "DE", "desktop", 6000);
+    assertTrue(a.addTo(table, 6000));
+    assertTrue(b.addTo(table, 6000));
+    assertHeld(table, a, 6000);
+    assertHeld(table, b, 6000);
+    Click absent = new Click("c", "ad-1", "FR", "mobile", 5000);
+    assertEquals(-1, table.find(absent.hi, absent.lo, 6000, RETENTION_MS));
+    assertEquals(2, table.alive(6000, RETENTION_MS));
+    assertEquals(2, table.dictionarySize());
+  }
+
+  @Test
+  void clicksOfTheSameAttributesShareOneCode() {
+    ClickTable table = new ClickTable();
+    for (int i = 0; i < 10; i++) {
+      assertTrue(new Click("id-" + i, "ad-" + (i % 3), "FR", "mobile", 0).addTo(table, 0));
+    }
+    assertEquals(3, table.dictionarySize());
+    assertEquals(10, table.alive(0, RETENTION_MS));
+  }
+
+  @Test
+  void aTwinFingerprintIsRefusedWhileTheFirstIsAlive() {
+    ClickTable table = new ClickTable();
+    Click first = new Click("a", "ad-1", "FR", "mobile", 1000);
+    assertTrue(first.addTo(table, 1000));
+    // Another click of the same fingerprint: refused, the first one stays as it was.
+    assertFalse(table.add(first.hi, first.lo, StringData.fromString("ad-9"),
+        StringData.fromString("US"), StringData.fromString("tv"), 2000, 2000, RETENTION_MS));
+    assertHeld(table, first, 2000);
+    // 96 bits: the low 32 bits of lo are not kept, so a fingerprint differing only there is a
+    // twin too; one differing in the bits kept is not.
+    assertFalse(table.add(first.hi, first.lo ^ 0xFFFF_FFFFL, StringData.fromString("ad-9"),
+        StringData.fromString("US"), StringData.fromString("tv"), 2000, 2000, RETENTION_MS));
+    assertTrue(table.add(first.hi, first.lo ^ (1L << 40), StringData.fromString("ad-9"),
+        StringData.fromString("US"), StringData.fromString("tv"), 2000, 2000, RETENTION_MS));
+    assertHeld(table, first, 2000);
+    assertEquals(2, table.alive(2000, RETENTION_MS));
+  }
+
+  @Test
+  void aTwinIsKeptOnceTheFirstHasExpired() {
+    ClickTable table = new ClickTable();
+    Click first = new Click("a", "ad-1", "FR", "mobile", 1000);
+    assertTrue(first.addTo(table, 1000));
+    long expiredAt = 1000 + RETENTION_MS;
+    Click again = new Click("a", "ad-2", "DE", "desktop", expiredAt);
+    assertFalse(again.addTo(table, expiredAt - 1));
+    assertTrue(again.addTo(table, expiredAt));
+    assertHeld(table, again, expiredAt);
+  }
+
+  @Test
+  void aClickExpiresExactlyAtTheRetention() {
+    ClickTable table = new ClickTable();
+    Click click = new Click("a", "ad-1", "FR", "mobile", 10_000);
+    assertTrue(click.addTo(table, 0));
+    assertHeld(table, click, 10_000);
+    assertHeld(table, click, 10_000 + RETENTION_MS - 1);
+    assertEquals(1, table.alive(10_000 + RETENTION_MS - 1, RETENTION_MS));
+    assertEquals(-1, table.find(click.hi, click.lo, 10_000 + RETENTION_MS, RETENTION_MS));
+    assertEquals(0, table.alive(10_000 + RETENTION_MS, RETENTION_MS));
+  }
+
+  @Test
+  void attributesAndTimesSurviveManyRebuilds() {
+    // 300 steps of 200 clicks, 25 steps a retention: the table is rebuilt many times, dropping
+    // the expired clicks and renumbering the dictionary (whose attributes change over time:
+    // the ads of a step are new every 10 steps).
+    ClickTable table = new ClickTable();
+    long stepMs = RETENTION_MS / 25;
+    List<Click> all = new ArrayList<>();
+    Set<String> combinations = new HashSet<>();
+    Set<Integer> capacities = new HashSet<>();
+    int steps = 300;
+    for (int step = 0; step < steps; step++) {
+      long nowMs = step * stepMs;
+      for (int i = 0; i < 200; i++) {
+        int n = step * 200 + i;
+        Click click = new Click("click-" + n, "ad-" + (step / 10) + "-" + (n % 7),
+            "C" + (n % 5), n % 3 == 0 ? "mobile" : "desktop", nowMs - (n % 11) * 1000);
+        assertTrue(click.addTo(table, nowMs), click.id);
+        all.add(click);
+        combinations.add(click.adId + "/" + click.country + "/" + click.device);
+      }
+      capacities.add(table.capacity());
+      if (step % 37 == 0) {
+        for (Click click : all) {
+          if (click.aliveAt(nowMs)) {
+            assertHeld(table, click, nowMs);
+          }
+        }
+      }
+    }
+    long nowMs = (steps - 1) * stepMs;
+    int alive = 0;
+    for (Click click : all) {
+      if (click.aliveAt(nowMs)) {
+        alive++;
+        assertHeld(table, click, nowMs);
+      } else {
+        assertEquals(-1, table.find(click.hi, click.lo, nowMs, RETENTION_MS), click.id);
+      }
+    }
+    assertEquals(alive, table.alive(nowMs, RETENTION_MS));
+    assertTrue(alive > 4000 && alive < 6000, "alive " + alive);
+    // Memory follows the live clicks: at most 4 slots a live click (rebuilt to load 1/2 at 3/4).
+    assertTrue(table.capacity() <= 4 * alive, "capacity " + table.capacity());
+    assertTrue(capacities.size() > 1, "never rebuilt: " + capacities);
+    // The dictionary lost the codes of long expired clicks.
+    assertTrue(table.dictionarySize() < combinations.size() / 2,
+        table.dictionarySize() + " codes of " + combinations.size());
+  }
+
+  @Test
+  void aRebuildKeepsOnlyTheCodesOfTheLiveClicks() {
+    ClickTable table = new ClickTable();
+    List<Click> old = new ArrayList<>();
+    for (int i = 0; i < 100; i++) {
+      Click click = new Click("old-" + i, "ad-old-" + i, "FR", "mobile", 0);
+      assertTrue(click.addTo(table, 0));
+      old.add(click);
+    }
+    assertEquals(100, table.dictionarySize());
+    // All old clicks expired: the next rebuild keeps only the 3 attributes of the new ones.
+    long nowMs = RETENTION_MS;
+    List<Click> fresh = new ArrayList<>();
+    int capacityBefore = table.capacity();
+    for (int i = 0; i < 4 * capacityBefore; i++) {
+      Click click = new Click("new-" + i, "ad-new-" + (i % 3), "DE", "desktop", nowMs);
+      assertTrue(click.addTo(table, nowMs));
+      fresh.add(click);
+    }
+    assertEquals(3, table.dictionarySize());
+    for (Click click : fresh) {
+      assertHeld(table, click, nowMs);
+    }
+    for (Click click : old) {
+      // Not there at all any more: not found even at a time it would still be alive at.
+      assertEquals(-1, table.find(click.hi, click.lo, 0, RETENTION_MS), click.id);
+    }
+  }
+
+  @Test
+  void writeThenReadKeepsExactlyTheAliveClicks() throws Exception {
+    ClickTable table = new ClickTable();
+    List<Click> clicks = new ArrayList<>();
+    for (int i = 0; i < 500; i++) {
+      // Times from 0 to 499,000: at the checkpoint those before 100,000 have expired.
+      Click click = new Click("c-" + i, "ad-" + (i % 13), i % 2 == 0 ? "FR" : "ES",
+          i % 3 == 0 ? "mobile" : "desktop", i * 1000L);
+      assertTrue(click.addTo(table, i * 1000L));
+      clicks.add(click);
+    }
+    long nowMs = 100_000 + RETENTION_MS - 1;
+    ByteArrayOutputStream bytes = new ByteArrayOutputStream();
+    try (DataOutputStream out = new DataOutputStream(bytes)) {
+      table.write(out, nowMs, RETENTION_MS);
+    }
+    int alive = table.alive(nowMs, RETENTION_MS);
+    assertEquals(400, alive);
+
+    ClickTable restored = new ClickTable();
+    DataInputStream in = new DataInputStream(new ByteArrayInputStream(bytes.toByteArray()));
+    restored.read(in);
+    assertEquals(-1, in.read(), "read everything written");
+    assertEquals(400, restored.alive(nowMs, RETENTION_MS));
+    // Nothing expired was written: counted even at a time all would be alive, 400 are there.
+    assertEquals(400, restored.alive(0, RETENTION_MS));
+    for (Click click : clicks) {
+      if (click.aliveAt(nowMs)) {
+        assertHeld(restored, click, nowMs);
+      } else {
+        assertEquals(-1, restored.find(click.hi, click.lo, click.clickMs, RETENTION_MS),
+            click.id);
+      }
+    }
+    // Written 24 bytes a click, after the dictionary and the count.
+    ByteArrayOutputStream again = new ByteArrayOutputStream();
+    try (DataOutputStream out = new DataOutputStream(again)) {
+      restored.write(out, nowMs, RETENTION_MS);
+    }
+    assertEquals(bytes.size(), again.size());
+    // The restored table goes on: a twin is refused, a new click is added.
+    Click twin = clicks.get(499);
+    assertFalse(twin.addTo(restored, nowMs));
+    Click fresh = new Click("fresh", "ad-new", "IT", "tv", nowMs);
+    assertTrue(fresh.addTo(restored, nowMs));
+    assertHeld(restored, fresh, nowMs);
+    assertHeld(restored, clicks.get(250), nowMs);
+  }
+
+  @Test
+  void anEmptyTableRoundTrips() throws Exception {
+    ByteArrayOutputStream bytes = new ByteArrayOutputStream();
+    try (DataOutputStream out = new DataOutputStream(bytes)) {
+      new ClickTable().write(out, 0, RETENTION_MS);
+    }
+    assertEquals(2 * Integer.BYTES, bytes.size());
+    ClickTable restored = new ClickTable();
+    restored.read(new DataInputStream(new ByteArrayInputStream(bytes.toByteArray())));
+    assertEquals(0, restored.alive(0, RETENTION_MS));
+    assertEquals(0, restored.dictionarySize());
+  }
+
+  @Test
+  void readingIntoANonEmptyTableThrows() throws Exception {
+    ClickTable source = new ClickTable();
+    assertTrue(new Click("a", "ad-1", "FR", "mobile", 0).addTo(source, 0));
+    ByteArrayOutputStream bytes = new ByteArrayOutputStream();
+    try (DataOutputStream out = new DataOutputStream(bytes)) {
+      source.write(out, 0, RETENTION_MS);
+    }
+    ClickTable target = new ClickTable();
+    assertTrue(new Click("b", "ad-2", "DE", "desktop", 0).addTo(target, 0));
+    assertThrows(IllegalStateException.class, () -> target.read(
+        new DataInputStream(new ByteArrayInputStream(bytes.toByteArray()))));
+    // A table read once is not empty either.
+    ClickTable once = new ClickTable();
+    once.read(new DataInputStream(new ByteArrayInputStream(bytes.toByteArray())));
+    assertThrows(IllegalStateException.class, () -> once.read(
+        new DataInputStream(new ByteArrayInputStream(bytes.toByteArray()))));
+  }
+}
