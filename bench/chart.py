@@ -19,11 +19,20 @@ KINDS = (("jvm", "JVM", "#4C72B0"), ("python", "Python", "#DD8452"),
 # The adclick job's parts, bounded into blackhole sinks beside the plain job (2).
 BOUNDED_STAGES = (("parse_only", "adclick parse+validate only"),
                   ("without_dedup", "adclick job without dedup"),
-                  ("whole_job", "adclick job"))
+                  ("whole_job", "adclick job"),
+                  ("whole_job_mix", "adclick job, mix (dups, late, conversions)"),
+                  ("whole_job_impressions", "adclick job, impressions"))
 
 
 def bounded(r, key):
     return (r.get("adclick_bounded") or {}).get(key) or {}
+
+
+def ratio(value):
+    """A ratio as the report has it: a number, or the median of rounds with min and max."""
+    if isinstance(value, dict):
+        return f"{value['median']} (min {value['min']}, max {value['max']}, {value['runs']} runs)"
+    return value
 
 
 def _bar_labels(ax, bars, fmt):
@@ -126,9 +135,15 @@ def summary(ax, r):
     add("adclick sustained", plain.get("sustained_clicks_per_s"), " clicks/s (2 cores)")
     add("  / plain Flink SQL", plain.get("ratio_sustained_to_engine"), " (wall)")
     add("  / plain Flink SQL", plain.get("ratio_per_cpu_s_to_engine"), " (per CPU-s)")
-    add("bounded job / plain SQL", bounded(r, "whole_job").get("ratio_to_engine"))
-    add("  without its dedup", bounded(r, "without_dedup").get("ratio_to_engine"))
-    add("  / plain SQL with a dedup", bounded(r, "whole_job").get("ratio_to_engine_with_dedup"))
+    add("bounded job / plain SQL", ratio(bounded(r, "whole_job").get("ratio_to_engine")))
+    add("  / plain SQL with a dedup",
+        ratio(bounded(r, "whole_job").get("ratio_to_engine_with_dedup")))
+    add("bounded job, JVM CPU per click", bounded(r, "whole_job").get("jvm_cpu_us_per_record"),
+        " us")
+    add("  per impression", bounded(r, "whole_job_impressions").get("jvm_cpu_us_per_record"),
+        " us")
+    add("  per click of the mix",
+        bounded(r, "whole_job_mix").get("jvm_cpu_us_per_distinct_click"), " us")
     rocks = r.get("adclick_rocksdb") or {}
     add("RocksDB state / heap", rocks.get("ratio_sustained_to_heap"), " (wall)")
     add("skew 50% / unskewed", skew.get("ratio_sustained_to_unskewed"), " (wall)")

@@ -112,20 +112,20 @@ def run_job(t_env, args, topic, name, dedup=False):
         QUERY.format(sink=f"sink_{name}", source=source)).get_job_client())
 
 
-def adclick_env(args, stage, measured="clicks"):
+def adclick_env(args, stage, measured=None):
     """A fresh table environment (same JVM) with the adclick job's settings and its bounded
     sources: the same schema, 'adclick-event' format and watermark, from the earliest to the
-    latest offset; the measured input (clicks from --topic, or impressions from
-    --impressions-topic) filled, the others from the empty topic."""
+    latest offset; the measured inputs ({input name: topic}; default: clicks from --topic)
+    filled, the others from the empty topic."""
+    measured = measured or {"clicks": args.topic}
     job_args = job.parse_args(["--bootstrap-servers", args.bootstrap_servers,
                                "--parallelism", str(args.parallelism),
                                "--checkpoint-dir", f"{args.checkpoint_dir}/{stage}"])
     env = StreamExecutionEnvironment.get_execution_environment()
     t_env = StreamTableEnvironment.create(env, EnvironmentSettings.in_streaming_mode())
     job.configure(t_env, job_args)
-    filled = {"clicks": args.topic, "impressions": args.impressions_topic}
     for name, event in job.INPUTS.items():
-        topic = filled[name] if name == measured else args.empty_topic
+        topic = measured.get(name, args.empty_topic)
         if topic is None:
             raise SystemExit("the adclick stages need --empty-topic for the other inputs")
         builder = TableDescriptor.for_connector("kafka").schema(
@@ -140,10 +140,10 @@ def adclick_env(args, stage, measured="clicks"):
     return env, t_env, job_args
 
 
-def run_adclick_parse(args):
+def run_adclick_parse(args, stage):
     """Only the adclick job's first operator chain: its source and sql/flink/10_parse.sql,
     valid clicks and rejects into blackhole sinks. What parsing and validating cost."""
-    _env, t_env, job_args = adclick_env(args, "parse")
+    _env, t_env, job_args = adclick_env(args, stage)
     t_env.execute_sql("CREATE TEMPORARY TABLE parsed_sink (click_id STRING, ad_id STRING, "
                       "country STRING, device STRING, event_time TIMESTAMP_LTZ(3)) "
                       "WITH ('connector' = 'blackhole')")
@@ -164,12 +164,10 @@ WITHOUT_DEDUP = ("SELECT event, event_id, ad_id, event_ts_ms, user_id, ip, count
                  "event_time FROM events_valid")
 
 
-def run_adclick_job(args, dedup=True, measured="clicks"):
+def run_adclick_job(args, stage, dedup=True, measured=None):
     """The whole adclick job (sql/flink/*.sql), bounded, its sinks bound to blackhole ones,
-    over the measured input; with dedup=False its dedup stage (the view events_unique) is
-    WITHOUT_DEDUP."""
-    stage = ("job" if dedup else "job-without-dedup") + ("" if measured == "clicks"
-                                                         else f"-{measured}")
+    over the measured inputs (adclick_env); with dedup=False its dedup stage (the view
+    events_unique) is WITHOUT_DEDUP."""
     env, t_env, job_args = adclick_env(args, stage, measured)
     t_env.create_temporary_table("job_clock", job.clock_descriptor(job_args, rows=16))
     for name, columns in job.SINK_COLUMNS.items():
@@ -180,7 +178,7 @@ def run_adclick_job(args, dedup=True, measured="clicks"):
 
     def submit():
         # As the job runs: with its compact dedup in place of the planner's.
-        job.attach_job(env, statements, job_args.dedup_horizon_s)
+        job.attach_job(env, statements, job_args)
         return env.execute_async(f"adclick {stage}")
     return timed(submit)
 
@@ -200,6 +198,14 @@ def main(argv=None):
                    help="where the adclick stages checkpoint (a file:// URI)")
     p.add_argument("--impressions-topic", default=None,
                    help="with --adclick-stages: also the whole job over these impressions")
+    p.add_argument("--mix-clicks-topic", default=None,
+                   help="with --adclick-stages: also the whole job over these clicks (with "
+                        "duplicates, late and too-late ones) and --mix-conversions-topic")
+    p.add_argument("--mix-conversions-topic", default=None)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run the plain jobs and the adclick stages this many times, "
+                        "alternating; each result is the run of median time, with every "
+                        "run's times beside it")
     args = p.parse_args(argv)
     if args.adclick_stages and not args.checkpoint_dir:
         p.error("--adclick-stages needs --checkpoint-dir")
@@ -211,24 +217,42 @@ def main(argv=None):
     jars = job.job_jars()
     conf.set("pipeline.jars", ";".join(jar.as_uri() for jar in jars))
     conf.set("table.optimizer.reuse-optimize-block-with-digest-enabled", "true")
-    out = {"parallelism": args.parallelism, "connector_jar": jars[0].name}
+    out = {"parallelism": args.parallelism, "connector_jar": jars[0].name,
+           "repeats": args.repeats}
     if args.empty_topic:
         out["warmup_empty_run"] = run_job(t_env, args, args.empty_topic, "warmup")
-    out["run"] = run_job(t_env, args, args.topic, "full")
-    if args.empty_topic:
-        out["empty_run"] = run_job(t_env, args, args.empty_topic, "empty")
     if args.with_dedup:
         conf.set("table.exec.state.ttl", f"{config.DEDUP_HORIZON_SECONDS} s")
-        out["dedup_run"] = run_job(t_env, args, args.topic, "dedup", dedup=True)
-    if args.adclick_stages:
-        out["adclick_stages"] = {
-            "parse_only": run_adclick_parse(args),
-            "without_dedup": run_adclick_job(args, dedup=False),
-            "whole_job": run_adclick_job(args),
-        }
-        if args.impressions_topic:
-            out["adclick_stages"]["whole_job_impressions"] = run_adclick_job(
-                args, measured="impressions")
+    stages = {"parse_only": lambda r: run_adclick_parse(args, f"parse-{r}"),
+              "without_dedup": lambda r: run_adclick_job(args, f"job-without-dedup-{r}",
+                                                         dedup=False),
+              "whole_job": lambda r: run_adclick_job(args, f"job-{r}")}
+    if args.impressions_topic:
+        stages["whole_job_impressions"] = lambda r: run_adclick_job(
+            args, f"job-impressions-{r}", measured={"impressions": args.impressions_topic})
+    if args.mix_clicks_topic and args.mix_conversions_topic:
+        stages["whole_job_mix"] = lambda r: run_adclick_job(
+            args, f"job-mix-{r}", measured={"clicks": args.mix_clicks_topic,
+                                            "conversions": args.mix_conversions_topic})
+    runs = {}
+    for r in range(args.repeats):  # alternating: each repeat runs every job once
+        runs.setdefault("run", []).append(run_job(t_env, args, args.topic, f"full{r}"))
+        if args.empty_topic and r == 0:
+            out["empty_run"] = run_job(t_env, args, args.empty_topic, "empty")
+        if args.with_dedup:
+            runs.setdefault("dedup_run", []).append(
+                run_job(t_env, args, args.topic, f"dedup{r}", dedup=True))
+        if args.adclick_stages:
+            for name, run in stages.items():
+                runs.setdefault(name, []).append(run(r))
+    for name, each in runs.items():
+        median = sorted(each, key=lambda run: run["net_runtime_s"])[len(each) // 2]
+        median = dict(median, repeats=[{key: run[key] for key in ("net_runtime_s", "jvm_cpu_s")}
+                                       for run in each])
+        if name in ("run", "dedup_run"):
+            out[name] = median
+        else:
+            out.setdefault("adclick_stages", {})[name] = median
     out["process_s"] = round(time.monotonic() - process_started, 3)
     # The gateway JVM shares this stdout and may write to it too: the result line is marked.
     print(RESULT_MARK + json.dumps(out), flush=True)

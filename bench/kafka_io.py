@@ -128,6 +128,51 @@ class Payloads:
     def ad_of(self, i):
         return self.pool[i % len(self.pool)][2]
 
+    def mix_chunks(self, count, start_ts, span_ms, chunk=20_000):
+        """The clicks of chunks() as traffic has them, so each of the job's paths is timed:
+        one in MIX_DUPLICATE sent twice in a row (a producer's retry: the copy lands on the
+        next partition), one in MIX_LATE with its click_ts LATE_MS behind (a late correction),
+        one in MIX_TOO_LATE TOO_LATE_MS behind (kept, not counted). Yields (lines, sent)."""
+        pool, size, run = self.pool, len(self.pool), self.run_id
+        for first in range(0, count, chunk):
+            last = min(count, first + chunk)
+            lines = []
+            append = lines.append
+            for i in range(first, last):
+                head, tail, _ad = pool[i % size]
+                ts = start_ts + i * span_ms // count
+                if i % MIX_LATE == 7:
+                    ts -= LATE_MS
+                elif i % MIX_TOO_LATE == 13:
+                    ts -= TOO_LATE_MS
+                line = f'{{"click_id":"{run}-{i}{head}{ts}{tail}'
+                append(line)
+                if i % MIX_DUPLICATE == 3:
+                    append(line)
+            yield ("\n".join(lines) + "\n").encode(), len(lines)
+
+    def conversion_chunks(self, count, start_ts, span_ms, chunk=20_000):
+        """Conversions of one click in MIX_CONVERTING of mix_chunks()'s, CONVERSION_AFTER_MS
+        after it. Yields (lines, sent)."""
+        run = self.run_id
+        for first in range(0, count, chunk):
+            lines = [f'{{"conversion_id":"{run}-c{i}","click_id":"{run}-{i}",'
+                     f'"conversion_ts":{start_ts + i * span_ms // count + CONVERSION_AFTER_MS},'
+                     f'"type":"purchase","value_micros":1990000}}'
+                     for i in range(first, min(count, first + chunk))
+                     if i % MIX_CONVERTING == 5]
+            yield ("\n".join(lines) + "\n").encode(), len(lines)
+
+
+# The bounded mix's shares (one click in N) and delays (Payloads.mix_chunks).
+MIX_DUPLICATE = 20
+MIX_LATE = 100
+MIX_TOO_LATE = 200
+MIX_CONVERTING = 20
+LATE_MS = 120_000
+TOO_LATE_MS = 900_000
+CONVERSION_AFTER_MS = 30_000
+
 
 def java_producer_source(work_dir):
     path = Path(work_dir) / "BulkProducer.java"
@@ -143,15 +188,23 @@ def start_java_producer(bootstrap, topic, partitions, work_dir):
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
 
-def bulk_fill(bootstrap, topic, partitions, payloads, count, start_ts, span_ms, work_dir):
-    """Produce count payloads through the Java producer; returns rates (records/s)."""
+def bulk_fill(bootstrap, topic, partitions, payloads, count, start_ts, span_ms, work_dir,
+              chunks=None):
+    """Produce count payloads through the Java producer; returns rates (records/s). chunks,
+    (lines, how many) pairs such as Payloads.mix_chunks', replaces payloads.chunks: count is
+    then the number they held."""
+    if chunks is None:
+        chunks = ((data, None) for data in payloads.chunks(count, start_ts, span_ms))
+    else:
+        count = 0
     started = time.monotonic()
     proc = start_java_producer(bootstrap, topic, partitions, work_dir)
     first_write = None
-    for data in payloads.chunks(count, start_ts, span_ms):
+    for data, lines in chunks:
         if first_write is None:
             first_write = time.monotonic()
         proc.stdin.write(data)
+        count += lines or 0
     proc.stdin.close()
     out = proc.stdout.read().decode()
     if proc.wait() != 0:

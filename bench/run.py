@@ -77,6 +77,9 @@ def parse_args(argv=None):
     p.add_argument("--skip-load-curve", action="store_true")
     p.add_argument("--skip-skew", action="store_true")
     p.add_argument("--skip-rocksdb", action="store_true")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="rounds of the bounded runs (plain SQL and the adclick stages, "
+                        "alternating); each figure is the median round's, min and max beside")
     p.add_argument("--no-docs", action="store_true", help="do not copy to docs/bench/")
     return p.parse_args(argv)
 
@@ -131,12 +134,13 @@ def fill_topic(bootstrap, prefix, args, work, skew, seed):
     return topics, payloads, stats
 
 
-def engine_limit(bootstrap, topic, empty_topic, impressions_topic, work, sampler):
+def engine_limit(bootstrap, topic, empty_topic, impressions_topic, mix, work, sampler, repeats):
     log_dir = work / "engine-flink-log"
     log_dir.mkdir(parents=True, exist_ok=True)
     argv = [PYTHON, "-m", "bench.engine_job", "--bootstrap-servers", bootstrap, "--topic", topic,
             "--empty-topic", empty_topic, "--with-dedup", "--adclick-stages",
-            "--impressions-topic", impressions_topic,
+            "--impressions-topic", impressions_topic, "--mix-clicks-topic", mix["clicks"],
+            "--mix-conversions-topic", mix["conversions"], "--repeats", str(repeats),
             "--checkpoint-dir", (work / "engine-checkpoints").as_uri()]
     env = dict(os.environ, FLINK_LOG_DIR=str(log_dir))
     machine = MachineLoad()
@@ -144,7 +148,7 @@ def engine_limit(bootstrap, topic, empty_topic, impressions_topic, work, sampler
         proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr)
         sampler.watch("engine.flink_job", proc.pid)
         try:
-            out, _ = proc.communicate(timeout=1200)
+            out, _ = proc.communicate(timeout=1200 * repeats)
         finally:
             sampler.unwatch("engine.flink_job")
     if proc.returncode != 0:
@@ -161,11 +165,22 @@ def engine_limit(bootstrap, topic, empty_topic, impressions_topic, work, sampler
 def bounded_rates(run, records, empty_run):
     """Rates of a bounded job over the topic from its net runtime and JVM CPU, and the same
     without the fixed per-job cost (the plain job's run over an empty topic) when that cost is
-    small enough for the difference to mean something."""
+    small enough for the difference to mean something; with repeats, the slowest and fastest
+    run's rates beside the median's."""
     net, cpu = run["net_runtime_s"], run["jvm_cpu_s"]
     fixed, fixed_cpu = empty_run["net_runtime_s"], empty_run["jvm_cpu_s"]
+    spread = {}
+    if run.get("repeats"):
+        nets = [each["net_runtime_s"] for each in run["repeats"]]
+        cpus = [each["jvm_cpu_s"] for each in run["repeats"]]
+        spread = {"records_per_s_min": round(records / max(nets)),
+                  "records_per_s_max": round(records / min(nets)),
+                  "jvm_cpu_us_per_record_min": round(1e6 * min(cpus) / records, 2),
+                  "jvm_cpu_us_per_record_max": round(1e6 * max(cpus) / records, 2)}
     return {
         "records": records,
+        "jvm_cpu_us_per_record": round(1e6 * cpu / records, 2),
+        **spread,
         "records_per_s": round(records / net),
         "records_per_s_minus_empty_run": round(records / (net - fixed))
         if net - fixed > 0.5 * net else None,
@@ -173,6 +188,16 @@ def bounded_rates(run, records, empty_run):
         "records_per_jvm_cpu_s_minus_empty_run": round(records / (cpu - fixed_cpu))
         if cpu > 2 * fixed_cpu else None,
     }
+
+
+def median_ratio(run, records, base, base_records):
+    """The median over the repeats of (run's rate / base's rate) within each repeat, and its
+    min and max: each ratio compares two runs of the same round, never across rounds."""
+    pairs = list(zip(run.get("repeats") or [run], base.get("repeats") or [base]))
+    values = sorted((records / mine["net_runtime_s"]) / (base_records / theirs["net_runtime_s"])
+                    for mine, theirs in pairs)
+    return {"median": round(values[len(values) // 2], 3), "min": round(values[0], 3),
+            "max": round(values[-1], 3), "runs": len(values)}
 
 
 def state_estimate(runs):
@@ -218,8 +243,9 @@ def state_estimate(runs):
 
 # The operators whose state grows with the clicks: (what, how its vertex's name begins).
 STATEFUL = (("events_dedup", "CompactDeduplicate[", "the dedup of clicks and impressions (1 h)"),
-            ("attribution_join", "Join[", "the counted clicks the attribution join keeps for "
-                                          "the attribution window (7 days by default)"))
+            ("attribution_join", "CompactAttribution[",
+             "the counted clicks the attribution keeps for the attribution window (7 days by "
+             "default) plus the conversion wait"))
 
 
 def operator_state(checkpoints):
@@ -317,6 +343,34 @@ def main(argv=None):
             kafka_io.Payloads(run_id=f"{prefix.rstrip('-')}-i", seed=1, event="impression"),
             args.records, (now - 30 * MINUTE_MS) // MINUTE_MS * MINUTE_MS,
             args.event_minutes * MINUTE_MS, work)
+        # The same clicks as traffic has them (duplicates, late and too-late ones) and the
+        # conversions of some, for the bounded mix: every path of the job timed.
+        mix = create_topics(broker.bootstrap, run_prefix + "mix-")
+        created.extend(mix.values())
+        state["mix"] = mix
+        mixed = kafka_io.Payloads(run_id=f"{prefix.rstrip('-')}-m", seed=2)
+        start = (now - 30 * MINUTE_MS) // MINUTE_MS * MINUTE_MS
+        span = args.event_minutes * MINUTE_MS
+        log(f"filling {mix['clicks']} and {mix['conversions']} with the mix of "
+            f"{args.records:,} clicks")
+        mix_clicks = kafka_io.bulk_fill(
+            broker.bootstrap, mix["clicks"], config.PARTITIONS, mixed, None, None, None, work,
+            chunks=mixed.mix_chunks(args.records, start, span))
+        send_closers(broker.bootstrap, mix["clicks"], start + span + 2 * MINUTE_MS)
+        mix_conversions = kafka_io.bulk_fill(
+            broker.bootstrap, mix["conversions"], config.PARTITIONS, mixed, None, None, None,
+            work, chunks=mixed.conversion_chunks(args.records, start, span))
+        state["mix_records"] = (mix_clicks["records"] + config.PARTITIONS
+                                + mix_conversions["records"])
+        state["mix_composition"] = {
+            "distinct_clicks": args.records, "click_messages": mix_clicks["records"],
+            "duplicates": mix_clicks["records"] - args.records,
+            "late_share": round(1 / kafka_io.MIX_LATE, 4),
+            "too_late_share": round(1 / kafka_io.MIX_TOO_LATE, 4),
+            "conversions": mix_conversions["records"],
+            "late_by_ms": kafka_io.LATE_MS, "too_late_by_ms": kafka_io.TOO_LATE_MS,
+            "conversion_after_click_ms": kafka_io.CONVERSION_AFTER_MS}
+        stats["mix"] = state["mix_composition"]
         stats["kafka_python_producer"] = kafka_io.kafka_python_produce_rate(
             broker.bootstrap, scratch["clicks"], payloads, args.kafka_python_sample,
             int(time.time() * 1000))
@@ -334,8 +388,8 @@ def main(argv=None):
 
     def engine():
         result = engine_limit(broker.bootstrap, state["topics"]["clicks"],
-                              state["scratch"]["top"], state["scratch"]["impressions"], work,
-                              sampler)
+                              state["scratch"]["top"], state["scratch"]["impressions"],
+                              state["mix"], work, sampler, args.repeats)
         records = args.records + config.PARTITIONS  # and a closer per partition
         result.update(bounded_rates(result["run"], records, result["empty_run"]))
         result.update({
@@ -348,17 +402,22 @@ def main(argv=None):
         dedup = result.pop("dedup_run", None)
         if dedup:
             dedup.update(bounded_rates(dedup, records, result["empty_run"]))
-            dedup["ratio_to_engine"] = round(dedup["records_per_s"] / result["records_per_s"], 3)
+            dedup["ratio_to_engine"] = median_ratio(dedup, records, result["run"], records)
             result["with_dedup"] = dedup
         stages = result.pop("adclick_stages", None)
         if stages:
-            for stage in stages.values():
-                stage.update(bounded_rates(stage, records, result["empty_run"]))
-                stage["ratio_to_engine"] = round(
-                    stage["records_per_s"] / result["records_per_s"], 3)
+            for name, stage in stages.items():
+                count = state["mix_records"] if name == "whole_job_mix" else records
+                stage.update(bounded_rates(stage, count, result["empty_run"]))
+                stage["ratio_to_engine"] = median_ratio(stage, count, result["run"], records)
                 if dedup:
-                    stage["ratio_to_engine_with_dedup"] = round(
-                        stage["records_per_s"] / dedup["records_per_s"], 3)
+                    stage["ratio_to_engine_with_dedup"] = median_ratio(stage, count, dedup,
+                                                                       records)
+            if "whole_job_mix" in stages:
+                mix = stages["whole_job_mix"]
+                mix["composition"] = state["mix_composition"]
+                mix["jvm_cpu_us_per_distinct_click"] = round(
+                    1e6 * mix["jvm_cpu_s"] / state["mix_composition"]["distinct_clicks"], 2)
             stages["method"] = (
                 "the adclick job's own source (schema, 'adclick-event' format, watermark) and "
                 "settings (exactly-once checkpoints every 5 s, heap state), bounded, into "
@@ -378,11 +437,14 @@ def main(argv=None):
                     / stages["whole_job_impressions"]["records_per_s"], 3)
             report["adclick_bounded"] = stages
             log("adclick bounded, to blackhole: " + ", ".join(
-                f"{name} {stages[name]['records_per_s']:,}/s ({stages[name]['ratio_to_engine']})"
-                for name in ("parse_only", "without_dedup", "whole_job")))
+                f"{name} {stages[name]['records_per_s']:,}/s, "
+                f"{stages[name]['jvm_cpu_us_per_record']} us JVM CPU each "
+                f"({stages[name]['ratio_to_engine']['median']} of plain SQL)"
+                for name in stages if isinstance(stages[name], dict) and "records" in stages[name]))
         report["engine_limit"] = result
         net = result["records_per_s_minus_empty_run"]  # None: the fixed cost is too large
-        log(f"plain Flink SQL: {result['records_per_s']:,}/s"
+        log(f"plain Flink SQL: {result['records_per_s']:,}/s, "
+            f"{result['jvm_cpu_us_per_record']} us JVM CPU each"
             + (f" ({net:,}/s without the fixed cost)" if net is not None else "")
             + (f"; with a dedup: {dedup['records_per_s']:,}/s" if dedup else ""))
 

@@ -4,7 +4,6 @@ import java.io.DataInputStream;
 import java.io.DataOutputStream;
 import java.io.IOException;
 import java.util.ArrayList;
-import java.util.Arrays;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
@@ -18,13 +17,15 @@ import org.apache.flink.table.data.StringData;
  *
  * <p>Why this layout: Flink SQL's regular join kept each click as a state entry of its own
  * (the row, its key and the TTL's timestamp: about 154 bytes per click checkpointed, and most
- * of the job's CPU, measured in docs/bench/). A click here is 24 bytes, checkpointed as such;
- * the attributes of a click are one of few (ads x countries x devices) and are written once
- * per key group and checkpoint, not once per click.
+ * of the job's CPU, measured in docs/bench/). A click here is 24 bytes, checkpointed as such
+ * (once: CompactAttributionOperator writes the clicks added since the last checkpoint); the
+ * attributes of a click are one of few (ads x countries x devices), each written once per key
+ * group, when its code is new.
  *
  * <p>A click is kept until the clock (event time, see CompactAttributionOperator) is the
  * retention past its time; expired clicks are dropped in bulk when the table fills and is
- * rebuilt, and the dictionary keeps only the codes of the clicks still held then.
+ * rebuilt. The dictionary only grows (a code stays valid in the checkpointed segments): by the
+ * (ad, country, device) combinations a key group has seen, which new ads add to.
  *
  * <p>96 bits: a conversion finds another click than the one it names only if both ids share a
  * fingerprint, about n / 2^96 per conversion for n clicks held (below 1e-18 for 3.5e10, a week
@@ -46,8 +47,10 @@ final class ClickTable {
   // Occupied slots, expired ones included (dropped at the next rebuild).
   private int used;
   // The dictionary: a code is an index into attributes; codes finds a code by its key.
-  private List<StringData[]> attributes = new ArrayList<>();
-  private Map<String, Integer> codes = new HashMap<>();
+  private final List<StringData[]> attributes = new ArrayList<>();
+  private final Map<String, Integer> codes = new HashMap<>();
+  // Codes below this are in a checkpoint's segment already (newAttributes).
+  private int written;
 
   /**
    * Keeps a click unless it is past the retention already, or one with this fingerprint is
@@ -64,7 +67,7 @@ final class ClickTable {
     if (4L * (used + 1) > 3L * capacity()) {
       rebuild(nowMs, retentionMs);
     }
-    put(high(hi), (lo & HIGH_HALF) | (code(adId, country, device) & LOW_HALF), clickMs);
+    put(high(hi), rest(lo, code(adId, country, device)), clickMs);
     return true;
   }
 
@@ -117,44 +120,68 @@ final class ClickTable {
   }
 
   /**
-   * Writes the clicks alive at nowMs: the dictionary (its size, then each code's three
-   * strings; codes of expired clicks too, until a rebuild drops them), the clicks' count, then
-   * 24 bytes each.
+   * Adds a click read back from a checkpoint (the three longs of an entry, as add() stored
+   * them: see high, rest) unless it is past the retention at nowMs or held already.
    */
-  void write(DataOutputStream out, long nowMs, long retentionMs) throws IOException {
-    out.writeInt(attributes.size());
-    for (StringData[] value : attributes) {
-      for (StringData text : value) {
+  void merge(long high, long rest, long clickMs, long nowMs, long retentionMs) {
+    if (!alive(clickMs, nowMs, retentionMs)
+        || find(high, rest, nowMs, retentionMs) >= 0) {
+      return;
+    }
+    if (4L * (used + 1) > 3L * capacity()) {
+      rebuild(nowMs, retentionMs);
+    }
+    put(high, rest, clickMs);
+  }
+
+  /** Sets a code's attributes read back from a checkpoint (what newAttributes wrote). */
+  void restoreAttributes(DataInputStream in) throws IOException {
+    int count = in.readInt();
+    for (int n = 0; n < count; n++) {
+      int code = in.readInt();
+      StringData[] value = {StringData.fromString(in.readUTF()),
+          StringData.fromString(in.readUTF()), StringData.fromString(in.readUTF())};
+      while (attributes.size() <= code) {
+        attributes.add(null);
+      }
+      attributes.set(code, value);
+      codes.put(key(value[0], value[1], value[2]), code);
+    }
+    written = attributes.size();
+  }
+
+  /**
+   * Writes the codes added since the last call (their count, then each code and its three
+   * strings), for a checkpoint's segment; false if there were none.
+   */
+  boolean newAttributes(DataOutputStream out) throws IOException {
+    if (written == attributes.size()) {
+      return false;
+    }
+    out.writeInt(attributes.size() - written);
+    for (int code = written; code < attributes.size(); code++) {
+      out.writeInt(code);
+      for (StringData text : attributes.get(code)) {
         out.writeUTF(text.toString());
       }
     }
-    out.writeInt(alive(nowMs, retentionMs));
-    for (int i = 0; i < capacity(); i++) {
-      if (slots[3 * i] != 0 && alive(slots[3 * i + 2], nowMs, retentionMs)) {
-        out.writeLong(slots[3 * i]);
-        out.writeLong(slots[3 * i + 1]);
-        out.writeLong(slots[3 * i + 2]);
-      }
-    }
+    written = attributes.size();
+    return true;
   }
 
-  /** Reads what write() wrote into this table, which must be empty. */
-  void read(DataInputStream in) throws IOException {
-    if (used != 0 || !attributes.isEmpty()) {
-      throw new IllegalStateException("a key group's clicks are read into an empty table");
-    }
-    int size = in.readInt();
-    for (int code = 0; code < size; code++) {
-      StringData[] value = {StringData.fromString(in.readUTF()),
-          StringData.fromString(in.readUTF()), StringData.fromString(in.readUTF())};
-      attributes.add(value);
-      codes.put(key(value[0], value[1], value[2]), code);
-    }
-    int count = in.readInt();
-    slots = new long[3 * capacityFor(count)];
-    for (int n = 0; n < count; n++) {
-      put(in.readLong(), in.readLong(), in.readLong());
-    }
+  /** The first long of the entry add() stores for this fingerprint. */
+  static long high(long hi) {
+    return hi == 0 ? 1 : hi;
+  }
+
+  /** The second long of the entry for this fingerprint, the code found by codeOf. */
+  static long rest(long lo, int code) {
+    return (lo & HIGH_HALF) | (code & LOW_HALF);
+  }
+
+  /** The code of these attributes, added to the dictionary if new. */
+  int codeOf(StringData adId, StringData country, StringData device) {
+    return code(adId, country, device);
   }
 
   private int code(StringData adId, StringData country, StringData device) {
@@ -179,10 +206,6 @@ final class ClickTable {
     return nowMs - clickMs < retentionMs;
   }
 
-  private static long high(long hi) {
-    return hi == 0 ? 1 : hi;
-  }
-
   private static int slotOf(long high, int mask) {
     // The fingerprint is MD5's: its bits are already uniform.
     return (int) (high ^ (high >>> 32)) & mask;
@@ -193,31 +216,15 @@ final class ClickTable {
     rehash(capacityFor(alive(nowMs, retentionMs) + 1), nowMs, retentionMs);
   }
 
-  /**
-   * Moves the clicks alive at nowMs into a table of this capacity, and the dictionary to the
-   * codes they use (renumbered in the order met).
-   */
+  /** Moves the clicks alive at nowMs into a table of this capacity. */
   private void rehash(int capacity, long nowMs, long retentionMs) {
     long[] old = slots;
-    List<StringData[]> oldAttributes = attributes;
-    int[] recoded = new int[oldAttributes.size()];
-    Arrays.fill(recoded, -1);
     slots = new long[3 * capacity];
     used = 0;
-    attributes = new ArrayList<>();
-    codes = new HashMap<>();
     for (int i = 0; i < old.length; i += 3) {
-      if (old[i] == 0 || !alive(old[i + 2], nowMs, retentionMs)) {
-        continue;
+      if (old[i] != 0 && alive(old[i + 2], nowMs, retentionMs)) {
+        put(old[i], old[i + 1], old[i + 2]);
       }
-      int code = (int) (old[i + 1] & LOW_HALF);
-      if (recoded[code] < 0) {
-        StringData[] value = oldAttributes.get(code);
-        recoded[code] = attributes.size();
-        attributes.add(value);
-        codes.put(key(value[0], value[1], value[2]), recoded[code]);
-      }
-      put(old[i], (old[i + 1] & HIGH_HALF) | recoded[code], old[i + 2]);
     }
   }
 

@@ -70,7 +70,7 @@ public final class CompactAttribution {
         field(clicks, "ad_id", LogicalTypeRoot.VARCHAR),
         field(clicks, "country", LogicalTypeRoot.VARCHAR),
         field(clicks, "device", LogicalTypeRoot.VARCHAR),
-        field(clicks, "click_ts_ms", LogicalTypeRoot.BIGINT));
+        field(clicks, "click_ts_ms", LogicalTypeRoot.BIGINT), key);
     CompactDeduplicate.setFactory(join, SimpleOperatorFactory.of(compact));
     String id = join.getName().replaceAll("\\D", "");
     join.setName("CompactAttribution[" + id + "]");

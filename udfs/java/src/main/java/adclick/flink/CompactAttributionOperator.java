@@ -1,9 +1,12 @@
 package adclick.flink;
 
-import java.io.BufferedOutputStream;
+import java.io.ByteArrayInputStream;
+import java.io.ByteArrayOutputStream;
 import java.io.DataInputStream;
 import java.io.DataOutputStream;
+import java.nio.ByteBuffer;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.HashMap;
 import java.util.Iterator;
 import java.util.List;
@@ -11,8 +14,6 @@ import java.util.Map;
 import org.apache.flink.core.memory.DataInputDeserializer;
 import org.apache.flink.core.memory.DataOutputSerializer;
 import org.apache.flink.runtime.state.KeyGroupRangeAssignment;
-import org.apache.flink.runtime.state.KeyGroupStatePartitionStreamProvider;
-import org.apache.flink.runtime.state.KeyedStateCheckpointOutputStream;
 import org.apache.flink.runtime.state.StateInitializationContext;
 import org.apache.flink.runtime.state.StateSnapshotContext;
 import org.apache.flink.streaming.api.operators.AbstractStreamOperator;
@@ -44,16 +45,17 @@ import org.apache.flink.types.RowKind;
  *
  * <p>Clicks are held per key group in a {@link ClickTable} (24 bytes a click, their attributes
  * coded), waiting conversions as their serialized rows (few: a conversion usually follows its
- * click). Both are checkpointed as Flink's raw keyed state, group by group, so checkpoints,
- * restores and rescaling are Flink's, and rows reach this operator through the planner's
- * keyBy on click_id (CompactAttribution.install).
+ * click). They are checkpointed as what changed ({@link KeyGroupSegments}, Flink's managed
+ * keyed state): per key group, the clicks added since the last checkpoint as a new segment,
+ * 24 bytes each, the attribute codes added, the clock and the waiting conversions; a segment
+ * is removed once its clicks have all expired. So checkpoints, restores and rescaling are
+ * Flink's, and rows reach this operator through the planner's keyBy on click_id
+ * (CompactAttribution.install).
  */
 public final class CompactAttributionOperator extends AbstractStreamOperator<RowData>
     implements TwoInputStreamOperator<RowData, RowData, RowData> {
 
   private static final long serialVersionUID = 1L;
-  // A key group's state starts with this, then the clock, the clicks, the waiting conversions.
-  static final int FORMAT = 1;
   // How often (event time) the waiting conversions are swept for expired ones.
   private static final long SWEEP_MS = 60_000;
 
@@ -69,7 +71,16 @@ public final class CompactAttributionOperator extends AbstractStreamOperator<Row
   private final int clickDevice;
   private final int clickTs;
 
+  private final RowType keyType;
+
   private transient ClickTable[] tables;
+  private transient KeyGroupSegments clicks;
+  private transient KeyGroupSegments dictionary;
+  // Per key group: the clicks added since the last checkpoint (three longs each), and the
+  // latest click time among them.
+  private transient long[][] pending;
+  private transient int[] pendingSize;
+  private transient long[] pendingLatestMs;
   private transient List<Map<Long, List<Waiting>>> waiting;
   private transient int maxParallelism;
   private transient EventKey fingerprint;
@@ -105,11 +116,12 @@ public final class CompactAttributionOperator extends AbstractStreamOperator<Row
    * @param conversionTs its conversion time field (BIGINT epoch milliseconds)
    * @param clickArity the clicks' row's arity (input 2); its fields: click_id, ad_id, country,
    *     device (STRING) and the click time (BIGINT epoch milliseconds)
+   * @param keyType the type of the keys the operator is keyed by (one STRING, the click_id)
    */
   public CompactAttributionOperator(long retentionS, long waitS, RowType conversionType,
                                     int conversionClickId, int conversionTs, int clickArity,
                                     int clickId, int clickAd, int clickCountry, int clickDevice,
-                                    int clickTs) {
+                                    int clickTs, RowType keyType) {
     if (retentionS <= 0 || waitS <= 0) {
       throw new IllegalArgumentException("the retention and the wait must be positive");
     }
@@ -124,6 +136,7 @@ public final class CompactAttributionOperator extends AbstractStreamOperator<Row
     this.clickCountry = clickCountry;
     this.clickDevice = clickDevice;
     this.clickTs = clickTs;
+    this.keyType = keyType;
   }
 
   /** How long (seconds of event time) a click is kept after its click time. */
@@ -152,34 +165,49 @@ public final class CompactAttributionOperator extends AbstractStreamOperator<Row
     record = new StreamRecord<>(null);
     restoredMs = 0;
     watermarkMs = 0;
-    for (KeyGroupStatePartitionStreamProvider group : context.getRawKeyedStateInputs()) {
-      DataInputStream in = new DataInputStream(group.getStream());
-      int format = in.readInt();
-      if (format != FORMAT) {
-        throw new IllegalStateException("unknown attribution state format " + format);
+    pending = new long[maxParallelism][];
+    pendingSize = new int[maxParallelism];
+    pendingLatestMs = new long[maxParallelism];
+    clicks = new KeyGroupSegments("compact-attribution-clicks");
+    clicks.open(this, keyType);
+    dictionary = new KeyGroupSegments("compact-attribution-attributes");
+    dictionary.open(this, keyType);
+    dictionary.restore((group, id, bytes) -> tableOf(group).restoreAttributes(
+        new DataInputStream(new ByteArrayInputStream(bytes))));
+    // Per key group: the waiting conversions' slot, then the clock's, then the segments.
+    clicks.restore((group, id, bytes) -> {
+      ByteBuffer buffer = ByteBuffer.wrap(bytes);
+      if (id == CLOCK_SLOT) {
+        restoredMs = Math.max(restoredMs, buffer.getLong());
+      } else if (id == WAITING_SLOT) {
+        while (buffer.hasRemaining()) {
+          long hi = buffer.getLong();
+          long lo = buffer.getLong();
+          long conversionMs = buffer.getLong();
+          byte[] row = new byte[buffer.getInt()];
+          buffer.get(row);
+          waitingOf(group).computeIfAbsent(hi, k -> new ArrayList<>())
+              .add(new Waiting(hi, lo, conversionMs, row));
+        }
+      } else {
+        ClickTable table = tableOf(group);
+        long latestMs = Long.MIN_VALUE;
+        while (buffer.hasRemaining()) {
+          long high = buffer.getLong();
+          long rest = buffer.getLong();
+          long clickMs = buffer.getLong();
+          table.merge(high, rest, clickMs, restoredMs, retentionMs);
+          latestMs = Math.max(latestMs, clickMs);
+        }
+        clicks.expiresAt(group, id, latestMs + retentionMs);
       }
-      restoredMs = Math.max(restoredMs, in.readLong());
-      int id = group.getKeyGroupId();
-      tableOf(id).read(in);
-      int count = in.readInt();
-      for (int n = 0; n < count; n++) {
-        long hi = in.readLong();
-        long lo = in.readLong();
-        long conversionMs = in.readLong();
-        byte[] row = new byte[in.readInt()];
-        in.readFully(row);
-        waitingOf(id).computeIfAbsent(hi, k -> new ArrayList<>())
-            .add(new Waiting(hi, lo, conversionMs, row));
-      }
-    }
+    });
     nextSweepMs = 0;
   }
 
-  /** The raw keyed state is this operator's tables (Flink's timers are not written there). */
-  @Override
-  protected boolean isUsingCustomRawKeyedState() {
-    return true;
-  }
+  // The slots of a key group's checkpointed state besides its segments of clicks.
+  static final long CLOCK_SLOT = -1;
+  static final long WAITING_SLOT = -2;
 
   /** A unique conversion: emitted with its click if that is held, else it waits for it. */
   @Override
@@ -220,11 +248,16 @@ public final class CompactAttributionOperator extends AbstractStreamOperator<Row
     int group = group();
     long nowMs = nowMs();
     ClickTable table = tableOf(group);
+    long clickMs = click.getLong(clickTs);
     if (!table.add(fingerprint.hi, fingerprint.lo, click.getString(clickAd),
-        click.getString(clickCountry), click.getString(clickDevice), click.getLong(clickTs),
-        nowMs, retentionMs)) {
+        click.getString(clickCountry), click.getString(clickDevice), clickMs, nowMs,
+        retentionMs)) {
       return;
     }
+    int code = table.codeOf(click.getString(clickAd), click.getString(clickCountry),
+        click.getString(clickDevice));
+    remember(group, ClickTable.high(fingerprint.hi), ClickTable.rest(fingerprint.lo, code),
+        clickMs);
     Map<Long, List<Waiting>> waitingHere = waiting.get(group);
     List<Waiting> candidates = waitingHere == null ? null : waitingHere.get(fingerprint.hi);
     if (candidates == null) {
@@ -272,38 +305,73 @@ public final class CompactAttributionOperator extends AbstractStreamOperator<Row
     super.processWatermark2(mark);
   }
 
+  /** Keeps a click added since the last checkpoint for the next one's segment. */
+  private void remember(int group, long high, long rest, long clickMs) {
+    long[] list = pending[group];
+    int size = pendingSize[group];
+    if (list == null || size + 3 > list.length) {
+      list = list == null ? new long[96] : Arrays.copyOf(list, 2 * list.length);
+      pending[group] = list;
+    }
+    list[size] = high;
+    list[size + 1] = rest;
+    list[size + 2] = clickMs;
+    pendingSize[group] = size + 3;
+    pendingLatestMs[group] = Math.max(pendingLatestMs[group], clickMs);
+  }
+
+  /**
+   * Writes, per key group, the clicks added since the last checkpoint as a new segment (24
+   * bytes each), the attribute codes added, the clock and the waiting conversions, and removes
+   * the segments whose clicks have all expired (KeyGroupSegments): the backend's snapshot that
+   * follows carries them.
+   */
   @Override
   public void snapshotState(StateSnapshotContext context) throws Exception {
     super.snapshotState(context);
-    KeyedStateCheckpointOutputStream out = context.getRawKeyedOperatorStateOutput();
     long nowMs = nowMs();
-    for (int group : out.getKeyGroupList()) {
-      out.startNewKeyGroup(group);
-      // Not closed (Flink closes the stream); flushed before the next group starts.
-      DataOutputStream data = new DataOutputStream(new BufferedOutputStream(out, 1 << 16));
-      data.writeInt(FORMAT);
-      data.writeLong(nowMs);
-      tableOf(group).write(data, nowMs, retentionMs);
-      List<Waiting> alive = new ArrayList<>();
+    byte[] clock = ByteBuffer.allocate(Long.BYTES).putLong(nowMs).array();
+    ByteArrayOutputStream bytes = new ByteArrayOutputStream();
+    DataOutputStream data = new DataOutputStream(bytes);
+    for (int group = 0; group < maxParallelism; group++) {
+      if (!clicks.holds(group)) {
+        continue;
+      }
+      bytes.reset();
+      if (tables[group] != null && tables[group].newAttributes(data)) {
+        data.flush();
+        dictionary.append(group, bytes.toByteArray(), Long.MAX_VALUE);
+      }
+      int size = pendingSize[group];
+      if (size > 0) {
+        ByteBuffer segment = ByteBuffer.allocate(size * Long.BYTES);
+        segment.asLongBuffer().put(pending[group], 0, size);
+        clicks.append(group, segment.array(), pendingLatestMs[group] + retentionMs);
+        pendingSize[group] = 0;
+        pendingLatestMs[group] = Long.MIN_VALUE;
+        if (pending[group].length > 6144) {
+          pending[group] = null; // a burst's buffer is not kept
+        }
+      }
+      clicks.put(group, CLOCK_SLOT, clock);
       Map<Long, List<Waiting>> waitingHere = waiting.get(group);
       if (waitingHere != null) {
+        bytes.reset();
         for (List<Waiting> list : waitingHere.values()) {
           for (Waiting conversion : list) {
             if (!expired(conversion.conversionMs, nowMs)) {
-              alive.add(conversion);
+              data.writeLong(conversion.hi);
+              data.writeLong(conversion.lo);
+              data.writeLong(conversion.conversionMs);
+              data.writeInt(conversion.row.length);
+              data.write(conversion.row);
             }
           }
         }
+        data.flush();
+        clicks.put(group, WAITING_SLOT, bytes.toByteArray());
       }
-      data.writeInt(alive.size());
-      for (Waiting conversion : alive) {
-        data.writeLong(conversion.hi);
-        data.writeLong(conversion.lo);
-        data.writeLong(conversion.conversionMs);
-        data.writeInt(conversion.row.length);
-        data.write(conversion.row);
-      }
-      data.flush();
+      clicks.dropExpired(group, nowMs);
     }
   }
 

@@ -89,7 +89,7 @@ public final class CompactDeduplicate {
     CompactDeduplicateOperator operator = new CompactDeduplicateOperator(
         horizonS, others.isEmpty() ? Map.of() : horizons, longs.get(0), longs.get(1),
         others.stream().mapToInt(Integer::intValue).toArray(), time,
-        !input.getTypeAt(time).is(LogicalTypeRoot.BIGINT));
+        !input.getTypeAt(time).is(LogicalTypeRoot.BIGINT), key);
     setFactory(dedup, SimpleOperatorFactory.of(operator));
     String id = dedup.getName().replaceAll("\\D", "");
     dedup.setName("CompactDeduplicate[" + id + "]");

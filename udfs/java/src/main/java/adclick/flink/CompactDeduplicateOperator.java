@@ -1,11 +1,11 @@
 package adclick.flink;
 
 import java.io.DataInputStream;
-import java.io.DataOutputStream;
+import java.nio.ByteBuffer;
+import java.util.Arrays;
 import java.util.Map;
 import org.apache.flink.runtime.state.KeyGroupRangeAssignment;
 import org.apache.flink.runtime.state.KeyGroupStatePartitionStreamProvider;
-import org.apache.flink.runtime.state.KeyedStateCheckpointOutputStream;
 import org.apache.flink.runtime.state.StateInitializationContext;
 import org.apache.flink.runtime.state.StateSnapshotContext;
 import org.apache.flink.streaming.api.operators.AbstractStreamOperator;
@@ -14,6 +14,7 @@ import org.apache.flink.streaming.api.watermark.Watermark;
 import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
 import org.apache.flink.table.data.RowData;
 import org.apache.flink.table.data.StringData;
+import org.apache.flink.table.types.logical.RowType;
 
 /**
  * Keeps the first row of each key seen within the horizon and drops the rest: what Flink SQL's
@@ -33,10 +34,13 @@ import org.apache.flink.table.data.StringData;
  * impressions, twenty times as many as clicks and never billed twice by a resend hours later,
  * are remembered for minutes); each id is held with the second it expires at.
  *
- * <p>The ids seen are held per key group, each group's in one {@link FingerprintSet}, and are
- * checkpointed as Flink's raw keyed state, group by group: a checkpoint, a restore and a
- * rescaling (key groups moving between subtasks) are Flink's, as for managed keyed state, and
- * the rows still reach this operator through the planner's keyBy. Rows and watermarks are
+ * <p>The ids seen are held per key group, each group's in one {@link FingerprintSet}. They are
+ * checkpointed as what changed ({@link KeyGroupSegments}): the ids added since the last
+ * checkpoint, 16 bytes each, as a new segment of the key group in Flink's managed keyed state,
+ * and a segment removed once its ids have all expired; so a checkpoint, a restore and a
+ * rescaling (key groups moving between subtasks) are Flink's, and with RocksDB's incremental
+ * checkpoints one uploads the ids that came since the last. The rows still reach this operator
+ * through the planner's keyBy. Rows and watermarks are
  * passed on unchanged, so the operator stands in for the planner's own in the same plan
  * (CompactDeduplicate.install).
  */
@@ -57,8 +61,15 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
   // milliseconds (BIGINT, the clock is the newest event time, held to the processing time).
   private final int timeField;
   private final boolean watermarkClock;
+  private final RowType keyType;
 
   private transient FingerprintSet[] sets;
+  private transient KeyGroupSegments segments;
+  // Per key group: the entries added since the last checkpoint (two longs each), and the
+  // latest expiry among them.
+  private transient long[][] pending;
+  private transient int[] pendingSize;
+  private transient long[] pendingLatestS;
   private transient StringData[] horizonKeyData;
   private transient int maxParallelism;
   // Seconds: the clock as it was restored (the newest of the key groups'), and as it moved.
@@ -75,10 +86,12 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
    * @param timeField the row's field holding its event time
    * @param watermarkClock whether that field is a rowtime (a TIMESTAMP_LTZ with watermarks),
    *     else epoch milliseconds (a BIGINT)
+   * @param keyType the type of the keys the operator is keyed by (KeyGroupSegments makes keys
+   *     of it)
    */
   public CompactDeduplicateOperator(long horizonS, Map<String, Long> horizonsByKey, int hiField,
                                     int loField, int[] otherFields, int timeField,
-                                    boolean watermarkClock) {
+                                    boolean watermarkClock, RowType keyType) {
     if (horizonS <= 0 || horizonsByKey.values().stream().anyMatch(h -> h <= 0)) {
       throw new IllegalArgumentException(
           "every horizon must be positive: " + horizonS + ", " + horizonsByKey);
@@ -97,6 +110,7 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
     this.otherFields = otherFields.clone();
     this.timeField = timeField;
     this.watermarkClock = watermarkClock;
+    this.keyType = keyType;
   }
 
   @Override
@@ -104,6 +118,7 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
     super.initializeState(context);
     maxParallelism = getRuntimeContext().getTaskInfo().getMaxNumberOfParallelSubtasks();
     sets = new FingerprintSet[maxParallelism];
+    segments = new KeyGroupSegments("compact-deduplicate-segments");
     horizonKeyData = new StringData[horizonKeys.length];
     for (int i = 0; i < horizonKeys.length; i++) {
       horizonKeyData[i] = StringData.fromString(horizonKeys[i]);
@@ -114,27 +129,54 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
     }
     restoredS = 0;
     clockS = 0;
+    pending = new long[maxParallelism][];
+    pendingSize = new int[maxParallelism];
+    pendingLatestS = new long[maxParallelism];
+    // A state written before the segments: raw keyed state, whole sets of stamps (not
+    // expiries: kept for the longest horizon). Its ids go into the first checkpoint's segments.
     for (KeyGroupStatePartitionStreamProvider group : context.getRawKeyedStateInputs()) {
       DataInputStream in = new DataInputStream(group.getStream());
       int first = in.readInt();
       int count = first;
-      // Earlier formats held each id's stamp, not its expiry: kept for the longest horizon.
-      long addS = longestS;
-      if (first == FORMAT_WITH_EXPIRY || first == FORMAT_WITH_CLOCK) {
+      if (first == FORMAT_WITH_CLOCK) {
         restoredS = Math.max(restoredS, in.readLong());
         count = in.readInt();
-        addS = first == FORMAT_WITH_EXPIRY ? 0 : longestS;
       } // else a state of the first format: its count came first, stamped on the wall clock
-      setOf(group.getKeyGroupId()).read(in, count, addS);
+      FingerprintSet set = setOf(group.getKeyGroupId());
+      set.read(in, count, longestS);
+      long[] entries = set.entries(Long.MIN_VALUE);
+      for (int i = 0; i < entries.length; i += 2) {
+        remember(group.getKeyGroupId(), entries[i], entries[i + 1]);
+      }
     }
+    segments.open(this, keyType);
+    segments.restore((group, id, bytes) -> {
+      ByteBuffer buffer = ByteBuffer.wrap(bytes);
+      if (id == CLOCK_SLOT) {
+        restoredS = Math.max(restoredS, buffer.getLong());
+        return;
+      }
+      FingerprintSet set = setOf(group);
+      long latestS = Long.MIN_VALUE;
+      while (buffer.hasRemaining()) {
+        long high = buffer.getLong();
+        long rest = buffer.getLong();
+        set.merge(high, rest, Long.MIN_VALUE); // expired ones go at the next rebuild
+        latestS = Math.max(latestS, FingerprintSet.expiryOf(rest));
+      }
+      segments.expiresAt(group, id, latestS);
+    });
   }
 
-  // A key group's state starts with this (never a count), then the clock, then the set of
-  // expiries; FORMAT_WITH_CLOCK's held stamps (one horizon for all).
-  static final int FORMAT_WITH_EXPIRY = -3;
+  // The clock's slot among a key group's segments.
+  static final long CLOCK_SLOT = -1;
+  // A raw key group state of the former format started with this, then the clock, the set.
   static final int FORMAT_WITH_CLOCK = -2;
 
-  /** The raw keyed state is this operator's sets (Flink's timers are not written there). */
+  /**
+   * The raw keyed state is this operator's former checkpoints, read only (and Flink's timers
+   * are not written there: the job keeps them in RocksDB).
+   */
   @Override
   protected boolean isUsingCustomRawKeyedState() {
     return true;
@@ -177,9 +219,25 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
       clockS = Math.max(clockS, Math.min(eventS, processingS));
     }
     long nowS = nowS();
-    if (setOf(group).add(hi, lo, Math.max(eventS, nowS) + horizonOf(key), nowS)) {
+    long expiryS = Math.max(eventS, nowS) + horizonOf(key);
+    if (setOf(group).add(hi, lo, expiryS, nowS)) {
+      remember(group, FingerprintSet.high(hi), FingerprintSet.rest(lo, expiryS));
       output.collect(element);
     }
+  }
+
+  /** Keeps an entry added since the last checkpoint for the next one's segment. */
+  private void remember(int group, long high, long rest) {
+    long[] list = pending[group];
+    int size = pendingSize[group];
+    if (list == null || size + 2 > list.length) {
+      list = list == null ? new long[64] : Arrays.copyOf(list, 2 * list.length);
+      pending[group] = list;
+    }
+    list[size] = high;
+    list[size + 1] = rest;
+    pendingSize[group] = size + 2;
+    pendingLatestS[group] = Math.max(pendingLatestS[group], FingerprintSet.expiryOf(rest));
   }
 
   private long horizonOf(RowData key) {
@@ -212,18 +270,33 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
     return Math.floorDiv(millis, 1000L);
   }
 
+  /**
+   * Writes, per key group, the ids added since the last checkpoint as a new segment and the
+   * clock, and removes the segments whose ids have all expired (KeyGroupSegments): the
+   * backend's snapshot that follows carries them.
+   */
   @Override
   public void snapshotState(StateSnapshotContext context) throws Exception {
     super.snapshotState(context);
-    KeyedStateCheckpointOutputStream out = context.getRawKeyedOperatorStateOutput();
-    DataOutputStream data = new DataOutputStream(out); // not closed: Flink closes the stream
     long nowS = nowS();
-    for (int group : out.getKeyGroupList()) {
-      out.startNewKeyGroup(group);
-      data.writeInt(FORMAT_WITH_EXPIRY);
-      data.writeLong(nowS);
-      data.flush();
-      setOf(group).write(out, nowS);
+    byte[] clock = ByteBuffer.allocate(Long.BYTES).putLong(nowS).array();
+    for (int group = 0; group < maxParallelism; group++) {
+      if (!segments.holds(group)) {
+        continue;
+      }
+      int size = pendingSize[group];
+      if (size > 0) {
+        ByteBuffer bytes = ByteBuffer.allocate(size * Long.BYTES);
+        bytes.asLongBuffer().put(pending[group], 0, size);
+        segments.append(group, bytes.array(), pendingLatestS[group]);
+        pendingSize[group] = 0;
+        pendingLatestS[group] = Long.MIN_VALUE;
+        if (pending[group].length > 4096) {
+          pending[group] = null; // a burst's buffer is not kept
+        }
+      }
+      segments.put(group, CLOCK_SLOT, clock);
+      segments.dropExpired(group, nowS);
     }
   }
 

@@ -48,7 +48,7 @@ final class FingerprintSet {
     if (4L * (used + 1) > 3L * capacity()) {
       rebuild(nowS);
     }
-    long high = hi == 0 ? 1 : hi;
+    long high = high(hi);
     long lowHalf = lo & HIGH_HALF;
     int mask = capacity() - 1;
     for (int i = slotOf(high, mask); ; i = (i + 1) & mask) {
@@ -122,6 +122,62 @@ final class FingerprintSet {
       long rest = buffer.getLong();
       put(high, (rest & HIGH_HALF) | (((rest & LOW_HALF) + addS) & LOW_HALF));
     }
+  }
+
+  /**
+   * Adds an entry read back from a checkpoint (high and rest as entries() gives them) unless it
+   * expired at nowS; an entry of the same fingerprint already held keeps the later expiry (an
+   * id seen again after it expired is in two segments, the old one not yet dropped).
+   */
+  void merge(long high, long rest, long nowS) {
+    if (!alive(rest, nowS)) {
+      return;
+    }
+    grow(used + 1);
+    int mask = capacity() - 1;
+    for (int i = slotOf(high, mask); ; i = (i + 1) & mask) {
+      long slotHigh = slots[2 * i];
+      if (slotHigh == 0) {
+        slots[2 * i] = high;
+        slots[2 * i + 1] = rest;
+        used++;
+        return;
+      }
+      if (slotHigh == high && (slots[2 * i + 1] & HIGH_HALF) == (rest & HIGH_HALF)) {
+        if ((rest & LOW_HALF) > (slots[2 * i + 1] & LOW_HALF)) {
+          slots[2 * i + 1] = rest;
+        }
+        return;
+      }
+    }
+  }
+
+  /** The first long of an entry add() stores for this fingerprint. */
+  static long high(long hi) {
+    return hi == 0 ? 1 : hi;
+  }
+
+  /** The second long of an entry add() stores for this fingerprint and expiry. */
+  static long rest(long lo, long expiryS) {
+    return (lo & HIGH_HALF) | (expiryS & LOW_HALF);
+  }
+
+  /** The expiry (a second) an entry's second long holds. */
+  static long expiryOf(long rest) {
+    return rest & LOW_HALF;
+  }
+
+  /** The entries alive at nowS, two longs each (high, rest), as merge() takes them. */
+  long[] entries(long nowS) {
+    long[] out = new long[2 * alive(nowS)];
+    int n = 0;
+    for (int i = 0; i < capacity(); i++) {
+      if (slots[2 * i] != 0 && alive(slots[2 * i + 1], nowS)) {
+        out[n++] = slots[2 * i];
+        out[n++] = slots[2 * i + 1];
+      }
+    }
+    return out;
   }
 
   private static boolean alive(long rest, long nowS) {

@@ -2,7 +2,6 @@ package adclick.flink;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
-import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.io.ByteArrayInputStream;
@@ -19,8 +18,8 @@ import org.junit.jupiter.api.Test;
 /**
  * The click table's own promises: a click is found by its fingerprint with its attributes and
  * time while alive (the clock less than the retention past its click time), twins are refused,
- * rebuilds drop expired clicks and renumber the dictionary without mixing up attributes, and a
- * checkpoint holds exactly the alive clicks.
+ * rebuilds drop expired clicks without mixing up attributes, the dictionary's codes stay, and
+ * a table rebuilt from its entries and attributes (a restore) holds exactly the alive clicks.
  */
 class ClickTableTest {
 
@@ -183,13 +182,12 @@ class ClickTableTest {
     // Memory follows the live clicks: at most 4 slots a live click (rebuilt to load 1/2 at 3/4).
     assertTrue(table.capacity() <= 4 * alive, "capacity " + table.capacity());
     assertTrue(capacities.size() > 1, "never rebuilt: " + capacities);
-    // The dictionary lost the codes of long expired clicks.
-    assertTrue(table.dictionarySize() < combinations.size() / 2,
-        table.dictionarySize() + " codes of " + combinations.size());
+    // A code stays valid in the checkpointed segments: one per combination ever seen.
+    assertEquals(combinations.size(), table.dictionarySize());
   }
 
   @Test
-  void aRebuildKeepsOnlyTheCodesOfTheLiveClicks() {
+  void aRebuildDropsTheExpiredClicksAndKeepsEveryCode() {
     ClickTable table = new ClickTable();
     List<Click> old = new ArrayList<>();
     for (int i = 0; i < 100; i++) {
@@ -197,8 +195,7 @@ class ClickTableTest {
       assertTrue(click.addTo(table, 0));
       old.add(click);
     }
-    assertEquals(100, table.dictionarySize());
-    // All old clicks expired: the next rebuild keeps only the 3 attributes of the new ones.
+    // All old clicks expired: the next rebuild drops them; their codes stay.
     long nowMs = RETENTION_MS;
     List<Click> fresh = new ArrayList<>();
     int capacityBefore = table.capacity();
@@ -207,7 +204,7 @@ class ClickTableTest {
       assertTrue(click.addTo(table, nowMs));
       fresh.add(click);
     }
-    assertEquals(3, table.dictionarySize());
+    assertEquals(103, table.dictionarySize());
     for (Click click : fresh) {
       assertHeld(table, click, nowMs);
     }
@@ -217,31 +214,46 @@ class ClickTableTest {
     }
   }
 
+  /** The entry the table holds for a click, three longs, as a checkpoint's segment has it. */
+  private static long[] entry(ClickTable table, Click click) {
+    int code = table.codeOf(StringData.fromString(click.adId),
+        StringData.fromString(click.country), StringData.fromString(click.device));
+    return new long[] {ClickTable.high(click.hi), ClickTable.rest(click.lo, code),
+        click.clickMs};
+  }
+
+  /** What newAttributes writes, read back into another table. */
+  private static void copyAttributes(ClickTable from, ClickTable to) throws Exception {
+    ByteArrayOutputStream bytes = new ByteArrayOutputStream();
+    try (DataOutputStream out = new DataOutputStream(bytes)) {
+      assertTrue(from.newAttributes(out));
+    }
+    DataInputStream in = new DataInputStream(new ByteArrayInputStream(bytes.toByteArray()));
+    to.restoreAttributes(in);
+    assertEquals(-1, in.read(), "read everything written");
+  }
+
   @Test
-  void writeThenReadKeepsExactlyTheAliveClicks() throws Exception {
+  void aTableRebuiltFromItsEntriesHoldsExactlyTheAliveClicks() throws Exception {
     ClickTable table = new ClickTable();
     List<Click> clicks = new ArrayList<>();
+    List<long[]> entries = new ArrayList<>();
     for (int i = 0; i < 500; i++) {
-      // Times from 0 to 499,000: at the checkpoint those before 100,000 have expired.
+      // Times from 0 to 499,000: at the restore those before 100,000 have expired.
       Click click = new Click("c-" + i, "ad-" + (i % 13), i % 2 == 0 ? "FR" : "ES",
           i % 3 == 0 ? "mobile" : "desktop", i * 1000L);
       assertTrue(click.addTo(table, i * 1000L));
       clicks.add(click);
+      entries.add(entry(table, click));
     }
     long nowMs = 100_000 + RETENTION_MS - 1;
-    ByteArrayOutputStream bytes = new ByteArrayOutputStream();
-    try (DataOutputStream out = new DataOutputStream(bytes)) {
-      table.write(out, nowMs, RETENTION_MS);
-    }
-    int alive = table.alive(nowMs, RETENTION_MS);
-    assertEquals(400, alive);
-
     ClickTable restored = new ClickTable();
-    DataInputStream in = new DataInputStream(new ByteArrayInputStream(bytes.toByteArray()));
-    restored.read(in);
-    assertEquals(-1, in.read(), "read everything written");
+    copyAttributes(table, restored);
+    for (long[] entry : entries) {
+      restored.merge(entry[0], entry[1], entry[2], nowMs, RETENTION_MS);
+    }
     assertEquals(400, restored.alive(nowMs, RETENTION_MS));
-    // Nothing expired was written: counted even at a time all would be alive, 400 are there.
+    // Nothing expired was taken: counted even at a time all would be alive, 400 are there.
     assertEquals(400, restored.alive(0, RETENTION_MS));
     for (Click click : clicks) {
       if (click.aliveAt(nowMs)) {
@@ -251,12 +263,10 @@ class ClickTableTest {
             click.id);
       }
     }
-    // Written 24 bytes a click, after the dictionary and the count.
-    ByteArrayOutputStream again = new ByteArrayOutputStream();
-    try (DataOutputStream out = new DataOutputStream(again)) {
-      restored.write(out, nowMs, RETENTION_MS);
-    }
-    assertEquals(bytes.size(), again.size());
+    // An entry merged twice (an id in two segments) is held once.
+    long[] again = entries.get(450);
+    restored.merge(again[0], again[1], again[2], nowMs, RETENTION_MS);
+    assertEquals(400, restored.alive(nowMs, RETENTION_MS));
     // The restored table goes on: a twin is refused, a new click is added.
     Click twin = clicks.get(499);
     assertFalse(twin.addTo(restored, nowMs));
@@ -267,34 +277,29 @@ class ClickTableTest {
   }
 
   @Test
-  void anEmptyTableRoundTrips() throws Exception {
+  void eachCodeIsWrittenOnceAfterItIsNew() throws Exception {
+    ClickTable table = new ClickTable();
     ByteArrayOutputStream bytes = new ByteArrayOutputStream();
-    try (DataOutputStream out = new DataOutputStream(bytes)) {
-      new ClickTable().write(out, 0, RETENTION_MS);
-    }
-    assertEquals(2 * Integer.BYTES, bytes.size());
+    DataOutputStream out = new DataOutputStream(bytes);
+    assertFalse(table.newAttributes(out), "an empty table has no new codes");
+    assertTrue(new Click("a", "ad-1", "FR", "mobile", 0).addTo(table, 0));
+    assertTrue(new Click("b", "ad-1", "FR", "mobile", 0).addTo(table, 0));
+    assertTrue(table.newAttributes(out));
+    int once = bytes.size();
+    assertFalse(table.newAttributes(out), "ad-1/FR/mobile was written already");
+    assertEquals(once, bytes.size());
+    assertTrue(new Click("c", "ad-2", "DE", "desktop", 0).addTo(table, 0));
+    assertTrue(table.newAttributes(out));
+    // A table restored from both writes knows both codes, as the first table numbered them.
     ClickTable restored = new ClickTable();
-    restored.read(new DataInputStream(new ByteArrayInputStream(bytes.toByteArray())));
-    assertEquals(0, restored.alive(0, RETENTION_MS));
-    assertEquals(0, restored.dictionarySize());
-  }
-
-  @Test
-  void readingIntoANonEmptyTableThrows() throws Exception {
-    ClickTable source = new ClickTable();
-    assertTrue(new Click("a", "ad-1", "FR", "mobile", 0).addTo(source, 0));
-    ByteArrayOutputStream bytes = new ByteArrayOutputStream();
-    try (DataOutputStream out = new DataOutputStream(bytes)) {
-      source.write(out, 0, RETENTION_MS);
-    }
-    ClickTable target = new ClickTable();
-    assertTrue(new Click("b", "ad-2", "DE", "desktop", 0).addTo(target, 0));
-    assertThrows(IllegalStateException.class, () -> target.read(
-        new DataInputStream(new ByteArrayInputStream(bytes.toByteArray()))));
-    // A table read once is not empty either.
-    ClickTable once = new ClickTable();
-    once.read(new DataInputStream(new ByteArrayInputStream(bytes.toByteArray())));
-    assertThrows(IllegalStateException.class, () -> once.read(
-        new DataInputStream(new ByteArrayInputStream(bytes.toByteArray()))));
+    DataInputStream in = new DataInputStream(new ByteArrayInputStream(bytes.toByteArray()));
+    restored.restoreAttributes(in);
+    restored.restoreAttributes(in);
+    assertEquals(2, restored.dictionarySize());
+    assertFalse(restored.newAttributes(out), "restored codes are written already");
+    Click c = new Click("c", "ad-2", "DE", "desktop", 0);
+    long[] e = entry(table, c);
+    restored.merge(e[0], e[1], e[2], 0, RETENTION_MS);
+    assertHeld(restored, c, 0);
   }
 }

@@ -70,6 +70,7 @@ class CompactAttributionOperatorTest {
   private static final KeySelector<RowData, RowData> CLICK_KEY =
       row -> GenericRowData.of(row.getString(0));
   private static final InternalTypeInfo<RowData> KEY_TYPE = InternalTypeInfo.ofFields(STRING);
+  private static final RowType KEY_ROW = (RowType) KEY_TYPE.toLogicalType();
 
   private static <T> List<T> concat(List<T> first, List<T> second) {
     List<T> all = new ArrayList<>(first);
@@ -138,7 +139,7 @@ class CompactAttributionOperatorTest {
   /** The operator as install() builds it for the job's conversions and clicks. */
   private static CompactAttributionOperator operator() {
     return new CompactAttributionOperator(RETENTION_S, WAIT_S, CONVERSION_TYPE, 1, 2, 5, 0, 1,
-        2, 3, 4);
+        2, 3, 4, KEY_ROW);
   }
 
   private static final class Harness
@@ -407,31 +408,53 @@ class CompactAttributionOperatorTest {
   }
 
   @Test
-  void aCheckpointHoldsOnlyTheClicksStillAlive() throws Exception {
+  void aCheckpointAddsTheNewClicksAndDropsTheExpiredOnes() throws Exception {
+    // What a checkpoint holds grows by the clicks added since the last one, 24 bytes each and
+    // a segment's overhead per key group (with RocksDB's incremental checkpoints, what one
+    // uploads): with 20,000 clicks over 128 key groups (as many as 50,000 clicks/s bring in a
+    // checkpoint interval of 0.4 s) that overhead is already below the clicks' bytes. A
+    // segment whose clicks have all expired is removed.
     RowData young = click("young", T0);
-    OperatorSubtaskState withOld;
-    OperatorSubtaskState checkpoint;
+    OperatorSubtaskState first;
+    OperatorSubtaskState second;
+    OperatorSubtaskState third;
     try (Harness h = started(null)) {
       h.clock(T0);
-      h.clicks(click("old", T0 - RETENTION_MS + MINUTE), young);
-      h.clock(T0 + MINUTE - 1);
-      withOld = h.snapshot(1, T0);
+      h.clicks(click("old", T0 - RETENTION_MS + MINUTE));
+      first = h.snapshot(1, T0);
+      List<RowData> many = new ArrayList<>();
+      for (int i = 0; i < 20_000; i++) {
+        many.add(click("many-" + i, T0));
+      }
+      h.clicks(many.toArray(new RowData[0]));
+      h.clicks(young);
+      second = h.snapshot(2, T0);
       h.clock(T0 + MINUTE);
-      checkpoint = h.snapshot(2, T0);
+      third = h.snapshot(3, T0);
     }
-    // The expired click is not written: 24 bytes less, the rest (clock, dictionary) the same.
-    assertEquals(ClickTable.BYTES_PER_CLICK, rawKeyedBytes(withOld) - rawKeyedBytes(checkpoint));
-    try (Harness h = started(checkpoint)) {
+    long added = managedKeyedBytes(second) - managedKeyedBytes(first);
+    assertTrue(added >= 20_001 * ClickTable.BYTES_PER_CLICK, "added " + added);
+    assertTrue(added < 2 * 20_001 * ClickTable.BYTES_PER_CLICK, "added " + added);
+    // The old click's segment is gone: its 24 bytes and the segment's own overhead.
+    long dropped = managedKeyedBytes(second) - managedKeyedBytes(third);
+    assertTrue(dropped >= ClickTable.BYTES_PER_CLICK, "dropped " + dropped);
+    try (Harness h = started(third)) {
       RowData ofOld = conversion("v1", "old", T0 + MINUTE);
       RowData ofYoung = conversion("v2", "young", T0 + MINUTE);
       h.conversions(ofOld, ofYoung);
       assertEquals(List.of(joined(ofYoung, young)), h.joined());
     }
+    try (Harness h = started(second)) {
+      // Restored before the clock passed it, the old click is still there.
+      RowData ofOld = conversion("v1", "old", T0);
+      h.conversions(ofOld);
+      assertEquals(1, h.joined().size());
+    }
   }
 
-  private static long rawKeyedBytes(OperatorSubtaskState state) {
+  private static long managedKeyedBytes(OperatorSubtaskState state) {
     long bytes = 0;
-    for (KeyedStateHandle handle : state.getRawKeyedState()) {
+    for (KeyedStateHandle handle : state.getManagedKeyedState()) {
       bytes += handle.getStateSize();
     }
     return bytes;
@@ -540,9 +563,9 @@ class CompactAttributionOperatorTest {
   @Test
   void theRetentionAndTheWaitMustBePositive() {
     assertThrows(IllegalArgumentException.class, () -> new CompactAttributionOperator(0, 1,
-        CONVERSION_TYPE, 1, 2, 5, 0, 1, 2, 3, 4));
+        CONVERSION_TYPE, 1, 2, 5, 0, 1, 2, 3, 4, KEY_ROW));
     assertThrows(IllegalArgumentException.class, () -> new CompactAttributionOperator(1, 0,
-        CONVERSION_TYPE, 1, 2, 5, 0, 1, 2, 3, 4));
+        CONVERSION_TYPE, 1, 2, 5, 0, 1, 2, 3, 4, KEY_ROW));
     CompactAttributionOperator operator = operator();
     assertEquals(RETENTION_S, operator.getRetentionS());
     assertEquals(WAIT_S, operator.getWaitS());

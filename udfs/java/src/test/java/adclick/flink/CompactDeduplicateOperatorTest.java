@@ -2,6 +2,7 @@ package adclick.flink;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.util.ArrayList;
 import java.util.HashSet;
@@ -11,6 +12,11 @@ import java.util.Set;
 import org.apache.flink.api.java.functions.KeySelector;
 import org.apache.flink.runtime.checkpoint.OperatorSubtaskState;
 import org.apache.flink.runtime.state.KeyGroupRangeAssignment;
+import org.apache.flink.runtime.state.KeyedStateCheckpointOutputStream;
+import org.apache.flink.runtime.state.KeyedStateHandle;
+import org.apache.flink.runtime.state.StateSnapshotContext;
+import org.apache.flink.streaming.api.operators.AbstractStreamOperator;
+import org.apache.flink.streaming.api.operators.OneInputStreamOperator;
 import org.apache.flink.streaming.api.watermark.Watermark;
 import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
 import org.apache.flink.streaming.util.AbstractStreamOperatorTestHarness;
@@ -23,6 +29,7 @@ import org.apache.flink.table.runtime.typeutils.InternalTypeInfo;
 import org.apache.flink.table.runtime.typeutils.RowDataSerializer;
 import org.apache.flink.table.types.logical.BigIntType;
 import org.apache.flink.table.types.logical.LocalZonedTimestampType;
+import org.apache.flink.table.types.logical.RowType;
 import org.apache.flink.table.types.logical.VarCharType;
 import org.junit.jupiter.api.Test;
 
@@ -48,6 +55,7 @@ class CompactDeduplicateOperatorTest {
   private static final InternalTypeInfo<RowData> KEY_TYPE =
       InternalTypeInfo.ofFields(new VarCharType(VarCharType.MAX_LENGTH), new BigIntType(),
           new BigIntType());
+  private static final RowType KEY_ROW = (RowType) KEY_TYPE.toLogicalType();
 
   private static RowData event(String event, String id, long eventMs) {
     EventKey key = new EventKey();
@@ -67,7 +75,7 @@ class CompactDeduplicateOperatorTest {
   private static KeyedOneInputStreamOperatorTestHarness<RowData, RowData, RowData> harness(
       int parallelism, int subtask) throws Exception {
     return harness(new CompactDeduplicateOperator(HORIZON_S, Map.of(), 1, 2, new int[] {0}, 4,
-        true), parallelism, subtask);
+        true, KEY_ROW), parallelism, subtask);
   }
 
   private static KeyedOneInputStreamOperatorTestHarness<RowData, RowData, RowData> harness(
@@ -163,7 +171,7 @@ class CompactDeduplicateOperatorTest {
   @Test
   void impressionsMayHaveAShorterHorizonThanClicksInTheSameSets() throws Exception {
     var operator = new CompactDeduplicateOperator(
-        HORIZON_S, Map.of("impression", 600L), 1, 2, new int[] {0}, 4, true);
+        HORIZON_S, Map.of("impression", 600L), 1, 2, new int[] {0}, 4, true, KEY_ROW);
     OperatorSubtaskState checkpoint;
     try (var h = harness(operator, 1, 0)) {
       h.open();
@@ -174,7 +182,7 @@ class CompactDeduplicateOperatorTest {
       checkpoint = h.snapshot(1, T0);
     }
     var restored = harness(new CompactDeduplicateOperator(HORIZON_S, Map.of("impression", 600L),
-        1, 2, new int[] {0}, 4, true), 1, 0);
+        1, 2, new int[] {0}, 4, true, KEY_ROW), 1, 0);
     try (restored) {
       restored.initializeState(checkpoint);
       restored.open();
@@ -260,7 +268,8 @@ class CompactDeduplicateOperatorTest {
     // hour fast cannot expire the others' ids; the wall clock alone does not either.
     KeySelector<RowData, RowData> key = row -> GenericRowData.of(row.getLong(1), row.getLong(2));
     var h = new KeyedOneInputStreamOperatorTestHarness<RowData, RowData, RowData>(
-        new CompactDeduplicateOperator(HORIZON_S, Map.of(), 0, 1, new int[0], 3, false), key,
+        new CompactDeduplicateOperator(HORIZON_S, Map.of(), 0, 1, new int[0], 3, false,
+            RowType.of(new BigIntType(), new BigIntType())), key,
         InternalTypeInfo.ofFields(new BigIntType(), new BigIntType()), MAX_PARALLELISM, 1, 0);
     h.setup(new RowDataSerializer(new VarCharType(VarCharType.MAX_LENGTH), new BigIntType(),
         new BigIntType(), new BigIntType()));
@@ -313,6 +322,122 @@ class CompactDeduplicateOperatorTest {
     try (var h = started(checkpoint)) {
       feed(h, click("old", T0), click("new", T0 + 1800_000));
       assertEquals(List.of("click:old"), passed(h));
+    }
+  }
+
+  @Test
+  void aCheckpointAddsTheIdsSinceTheLastAndDropsExpiredSegments() throws Exception {
+    // A checkpoint's state grows by the ids added since the last one, 16 bytes each and a
+    // segment's overhead per key group (what RocksDB's incremental checkpoints upload), not
+    // by every id held; a segment whose ids have all expired is removed.
+    OperatorSubtaskState first;
+    OperatorSubtaskState second;
+    OperatorSubtaskState third;
+    try (var h = started(null)) {
+      h.processWatermark(new Watermark(T0));
+      feed(h, click("old", T0));
+      first = h.snapshot(1, T0);
+      for (int i = 0; i < 30_000; i++) {
+        feed(h, click("new-" + i, T0 + 1800_000));
+      }
+      second = h.snapshot(2, T0);
+      h.processWatermark(new Watermark(T0 + HORIZON_S * 1000));
+      third = h.snapshot(3, T0);
+    }
+    long added = managedKeyedBytes(second) - managedKeyedBytes(first);
+    assertTrue(added >= 30_000 * FingerprintSet.BYTES_PER_ENTRY, "added " + added);
+    assertTrue(added < 2 * 30_000 * FingerprintSet.BYTES_PER_ENTRY, "added " + added);
+    long dropped = managedKeyedBytes(second) - managedKeyedBytes(third);
+    assertTrue(dropped >= FingerprintSet.BYTES_PER_ENTRY, "dropped " + dropped);
+    try (var h = started(third)) {
+      h.processWatermark(new Watermark(T0 + HORIZON_S * 1000));
+      feed(h, click("old", T0), click("new-7", T0 + 1800_000));
+      assertEquals(List.of("click:old"), passed(h));
+    }
+  }
+
+  private static long managedKeyedBytes(OperatorSubtaskState state) {
+    long bytes = 0;
+    for (KeyedStateHandle handle : state.getManagedKeyedState()) {
+      bytes += handle.getStateSize();
+    }
+    return bytes;
+  }
+
+  /**
+   * Writes a key group's ids as the operator did before its segments: raw keyed state, the
+   * format tag, the clock and the set of stamps (what a savepoint of an earlier release has).
+   */
+  private static final class FormerOperator extends AbstractStreamOperator<RowData>
+      implements OneInputStreamOperator<RowData, RowData> {
+    private final FingerprintSet[] sets = new FingerprintSet[MAX_PARALLELISM];
+
+    @Override
+    protected boolean isUsingCustomRawKeyedState() {
+      return true;
+    }
+
+    @Override
+    public void processElement(StreamRecord<RowData> element) {
+      RowData key = (RowData) getCurrentKey();
+      long hi = key.getLong(1) ^ mix(key.getString(0).toString().hashCode() + 1L);
+      int group = KeyGroupRangeAssignment.assignToKeyGroup(key, MAX_PARALLELISM);
+      if (sets[group] == null) {
+        sets[group] = new FingerprintSet();
+      }
+      sets[group].add(hi, key.getLong(2), T0 / 1000, T0 / 1000); // the stamp where expiry is
+    }
+
+    @Override
+    public void snapshotState(StateSnapshotContext context) throws Exception {
+      super.snapshotState(context);
+      KeyedStateCheckpointOutputStream out = context.getRawKeyedOperatorStateOutput();
+      java.io.DataOutputStream data = new java.io.DataOutputStream(out);
+      for (int group : out.getKeyGroupList()) {
+        out.startNewKeyGroup(group);
+        data.writeInt(CompactDeduplicateOperator.FORMAT_WITH_CLOCK);
+        data.writeLong(T0 / 1000);
+        data.flush();
+        (sets[group] == null ? new FingerprintSet() : sets[group]).write(out, Long.MIN_VALUE);
+      }
+    }
+
+    private static long mix(long value) { // the operator's, as it was
+      long h = value;
+      h ^= h >>> 33;
+      h *= 0xff51afd7ed558ccdL;
+      h ^= h >>> 33;
+      h *= 0xc4ceb9fe1a85ec53L;
+      h ^= h >>> 33;
+      return h;
+    }
+  }
+
+  @Test
+  void aStateOfTheFormerRawFormatIsRestoredAndMovedIntoSegments() throws Exception {
+    OperatorSubtaskState former;
+    var h = new KeyedOneInputStreamOperatorTestHarness<RowData, RowData, RowData>(
+        new FormerOperator(), KEY, KEY_TYPE, MAX_PARALLELISM, 1, 0);
+    try (h) {
+      h.setup(new RowDataSerializer(new VarCharType(VarCharType.MAX_LENGTH),
+          new VarCharType(VarCharType.MAX_LENGTH), new BigIntType(), new BigIntType(),
+          new LocalZonedTimestampType(3)));
+      h.open();
+      feed(h, click("a"), click("b"), event("impression", "a", T0));
+      former = h.snapshot(1, T0);
+    }
+    OperatorSubtaskState moved;
+    try (var restored = started(former)) {
+      // Its ids are held, for the horizon after their stamps; its clock is restored.
+      restored.processWatermark(new Watermark(T0 + HORIZON_S * 1000 - 1));
+      feed(restored, click("a"), click("b"), event("impression", "a", T0), click("c"));
+      assertEquals(List.of("click:c"), passed(restored));
+      moved = restored.snapshot(2, T0);
+    }
+    // The next checkpoint carries them in segments: restored from it, they are still held.
+    try (var again = started(moved)) {
+      feed(again, click("a"), event("impression", "a", T0), click("c"), click("d"));
+      assertEquals(List.of("click:d"), passed(again));
     }
   }
 
@@ -379,6 +504,6 @@ class CompactDeduplicateOperatorTest {
   @Test
   void theHorizonMustBePositive() {
     assertThrows(IllegalArgumentException.class,
-        () -> new CompactDeduplicateOperator(0, Map.of(), 1, 2, new int[0], 3, true));
+        () -> new CompactDeduplicateOperator(0, Map.of(), 1, 2, new int[0], 3, true, KEY_ROW));
   }
 }
