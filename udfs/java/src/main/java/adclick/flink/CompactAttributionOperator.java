@@ -23,6 +23,7 @@ import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
 import org.apache.flink.table.data.GenericRowData;
 import org.apache.flink.table.data.RowData;
 import org.apache.flink.table.data.StringData;
+import org.apache.flink.table.data.binary.BinaryStringData;
 import org.apache.flink.table.data.utils.JoinedRowData;
 import org.apache.flink.table.runtime.typeutils.RowDataSerializer;
 import org.apache.flink.table.types.logical.RowType;
@@ -217,7 +218,7 @@ public final class CompactAttributionOperator extends AbstractStreamOperator<Row
       return; // an inner join never matches a null key
     }
     StringData id = conversion.getString(conversionClickId);
-    fingerprint.of(id.toString());
+    fingerprint.of(((BinaryStringData) id).toBytes());
     int group = group();
     long nowMs = nowMs();
     ClickTable table = tableOf(group);
@@ -244,7 +245,7 @@ public final class CompactAttributionOperator extends AbstractStreamOperator<Row
       return;
     }
     StringData id = click.getString(clickId);
-    fingerprint.of(id.toString());
+    fingerprint.of(((BinaryStringData) id).toBytes());
     int group = group();
     long nowMs = nowMs();
     ClickTable table = tableOf(group);
@@ -254,10 +255,7 @@ public final class CompactAttributionOperator extends AbstractStreamOperator<Row
         retentionMs)) {
       return;
     }
-    int code = table.codeOf(click.getString(clickAd), click.getString(clickCountry),
-        click.getString(clickDevice));
-    remember(group, ClickTable.high(fingerprint.hi), ClickTable.rest(fingerprint.lo, code),
-        clickMs);
+    remember(group, ClickTable.high(fingerprint.hi), table.lastRest(), clickMs);
     Map<Long, List<Waiting>> waitingHere = waiting.get(group);
     List<Waiting> candidates = waitingHere == null ? null : waitingHere.get(fingerprint.hi);
     if (candidates == null) {

@@ -34,7 +34,12 @@ final class EventKey {
 
   /** Sets hi and lo to the fingerprint of id (ASCII, as the contracts allow). */
   void of(String id) {
-    byte[] digest = md5.digest(id.getBytes(StandardCharsets.US_ASCII));
+    of(id.getBytes(StandardCharsets.US_ASCII));
+  }
+
+  /** The same for an id as bytes (UTF-8: ASCII's for a valid id). */
+  void of(byte[] id) {
+    byte[] digest = md5.digest(id);
     hi = toLong(digest, 0);
     lo = toLong(digest, 8);
   }
