@@ -163,6 +163,13 @@ def summary(ax, r):
     ck = plain.get("largest_checkpoint") or {}
     if ck.get("bytes"):
         add("largest checkpoint", f"{ck['bytes'] / MIB:.0f} MiB in {ck['end_to_end_ms']} ms", "")
+    curve = r.get("load_curve") or {}
+    if curve:
+        add("live load curve: held", curve.get("highest_rate_held"), " clicks/s")
+    rocks = r.get("state_rocksdb") or {}
+    if rocks.get("median_uploaded_per_new_click"):
+        add("RocksDB upload per new click", rocks["median_uploaded_per_new_click"],
+            f" B (ids: {rocks['bytes_of_ids_per_click']} B)")
     add("bench wall time", r.get("bench_wall_s"), " s")
     errors = r.get("errors") or {}
     for name in errors:
