@@ -6,7 +6,6 @@ import java.io.DataInputStream;
 import java.io.DataOutputStream;
 import java.nio.ByteBuffer;
 import java.util.ArrayList;
-import java.util.Arrays;
 import java.util.HashMap;
 import java.util.Iterator;
 import java.util.List;
@@ -77,11 +76,6 @@ public final class CompactAttributionOperator extends AbstractStreamOperator<Row
   private transient ClickTable[] tables;
   private transient KeyGroupSegments clicks;
   private transient KeyGroupSegments dictionary;
-  // Per key group: the clicks added since the last checkpoint (three longs each), and the
-  // latest click time among them.
-  private transient long[][] pending;
-  private transient int[] pendingSize;
-  private transient long[] pendingLatestMs;
   private transient List<Map<Long, List<Waiting>>> waiting;
   private transient int maxParallelism;
   private transient EventKey fingerprint;
@@ -166,12 +160,9 @@ public final class CompactAttributionOperator extends AbstractStreamOperator<Row
     record = new StreamRecord<>(null);
     restoredMs = 0;
     watermarkMs = 0;
-    pending = new long[maxParallelism][];
-    pendingSize = new int[maxParallelism];
-    pendingLatestMs = new long[maxParallelism];
-    clicks = new KeyGroupSegments("compact-attribution-clicks");
+    clicks = new KeyGroupSegments("compact-attribution-clicks", 3);
     clicks.open(this, keyType);
-    dictionary = new KeyGroupSegments("compact-attribution-attributes");
+    dictionary = new KeyGroupSegments("compact-attribution-attributes", 0);
     dictionary.open(this, keyType);
     dictionary.restore((group, id, bytes) -> tableOf(group).restoreAttributes(
         new DataInputStream(new ByteArrayInputStream(bytes))));
@@ -255,7 +246,8 @@ public final class CompactAttributionOperator extends AbstractStreamOperator<Row
         retentionMs)) {
       return;
     }
-    remember(group, ClickTable.high(fingerprint.hi), table.lastRest(), clickMs);
+    clicks.add(group, clickMs + retentionMs, ClickTable.high(fingerprint.hi), table.lastRest(),
+        clickMs);
     Map<Long, List<Waiting>> waitingHere = waiting.get(group);
     List<Waiting> candidates = waitingHere == null ? null : waitingHere.get(fingerprint.hi);
     if (candidates == null) {
@@ -303,21 +295,6 @@ public final class CompactAttributionOperator extends AbstractStreamOperator<Row
     super.processWatermark2(mark);
   }
 
-  /** Keeps a click added since the last checkpoint for the next one's segment. */
-  private void remember(int group, long high, long rest, long clickMs) {
-    long[] list = pending[group];
-    int size = pendingSize[group];
-    if (list == null || size + 3 > list.length) {
-      list = list == null ? new long[96] : Arrays.copyOf(list, 2 * list.length);
-      pending[group] = list;
-    }
-    list[size] = high;
-    list[size + 1] = rest;
-    list[size + 2] = clickMs;
-    pendingSize[group] = size + 3;
-    pendingLatestMs[group] = Math.max(pendingLatestMs[group], clickMs);
-  }
-
   /**
    * Writes, per key group, the clicks added since the last checkpoint as a new segment (24
    * bytes each), the attribute codes added, the clock and the waiting conversions, and removes
@@ -340,17 +317,7 @@ public final class CompactAttributionOperator extends AbstractStreamOperator<Row
         data.flush();
         dictionary.append(group, bytes.toByteArray(), Long.MAX_VALUE);
       }
-      int size = pendingSize[group];
-      if (size > 0) {
-        ByteBuffer segment = ByteBuffer.allocate(size * Long.BYTES);
-        segment.asLongBuffer().put(pending[group], 0, size);
-        clicks.append(group, segment.array(), pendingLatestMs[group] + retentionMs);
-        pendingSize[group] = 0;
-        pendingLatestMs[group] = Long.MIN_VALUE;
-        if (pending[group].length > 6144) {
-          pending[group] = null; // a burst's buffer is not kept
-        }
-      }
+      clicks.appendAdded(group);
       clicks.put(group, CLOCK_SLOT, clock);
       Map<Long, List<Waiting>> waitingHere = waiting.get(group);
       if (waitingHere != null) {

@@ -2,7 +2,6 @@ package adclick.flink;
 
 import java.io.DataInputStream;
 import java.nio.ByteBuffer;
-import java.util.Arrays;
 import java.util.Map;
 import org.apache.flink.runtime.state.KeyGroupRangeAssignment;
 import org.apache.flink.runtime.state.KeyGroupStatePartitionStreamProvider;
@@ -65,11 +64,6 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
 
   private transient FingerprintSet[] sets;
   private transient KeyGroupSegments segments;
-  // Per key group: the entries added since the last checkpoint (two longs each), and the
-  // latest expiry among them.
-  private transient long[][] pending;
-  private transient int[] pendingSize;
-  private transient long[] pendingLatestS;
   private transient StringData[] horizonKeyData;
   private transient int maxParallelism;
   // Seconds: the clock as it was restored (the newest of the key groups'), and as it moved.
@@ -118,7 +112,7 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
     super.initializeState(context);
     maxParallelism = getRuntimeContext().getTaskInfo().getMaxNumberOfParallelSubtasks();
     sets = new FingerprintSet[maxParallelism];
-    segments = new KeyGroupSegments("compact-deduplicate-segments");
+    segments = new KeyGroupSegments("compact-deduplicate-segments", 2);
     horizonKeyData = new StringData[horizonKeys.length];
     for (int i = 0; i < horizonKeys.length; i++) {
       horizonKeyData[i] = StringData.fromString(horizonKeys[i]);
@@ -129,9 +123,7 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
     }
     restoredS = 0;
     clockS = 0;
-    pending = new long[maxParallelism][];
-    pendingSize = new int[maxParallelism];
-    pendingLatestS = new long[maxParallelism];
+    segments.open(this, keyType);
     // A state written before the segments: raw keyed state, whole sets of stamps (not
     // expiries: kept for the longest horizon). Its ids go into the first checkpoint's segments.
     for (KeyGroupStatePartitionStreamProvider group : context.getRawKeyedStateInputs()) {
@@ -146,10 +138,10 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
       set.read(in, count, longestS);
       long[] entries = set.entries(Long.MIN_VALUE);
       for (int i = 0; i < entries.length; i += 2) {
-        remember(group.getKeyGroupId(), entries[i], entries[i + 1]);
+        segments.add(group.getKeyGroupId(), FingerprintSet.expiryOf(entries[i + 1]),
+            entries[i], entries[i + 1]);
       }
     }
-    segments.open(this, keyType);
     segments.restore((group, id, bytes) -> {
       ByteBuffer buffer = ByteBuffer.wrap(bytes);
       if (id == CLOCK_SLOT) {
@@ -221,23 +213,9 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
     long nowS = nowS();
     long expiryS = Math.max(eventS, nowS) + horizonOf(key);
     if (setOf(group).add(hi, lo, expiryS, nowS)) {
-      remember(group, FingerprintSet.high(hi), FingerprintSet.rest(lo, expiryS));
+      segments.add(group, expiryS, FingerprintSet.high(hi), FingerprintSet.rest(lo, expiryS));
       output.collect(element);
     }
-  }
-
-  /** Keeps an entry added since the last checkpoint for the next one's segment. */
-  private void remember(int group, long high, long rest) {
-    long[] list = pending[group];
-    int size = pendingSize[group];
-    if (list == null || size + 2 > list.length) {
-      list = list == null ? new long[64] : Arrays.copyOf(list, 2 * list.length);
-      pending[group] = list;
-    }
-    list[size] = high;
-    list[size + 1] = rest;
-    pendingSize[group] = size + 2;
-    pendingLatestS[group] = Math.max(pendingLatestS[group], FingerprintSet.expiryOf(rest));
   }
 
   private long horizonOf(RowData key) {
@@ -284,17 +262,7 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
       if (!segments.holds(group)) {
         continue;
       }
-      int size = pendingSize[group];
-      if (size > 0) {
-        ByteBuffer bytes = ByteBuffer.allocate(size * Long.BYTES);
-        bytes.asLongBuffer().put(pending[group], 0, size);
-        segments.append(group, bytes.array(), pendingLatestS[group]);
-        pendingSize[group] = 0;
-        pendingLatestS[group] = Long.MIN_VALUE;
-        if (pending[group].length > 4096) {
-          pending[group] = null; // a burst's buffer is not kept
-        }
-      }
+      segments.appendAdded(group);
       segments.put(group, CLOCK_SLOT, clock);
       segments.dropExpired(group, nowS);
     }

@@ -1,6 +1,8 @@
 package adclick.flink;
 
+import java.nio.ByteBuffer;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.Iterator;
 import java.util.List;
 import java.util.Map;
@@ -48,6 +50,7 @@ final class KeyGroupSegments {
   }
 
   private final MapStateDescriptor<Long, byte[]> descriptor;
+  private final int longsPerEntry;
   private AbstractStreamOperator<?> operator;
   private MapState<Long, byte[]> state;
   private KeyGroupRange range;
@@ -55,10 +58,17 @@ final class KeyGroupSegments {
   private long[] nextId;
   // Per key group of the range: each segment's id and the latest expiry of its entries.
   private List<TreeMap<Long, Long>> expiries;
+  // Per key group of the range: the entries added since the last checkpoint, and their latest
+  // expiry.
+  private long[][] added;
+  private int[] addedLongs;
+  private long[] addedLatest;
 
-  KeyGroupSegments(String name) {
+  /** Segments of entries of longsPerEntry longs each (add), or of bytes (append). */
+  KeyGroupSegments(String name, int longsPerEntry) {
     descriptor = new MapStateDescriptor<>(
         name, LongSerializer.INSTANCE, BytePrimitiveArraySerializer.INSTANCE);
+    this.longsPerEntry = longsPerEntry;
   }
 
   /** Binds to the operator's keyed state; call from initializeState. */
@@ -76,6 +86,10 @@ final class KeyGroupSegments {
     for (int i = 0; i < groups; i++) {
       expiries.add(new TreeMap<>());
     }
+    added = new long[groups][];
+    addedLongs = new int[groups];
+    addedLatest = new long[groups];
+    Arrays.fill(addedLatest, Long.MIN_VALUE);
     RowDataSerializer serializer = new RowDataSerializer(keyType);
     int found = 0;
     for (long n = 0; found < groups; n++) {
@@ -118,6 +132,59 @@ final class KeyGroupSegments {
   /** Notes that the segment's entries have all expired once the clock reaches expiry. */
   void expiresAt(int group, long id, long expiry) {
     expiries.get(group - range.getStartKeyGroup()).put(id, expiry);
+  }
+
+  /** Keeps an entry of two longs, added since the last checkpoint, for the next segment. */
+  void add(int group, long expiry, long first, long second) {
+    long[] list = room(group, 2);
+    int index = group - range.getStartKeyGroup();
+    list[addedLongs[index]++] = first;
+    list[addedLongs[index]++] = second;
+    addedLatest[index] = Math.max(addedLatest[index], expiry);
+  }
+
+  /** Keeps an entry of three longs, added since the last checkpoint, for the next segment. */
+  void add(int group, long expiry, long first, long second, long third) {
+    long[] list = room(group, 3);
+    int index = group - range.getStartKeyGroup();
+    list[addedLongs[index]++] = first;
+    list[addedLongs[index]++] = second;
+    list[addedLongs[index]++] = third;
+    addedLatest[index] = Math.max(addedLatest[index], expiry);
+  }
+
+  private long[] room(int group, int longs) {
+    if (longs != longsPerEntry) {
+      throw new IllegalArgumentException(
+          "entries of " + longsPerEntry + " longs here, not " + longs);
+    }
+    int index = group - range.getStartKeyGroup();
+    long[] list = added[index];
+    if (list == null || addedLongs[index] + longs > list.length) {
+      list = list == null ? new long[32 * longs] : Arrays.copyOf(list, 2 * list.length);
+      added[index] = list;
+    }
+    return list;
+  }
+
+  /**
+   * Writes the entries added to the key group since the last call as a new segment (longs, big
+   * endian), if there were any; call from snapshotState.
+   */
+  void appendAdded(int group) throws Exception {
+    int index = group - range.getStartKeyGroup();
+    int longs = addedLongs[index];
+    if (longs == 0) {
+      return;
+    }
+    ByteBuffer bytes = ByteBuffer.allocate(longs * Long.BYTES);
+    bytes.asLongBuffer().put(added[index], 0, longs);
+    append(group, bytes.array(), addedLatest[index]);
+    addedLongs[index] = 0;
+    addedLatest[index] = Long.MIN_VALUE;
+    if (added[index].length > 2048 * longsPerEntry) {
+      added[index] = null; // a burst's buffer is not kept
+    }
   }
 
   /** Writes a new segment of the key group, all of whose entries expire by latestExpiry. */
