@@ -114,6 +114,11 @@ def parse_args(argv=None):
     p.add_argument("--from-savepoint", default=None, metavar="PATH",
                    help="restore this savepoint or checkpoint instead of the newest one (only"
                         " safe with the newest: older ones republish what came after them)")
+    p.add_argument("--allow-non-restored-state", action="store_true",
+                   help="restore a state that holds operators this job no longer has, dropping"
+                        " theirs (as `flink run --allowNonRestoredState`): a state saved before"
+                        " the compact attribution holds the SQL join's clicks, which are then"
+                        " lost for attribution; every count is kept")
     p.add_argument("--stop-timeout-s", type=int, default=45,
                    help="on SIGTERM or Ctrl-C, how long stopping with a savepoint may take before"
                         " this process exits anyway (the next start then resumes the newest"
@@ -226,6 +231,8 @@ def configure(t_env, args):
     # an added statement belongs after the existing ones (tests/test_cluster_restarts.py
     # restores a savepoint across such a change).
     conf.set("table.exec.uid.generation", "ALWAYS")
+    if args.allow_non_restored_state:
+        conf.set("execution.state-recovery.ignore-unclaimed-state", "true")
     conf.set("table.exec.source.idle-timeout", f"{args.idle_timeout_ms} ms")
     # The planned dedups' horizon (attach_job gives the compact ones the same) and a bound on
     # any other state the SQL does not bound itself.

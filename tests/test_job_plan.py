@@ -124,6 +124,17 @@ def test_without_the_flag_the_cluster_decides_the_state_backend():
     assert t_env.get_config().get("state.backend.type", None) is None
 
 
+@pytest.mark.parametrize("flag, ignored", [([], None), (["--allow-non-restored-state"], "true")])
+def test_state_of_removed_operators_is_dropped_only_when_asked(flag, ignored):
+    # A state saved before the compact attribution holds the SQL join's clicks: without the
+    # flag Flink refuses to restore it (nothing runs, it says why); with it, they are dropped.
+    args = job.parse_args(flag)
+    t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
+    job.configure(t_env, args)
+    assert t_env.get_config().get("execution.state-recovery.ignore-unclaimed-state",
+                                  None) == ignored
+
+
 @pytest.mark.parametrize("attached, waits", [(None, True), ("true", True), ("false", False)])
 def test_the_program_waits_for_the_job_unless_detached(attached, waits):
     # `flink run -d` sets execution.attached=false: the program must return once the job is
