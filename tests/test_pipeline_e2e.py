@@ -174,17 +174,12 @@ class Truth:
 
 @pytest.fixture
 def pipeline(tmp_path, kafka_bootstrap, topic_prefix):
-    # The server first: the test replays minutes of 20 minutes ago into empty topics, and were
-    # every partition silent for the idle timeout before its first click, the job's clock would
-    # move the watermark to the present and every click would be too late. With the job started
-    # after the server (slow to start: seen past the 10 s once), its first clicks come at once.
-    job = server = None
+    job = start_job(tmp_path, kafka_bootstrap, topic_prefix, tmp_path / "checkpoints",
+                    "--watermark-delay-ms", "2000", "--allowed-lateness-s", "300",
+                    "--top-n", str(TOP_N), "--attribution-window-s", str(ATTRIBUTION_WINDOW_S))
+    server = None
     try:
         server, api = start_server(tmp_path, kafka_bootstrap, topic_prefix, tmp_path / "store")
-        job = start_job(tmp_path, kafka_bootstrap, topic_prefix, tmp_path / "checkpoints",
-                        "--watermark-delay-ms", "2000", "--allowed-lateness-s", "300",
-                        "--top-n", str(TOP_N), "--attribution-window-s",
-                        str(ATTRIBUTION_WINDOW_S))
         yield api, (job, server)
     finally:
         for process in (job, server):
