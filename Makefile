@@ -47,6 +47,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 FORMAT_JAR := .stack/jars/flink/adclick-flink.jar
 FORMAT_SOURCES := udfs/java/pom.xml $(shell find udfs/java/src/main -type f)
+# The bot_user_agent rule's crawler list, with its version: from the PyPI package pinned in
+# setup.cfg, into a resource directory udfs/java/pom.xml adds to the jar (and to its tests).
+TRAFFIC_LISTS := .stack/jars/build/traffic-lists/adclick/traffic
+CRAWLER_LIST := $(TRAFFIC_LISTS)/crawler-user-agents.json
 
 jars: .stack/jars/.installed $(FORMAT_JAR)
 .stack/jars/.installed: deps/pom.xml
@@ -55,8 +59,14 @@ jars: .stack/jars/.installed $(FORMAT_JAR)
 
 # adclick's own JVM code: the 'adclick-event' format that parses events in the Flink source, and
 # the compact dedup operator. Its unit tests run in `make test` (java-test), not here.
-$(FORMAT_JAR): $(FORMAT_SOURCES)
+$(FORMAT_JAR): $(FORMAT_SOURCES) $(CRAWLER_LIST)
 	mvn -q -B -f udfs/java/pom.xml package -Dmaven.test.skip=true
+
+$(CRAWLER_LIST): $(VENV)/.installed
+	mkdir -p $(TRAFFIC_LISTS)
+	$(PY) -c "import importlib.metadata as m; print(m.version('crawler-user-agents'))" \
+	  > $(TRAFFIC_LISTS)/crawler-user-agents.version
+	cp $(VENV)/lib/python*/site-packages/crawleruseragents/crawler-user-agents.json $@
 
 setup: venv jars
 
@@ -83,7 +93,7 @@ test: setup lint browser java-test
 
 # The JVM code's unit tests (udfs/java/src/test): the compact dedup under Flink's operator test
 # harness (checkpoints, restores, rescaling, expiry).
-java-test:
+java-test: $(CRAWLER_LIST)
 	mvn -q -B -f udfs/java/pom.xml test
 
 # The dashboard's test drives Debian's Chromium through chromedriver: installed once if missing.

@@ -51,6 +51,14 @@ def field_rule(field):
     """(condition, value) of one field, over the column raw_<name> (the re-serialized value,
     '' when absent) and the input's columns."""
     raw = _raw(field.name)
+    if isinstance(field, contract.OptionalText):
+        # Its characters include '\\' and '"', which the raw value keeps escaped: the rule
+        # reads the decoded string.
+        pattern = f'^[{field.chars}]{{{field.min_len},{field.max_len}}}$'
+        decoded = f"JSONExtractString({raw})"
+        return (f"({raw} IN ('', 'null') OR (startsWith({raw}, '\"') "
+                f"AND match({decoded}, {_quoted(pattern)})))",
+                f"if({raw} IN ('', 'null'), NULL, {decoded})")
     if isinstance(field, contract.Text):
         pattern = f'^"[{field.chars}]{{{field.min_len},{field.max_len}}}"$'
         return f"match({raw}, {_quoted(pattern)})", f"substring({raw}, 2, length({raw}) - 2)"

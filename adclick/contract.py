@@ -56,8 +56,19 @@ class Text:
     def describe(self):
         """For people: "1 to 64 characters among A-Z a-z 0-9 _ . : -"."""
         # The class's ranges (A-Z) and single characters, in order.
-        parts = re.findall(r".-.|.", self.chars)
+        parts = re.findall(r"(?:\\x..|.)-(?:\\x..|.)|\\x..|.", self.chars)
         return f"{self.min_len} to {self.max_len} characters among {' '.join(parts)}"
+
+
+class OptionalText(Text):
+    """A string field that may be absent (or null): when present, the rule of Text."""
+
+    def __init__(self, name, chars, min_len, max_len):
+        super().__init__(name, chars, min_len, max_len)
+        self.clickhouse_type = "Nullable(String)"
+
+    def check(self, value, now_ms):
+        return None if value is None else super().check(value, now_ms)
 
 
 class OneOf:
@@ -129,8 +140,12 @@ class EventContract:
         self.names = tuple(field.name for field in self.fields)
         self.reasons = ENVELOPE_REASONS + tuple(
             reason for field in self.fields for reason in field.reasons)
+        # The optional texts, absent unless given (each is after every required field).
+        self.optional = tuple(field.name for field in self.fields
+                              if isinstance(field, OptionalText))
         # One valid event, its fields as attributes.
-        self.Event = namedtuple(name.capitalize(), self.names)
+        self.Event = namedtuple(name.capitalize(), self.names,
+                                defaults=(None,) * len(self.optional))
 
     def field(self, name):
         return self.by_name[name]
@@ -172,8 +187,13 @@ class EventContract:
         return self.Event._make(values), None
 
     def encode(self, event):
-        """The compact JSON bytes of an event, with the contract's field names."""
-        return json.dumps(event._asdict(), separators=(",", ":")).encode("utf-8")
+        """The compact JSON bytes of an event, with the contract's field names (an optional
+        text without a value left out)."""
+        fields = event._asdict()
+        for name in self.optional:
+            if fields[name] is None:
+                del fields[name]
+        return json.dumps(fields, separators=(",", ":")).encode("utf-8")
 
 
 ID_CHARS = "A-Za-z0-9_.:-"  # of every id and of ad_id
@@ -190,6 +210,9 @@ AUDIENCE = (
     Text("ip", "0-9A-Fa-f.:", 2, 45),
     Text("country", "A-Z", 2, 2, low_cardinality=True),  # ISO 3166 alpha-2
     OneOf("device", ("mobile", "desktop", "tablet", "other")),
+    # The browser's User-Agent header, when the producer has it: the invalid-traffic rules
+    # match it against known crawlers. HTTP allows only visible ASCII and spaces in it.
+    OptionalText("user_agent", "\\x20-\\x7E", 1, 512),
 )
 
 CLICK = EventContract(
@@ -237,14 +260,18 @@ def encode(click):
 
 
 class _Object(dict):
-    """A decoded JSON object that remembers whether one of its keys was repeated."""
+    """A decoded JSON object that remembers whether one of its keys was repeated, and then
+    all of its pairs (the dict keeps only each key's last value)."""
 
     repeated = False
+    pairs = ()
 
 
 def _object(pairs):
     obj = _Object(pairs)
     obj.repeated = len(obj) != len(pairs)
+    if obj.repeated:
+        obj.pairs = pairs
     return obj
 
 
@@ -283,8 +310,9 @@ def _has_lone_surrogate(value):
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
+            # A repeated key's earlier values too: "not JSON" is decided before "repeated".
+            for key, value in item.pairs or item.items():
+                stack.extend((key, value))
         elif isinstance(item, list):
             stack.extend(item)
         elif isinstance(item, str):

@@ -12,6 +12,7 @@ that sends them to Kafka and writes the ground truth is apps.generate (`adclick 
 import bisect
 import collections
 import heapq
+import ipaddress
 import itertools
 import json
 import random
@@ -20,6 +21,8 @@ import uuid
 from typing import NamedTuple
 
 from adclick import config
+from adclick import invalid_traffic
+from adclick.contract import CLICK
 from adclick.contract import CONVERSION
 from adclick.contract import IMPRESSION
 from adclick.contract import Click
@@ -31,6 +34,20 @@ COUNTRY_WEIGHTS = {
     "CA": 5, "MX": 4, "AU": 3, "ES": 3, "IT": 3, "ID": 3, "NL": 2, "SE": 1,
 }
 DEVICE_WEIGHTS = {"mobile": 60, "desktop": 30, "tablet": 8, "other": 2}
+# People's browsers (none of them a crawler's user agent: tests/test_generator.py checks); a
+# click without a user agent is valid too.
+BROWSER_USER_AGENTS = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like"
+    " Gecko) Version/18.1 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Linux; Android 14; SM-S918B) AppleWebKit/537.36 (KHTML, like Gecko)"
+    " Chrome/131.0.6778.104 Mobile Safari/537.36",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko)"
+    " Chrome/131.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko)"
+    " Version/18.1 Safari/605.1.15",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
+    None,
+)
 # Shares of conversions by type.
 CONVERSION_TYPE_WEIGHTS = {"purchase": 50, "signup": 35, "inquiry": 15}
 CONVERSION_TYPES = list(CONVERSION_TYPE_WEIGHTS)
@@ -42,6 +59,7 @@ MALFORMED_KINDS = (
     "unknown_device",
 )
 _FIELDS = Click._fields
+_REQUIRED = tuple(name for name in _FIELDS if name not in CLICK.optional)  # absent is valid
 _FIXED_REASONS = {
     "not_json": "not_json_object",
     "far_future": "click_ts_in_future",
@@ -98,11 +116,17 @@ class ClickFactory:
     """
 
     def __init__(self, seed=None, ads=10_000, zipf_s=1.1, skew=0.0, users=1_000_000,
-                 run_id=None):
+                 run_id=None, bots=0.0, datacenter=0.0):
         if ads < 1 or users < 1:
             raise ValueError("ads and users must be at least 1")
-        if not 0.0 <= skew <= 1.0:
-            raise ValueError("skew must be within [0, 1]")
+        for name, value in (("skew", skew), ("bots", bots), ("datacenter", datacenter)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1]")
+        # Invalid traffic: a share of events from a crawler (its user agent from the crawler
+        # list's examples) and a share from a data-center address; the others from people,
+        # at addresses outside every data-center range.
+        self.bots = bots
+        self.datacenter = datacenter
         self.rng = random.Random(seed)
         if run_id is None:
             run_id = f"{self.rng.getrandbits(32):08x}" if seed is not None else uuid.uuid4().hex[:8]
@@ -126,16 +150,35 @@ class ClickFactory:
     def click(self, click_ts):
         """A new valid click with a fresh click_id at click_ts (epoch ms)."""
         rng = self.rng
-        ip = rng.getrandbits(32)
         return Click(
             click_id=f"{self.run_id}-{next(self._counter)}",
             ad_id=self.ad(),
             click_ts=int(click_ts),
             user_id=f"u-{rng.randrange(self.users)}",
-            ip=f"{ip >> 24}.{(ip >> 16) & 255}.{(ip >> 8) & 255}.{ip & 255}",
+            ip=self.ip(),
             country=_pick(rng, self._countries, self._country_cum),
             device=_pick(rng, self._devices, self._device_cum),
+            user_agent=self.user_agent(),
         )
+
+    def user_agent(self):
+        if self.bots and self.rng.random() < self.bots:
+            return self.rng.choice(invalid_traffic.crawler_examples())
+        return self.rng.choice(BROWSER_USER_AGENTS)
+
+    def ip(self):
+        """A person's IPv4 address, or (a `datacenter` share) one of a data-center range, v4
+        or v6."""
+        rng = self.rng
+        if self.datacenter and rng.random() < self.datacenter:
+            ranges = invalid_traffic.datacenter_ranges()[0][rng.choice((4, 6))]
+            first, last = rng.choice(ranges)
+            return str(ipaddress.ip_address(rng.randint(first, last)))
+        while True:
+            ip = rng.getrandbits(32)
+            text = f"{ip >> 24}.{(ip >> 16) & 255}.{(ip >> 8) & 255}.{ip & 255}"
+            if not invalid_traffic.is_datacenter(text):
+                return text
 
     def impression(self, impression_ts):
         """A new valid impression (an ad shown) at impression_ts, drawn like a click."""
@@ -146,7 +189,7 @@ class ClickFactory:
         return IMPRESSION.Event(
             impression_id=f"{self.run_id}-i{next(self._counter)}", ad_id=click.ad_id,
             impression_ts=int(impression_ts), user_id=click.user_id, ip=click.ip,
-            country=click.country, device=click.device)
+            country=click.country, device=click.device, user_agent=click.user_agent)
 
     def conversion(self, click_id, conversion_ts):
         """A new conversion naming click_id: a purchase (with a value), sign-up or inquiry."""
@@ -181,12 +224,14 @@ def make_malformed(rng, kind, base, now=None):
         text = encode(base)
         payload = rng.choice([text[: len(text) // 2], b"click!", b"", b"[1,2]", b'"click"'])
     elif kind in ("missing_field", "wrong_type"):
-        field = rng.choice(_FIELDS)
+        field = rng.choice(_REQUIRED if kind == "missing_field" else _FIELDS)
         if kind == "missing_field":
             del fields[field]
         else:
             wrong = _WRONG_VALUES["click_ts" if field == "click_ts" else "other"]
-            fields[field] = rng.choice(wrong(fields[field]))
+            # An optional field may be null.
+            fields[field] = rng.choice([value for value in wrong(fields[field])
+                                        if value is not None or field in _REQUIRED])
         return Malformed(kind, f"bad_{field}", _dumps(fields))
     elif kind == "far_future":
         fields["click_ts"] = now + config.MAX_FUTURE_SECONDS * 1000 + rng.randint(1, 10**10)
@@ -222,12 +267,17 @@ class Traffic:
     Each unique click is resent, byte for byte, with probability `duplicates`: half of those
     right after it, the others once the send clock passes a random delay up to duplicate_delay_ms.
     A new event is malformed with probability `malformed`. click_ts is the event clock minus a
-    random jitter up to out_of_order_ms, so events reach Kafka out of event-time order.
+    random jitter up to out_of_order_ms, so events reach Kafka out of event-time order. With
+    probability `repeats`, the same person clicks the same ad again (a new click) 1 to
+    REPEAT_MAX_MS later: a repeat_click when that is under the rule's window.
     """
 
+    REPEAT_MAX_MS = 2 * config.REPEAT_CLICK_WINDOW_SECONDS * 1000
+
     def __init__(self, factory, duplicates=0.0, duplicate_delay_ms=30_000, malformed=0.0,
-                 out_of_order_ms=0, malformed_kinds=MALFORMED_KINDS):
-        for name, value in (("duplicates", duplicates), ("malformed", malformed)):
+                 out_of_order_ms=0, malformed_kinds=MALFORMED_KINDS, repeats=0.0):
+        for name, value in (("duplicates", duplicates), ("malformed", malformed),
+                            ("repeats", repeats)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1]")
         if duplicate_delay_ms < 0 or out_of_order_ms < 0:
@@ -240,6 +290,7 @@ class Traffic:
         self.malformed = malformed
         self.out_of_order_ms = int(out_of_order_ms)
         self.malformed_kinds = tuple(malformed_kinds)
+        self.repeats = repeats
         self._pending = []
         self._seq = itertools.count()
 
@@ -252,6 +303,8 @@ class Traffic:
         rng = self.rng
         if self._pending and self._pending[0][0] <= send_ms:
             _, _, payload, click = heapq.heappop(self._pending)
+            if payload is None:  # a repeat: a new click
+                return Message("unique", encode(click), click)
             return Message("duplicate", payload, click)
         if self.malformed and rng.random() < self.malformed:
             kind = rng.choice(self.malformed_kinds)
@@ -264,12 +317,18 @@ class Traffic:
         if self.duplicates and rng.random() < self.duplicates:
             delay = 0 if rng.random() < 0.5 else rng.randint(1, max(1, self.duplicate_delay_ms))
             heapq.heappush(self._pending, (send_ms + delay, next(self._seq), payload, click))
+        if self.repeats and rng.random() < self.repeats:
+            delay = rng.randint(1, self.REPEAT_MAX_MS)
+            again = click._replace(click_id=f"{self.factory.run_id}-{next(self.factory._counter)}",
+                                   click_ts=click.click_ts + delay)
+            heapq.heappush(self._pending, (send_ms + delay, next(self._seq), None, again))
         return Message("unique", payload, click)
 
     def drain(self):
-        """Every duplicate still waiting, in due order (sent at the end of a run)."""
+        """Every duplicate and repeat still waiting, in due order (sent at the end of a run)."""
         pending, self._pending = self._pending, []
-        return [Message("duplicate", p, c) for _, _, p, c in sorted(pending)]
+        return [Message("duplicate", p, c) if p is not None else Message("unique", encode(c), c)
+                for _, _, p, c in sorted(pending, key=lambda item: item[:2])]
 
 
 class Funnel:

@@ -20,6 +20,8 @@ import time
 import uuid
 
 from adclick import config
+from adclick import invalid_traffic
+from adclick.contract import Click
 from adclick.generator import MALFORMED_KINDS
 from adclick.generator import ClickFactory
 from adclick.generator import Funnel
@@ -68,11 +70,7 @@ class Tally:
             if self.max_click_ts is None or ts > self.max_click_ts:
                 self.max_click_ts = ts
             if self._truth:
-                # Factory values never need JSON escaping (the contract's patterns forbid it).
-                self._truth.write(
-                    f'{{"click_id":"{click.click_id}","ad_id":"{click.ad_id}",'
-                    f'"click_ts":{ts},"country":"{click.country}","device":"{click.device}"}}\n'
-                )
+                self._truth.write(message.payload.decode() + "\n")
         elif message.kind == "duplicate":
             counts["duplicates"] += 1
         else:
@@ -102,6 +100,11 @@ class Tally:
             funnel_file.close()
         if self._truth:
             self._truth.close()
+            # What the job must bill: the unique clicks by traffic label, from all of them.
+            with open(self.truth_path, encoding="utf-8") as f:
+                clicks = [Click(**json.loads(line)) for line in f]
+            summary["clicks_by_traffic"] = dict(collections.Counter(
+                invalid_traffic.click_labels(clicks).values()))
             with open(f"{self.truth_path}.summary.json", "w", encoding="utf-8") as f:
                 json.dump(summary, f, indent=2, sort_keys=True)
                 f.write("\n")
@@ -123,6 +126,13 @@ def parse_args(argv=None):
     p.add_argument("--ads", type=int, default=10_000)
     p.add_argument("--zipf-s", type=float, default=1.1, help="Zipf exponent of ad popularity")
     p.add_argument("--users", type=int, default=1_000_000)
+    p.add_argument("--bots", type=float, default=0.0,
+                   help="share of events with a known crawler's user agent (bot_user_agent)")
+    p.add_argument("--datacenter", type=float, default=0.0,
+                   help="share of events from a data-center address (datacenter_ip)")
+    p.add_argument("--repeats", type=float, default=0.0,
+                   help="share of clicks followed by the same person's click on the same ad up"
+                        " to 20 s later (a repeat_click under 10 s)")
     p.add_argument("--skew", type=float, default=0.0,
                    help="fraction of clicks that go to one hot ad, on top of Zipf")
     p.add_argument("--duplicates", type=float, default=0.0,
@@ -282,10 +292,12 @@ def run(args, producer, traffic, tally, stop):
 def main(argv=None):
     args = parse_args(argv)
     factory = ClickFactory(seed=args.seed, ads=args.ads, zipf_s=args.zipf_s, skew=args.skew,
-                           users=args.users, run_id=args.run_id or uuid.uuid4().hex[:8])
+                           users=args.users, run_id=args.run_id or uuid.uuid4().hex[:8],
+                           bots=args.bots, datacenter=args.datacenter)
     traffic = Traffic(factory, duplicates=args.duplicates,
                       duplicate_delay_ms=args.duplicate_delay_s * 1000,
-                      malformed=args.malformed, out_of_order_ms=args.out_of_order_ms)
+                      malformed=args.malformed, out_of_order_ms=args.out_of_order_ms,
+                      repeats=args.repeats)
     if args.impressions_per_click or args.conversion_rate:
         traffic = Funnel(traffic, impressions_per_click=max(1, args.impressions_per_click),
                          conversion_rate=args.conversion_rate,

@@ -52,6 +52,8 @@ VALUES = [
     "::1", "g::1", "f" * 45, "f" * 46, "mobile", "desktop", "tablet", "other", "tv", "Mobile",
     "purchase", "signup", "inquiry", "Purchase", -0, 10**15 + 1, -(10**14),
     str(NOW), [], ["mobile"], [NOW], {}, {"click_ts": 5}, "\ud83d", "a\u0000b", "a\nb",
+    # user agents: the edges of its length, and the printable ASCII that JSON escapes
+    "a" * 512, "a" * 513, 'Mozilla/5.0 "quoted" \\ (x)', "a\x7fb", "~ !",
 ]
 
 
@@ -192,7 +194,8 @@ def test_each_fields_rule_is_the_contracts(java_available, event):
     assert [line[1] for line in rules] == list(event_contract.names)
     for line, field in zip(rules, event_contract.fields):
         kind, name = line[:2]
-        if kind == "text":
+        if kind in ("text", "optionaltext"):
+            assert isinstance(field, contract.OptionalText) == (kind == "optionaltext"), name
             allowed = {chr(c) for c in range(0x10000) if re.fullmatch(f"[{field.chars}]", chr(c))}
             assert (line[2], int(line[3]), int(line[4]), set(line[5])) == \
                 (field.reasons[0], field.min_len, field.max_len, allowed), name

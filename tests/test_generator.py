@@ -20,6 +20,7 @@ import pytest
 from adclick import config
 from adclick import contract
 from adclick import generator
+from adclick import invalid_traffic
 from apps import generate
 
 NOW = 1_800_000_000_000
@@ -166,9 +167,10 @@ def test_tally_truth_excludes_duplicates_and_malformed(tmp_path):
     truth = [json.loads(line) for line in path.read_text().splitlines()]
     unique = [m.click for m in messages if m.kind == "unique"]
     assert [t["click_id"] for t in truth] == [c.click_id for c in unique]
-    assert truth[0] == {k: getattr(unique[0], k)
-                        for k in ("click_id", "ad_id", "click_ts", "country", "device")}
+    assert [contract.Click(**t) for t in truth] == unique  # each click as sent
     written = json.loads((tmp_path / "truth.jsonl.summary.json").read_text())
+    assert written["clicks_by_traffic"] == dict(collections.Counter(
+        invalid_traffic.click_labels(unique).values()))
     kinds = collections.Counter(m.kind for m in messages)
     assert written["unique"] == kinds["unique"] == len(truth)
     assert written["duplicates"] == kinds["duplicate"] > 0
@@ -395,3 +397,32 @@ def test_generator_against_kafka_stopped_by_sigterm(kafka_bootstrap, tmp_path):
     finally:
         admin.delete_topics([topic])
         admin.close()
+
+
+def test_invalid_traffic_comes_in_the_shares_asked_for_and_labels_as_the_rules_say():
+    factory = generator.ClickFactory(seed=21, bots=0.1, datacenter=0.1)
+    traffic = generator.Traffic(factory, repeats=0.2)
+    clicks = [m.click for m in run_traffic(traffic, 20_000) if m.kind == "unique"]
+    labels = invalid_traffic.click_labels(clicks)
+    shares = collections.Counter(labels.values())
+    assert 0.08 < shares["bot_user_agent"] / len(clicks) < 0.12
+    # datacenter_ip: the draws from a range that were not a bot's
+    assert 0.07 < shares["datacenter_ip"] / len(clicks) < 0.11
+    assert shares["repeat_click"] > 0.05 * len(clicks) and shares["valid"] > 0.6 * len(clicks)
+    for click in clicks:
+        assert contract.CLICK.validate(contract.CLICK.encode(click), click.click_ts)[1] is None
+    # A repeat is the same person on the same ad, a new click, at most 20 s later.
+    by_person = collections.defaultdict(list)
+    for click in clicks:
+        by_person[(click.user_id, click.ad_id)].append(click.click_ts)
+    gaps = [b - a for times in by_person.values() if len(times) > 1
+            for a, b in zip(sorted(times), sorted(times)[1:])]
+    assert gaps and max(gaps) <= generator.Traffic.REPEAT_MAX_MS
+
+
+def test_people_use_browsers_from_ordinary_addresses():
+    assert not any(invalid_traffic.is_crawler(agent)
+                   for agent in generator.BROWSER_USER_AGENTS if agent)
+    factory = generator.ClickFactory(seed=22)
+    clicks = [factory.click(NOW) for _ in range(5_000)]
+    assert set(invalid_traffic.click_labels(clicks).values()) == {"valid"}

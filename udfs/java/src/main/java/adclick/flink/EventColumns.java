@@ -8,13 +8,16 @@ import org.apache.flink.table.types.logical.LogicalTypeRoot;
 
 /**
  * The columns the 'adclick-event' format can fill for one event type (its contract's fields,
- * then its own four), and which of them a table asked for.
+ * then its own), and which of them a table asked for.
  */
 final class EventColumns {
 
-  /** After the contract's fields, in this order. */
-  static final String[] OWN = {"reject_reason", "payload", "key_hi", "key_lo"};
-  static final int REJECT_REASON = 0, PAYLOAD = 1, KEY_HI = 2, KEY_LO = 3;
+  /**
+   * After the contract's fields, in this order. traffic: the event's general invalid-traffic
+   * label (TrafficRules), null for a conversion or a rejected record.
+   */
+  static final String[] OWN = {"reject_reason", "payload", "key_hi", "key_lo", "traffic"};
+  static final int REJECT_REASON = 0, PAYLOAD = 1, KEY_HI = 2, KEY_LO = 3, TRAFFIC = 4;
 
   private EventColumns() {}
 

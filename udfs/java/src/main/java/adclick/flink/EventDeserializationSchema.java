@@ -7,9 +7,10 @@ import org.apache.flink.table.data.RowData;
 import org.apache.flink.table.data.StringData;
 
 /**
- * One row per Kafka record, never an exception: a valid event fills its contract's columns; a
- * rejected one fills only reject_reason and payload (its original bytes), the event columns
- * being null, so its event time cannot move the watermark.
+ * One row per Kafka record, never an exception: a valid event fills its contract's columns (and
+ * a click's or impression's traffic label); a rejected one fills only reject_reason and payload
+ * (its original bytes), the event columns being null, so its event time cannot move the
+ * watermark.
  */
 final class EventDeserializationSchema implements DeserializationSchema<RowData> {
 
@@ -22,9 +23,13 @@ final class EventDeserializationSchema implements DeserializationSchema<RowData>
   private final long minTsMs;
   private final long maxFutureMs;
   private final boolean keyed;  // does the table ask for key_hi / key_lo?
+  private final boolean labelled;  // does it ask for traffic?
   private transient EventParser.Contract contract;
   private transient EventParser parser;
   private transient EventKey key;
+  private transient TrafficRules traffic;
+  private transient int userAgentField;  // -1 for a conversion: it is never labelled
+  private transient int ipField;
 
   EventDeserializationSchema(String event, int[] slots, TypeInformation<RowData> producedType,
       int maxPayloadBytes, long minTsMs, long maxFutureMs) {
@@ -36,10 +41,13 @@ final class EventDeserializationSchema implements DeserializationSchema<RowData>
     this.maxFutureMs = maxFutureMs;
     int fields = EventParser.contract(event).size();
     boolean keyed = false;
+    boolean labelled = false;
     for (int slot : slots) {
       keyed |= slot == fields + EventColumns.KEY_HI || slot == fields + EventColumns.KEY_LO;
+      labelled |= slot == fields + EventColumns.TRAFFIC;
     }
     this.keyed = keyed;
+    this.labelled = labelled;
   }
 
   @Override
@@ -47,6 +55,9 @@ final class EventDeserializationSchema implements DeserializationSchema<RowData>
     contract = EventParser.contract(event);
     parser = new EventParser(contract, maxPayloadBytes, minTsMs, maxFutureMs);
     key = new EventKey();
+    userAgentField = contract.indexOf("user_agent");
+    ipField = contract.indexOf("ip");
+    traffic = labelled && userAgentField >= 0 ? new TrafficRules() : null;
   }
 
   @Override
@@ -73,6 +84,10 @@ final class EventDeserializationSchema implements DeserializationSchema<RowData>
     switch (slot - contract.size()) {
       case EventColumns.KEY_HI: return key.hi;
       case EventColumns.KEY_LO: return key.lo;
+      case EventColumns.TRAFFIC:
+        return traffic == null ? null
+            : StringData.fromString(traffic.label(parser.text(userAgentField),
+                parser.text(ipField)));
       default: return null;  // reject_reason, payload
     }
   }

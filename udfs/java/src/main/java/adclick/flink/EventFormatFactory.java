@@ -20,7 +20,8 @@ import org.apache.flink.table.types.DataType;
  * impression or a conversion) once, in the source (EventParser), so the watermark can be
  * declared on the parsed event time and no later operator re-reads the JSON. A record that
  * breaks the contract is not an error: its row carries reject_reason and the original bytes
- * (payload), for the dead-letter topic.
+ * (payload), for the dead-letter topic. A valid click or impression can carry its general
+ * invalid-traffic label (traffic: TrafficRules), computed here too, once per event.
  *
  * <pre>
  *   'format' = 'adclick-event',

@@ -25,18 +25,18 @@ import java.util.function.IntPredicate;
  *       UTF-8 form), or nested deeper than {@link #MAX_DEPTH};
  *   <li>duplicate_field: a key repeated in the top-level object (which one would count?);
  *   <li>then each field of the event's {@link Contract}, in order, by its kind:
- *       text (bad_NAME: not a string of min-max of the allowed characters), one of a few
- *       values (bad_NAME), event time (bad_NAME: not an integer of at most 15 digits, no
- *       fraction or exponent; NAME_too_old: before minTsMs; NAME_in_future: after now +
- *       maxFutureMs), or an optional count (bad_NAME: present, not null, and not such an
- *       integer at least 0).
+ *       text (bad_NAME: not a string of min-max of the allowed characters), optional text
+ *       (bad_NAME: present, not null, and not such a string), one of a few values (bad_NAME),
+ *       event time (bad_NAME: not an integer of at most 15 digits, no fraction or exponent;
+ *       NAME_too_old: before minTsMs; NAME_in_future: after now + maxFutureMs), or an
+ *       optional count (bad_NAME: present, not null, and not such an integer at least 0).
  * </ul>
  * Other fields may hold any JSON value. Not thread-safe: one instance per task.
  */
 public final class EventParser {
 
   /** How a field is checked. */
-  enum Kind { TEXT, TIME, ONE_OF, COUNT }
+  enum Kind { TEXT, OPTIONAL_TEXT, TIME, ONE_OF, COUNT }
 
   /** One field's rule: its reason when broken, and what it allows. */
   static final class Rule {
@@ -45,7 +45,7 @@ public final class EventParser {
     final String reason;
     final int min;
     final int max;
-    final IntPredicate allowed;  // TEXT
+    final IntPredicate allowed;  // TEXT, OPTIONAL_TEXT
     final String[] values;  // ONE_OF
 
     private Rule(String field, Kind kind, int min, int max, IntPredicate allowed,
@@ -61,6 +61,10 @@ public final class EventParser {
 
     static Rule text(String field, int min, int max, IntPredicate allowed) {
       return new Rule(field, Kind.TEXT, min, max, allowed, null);
+    }
+
+    static Rule optionalText(String field, int min, int max, IntPredicate allowed) {
+      return new Rule(field, Kind.OPTIONAL_TEXT, min, max, allowed, null);
     }
 
     static Rule time(String field) {
@@ -137,12 +141,15 @@ public final class EventParser {
   private static final Rule IP = Rule.text("ip", 2, 45, EventParser::isIpChar);
   private static final Rule COUNTRY = Rule.text("country", 2, 2, EventParser::isUpper);
   private static final Rule DEVICE = Rule.oneOf("device", "mobile", "desktop", "tablet", "other");
+  // Optional (not every client sends one): the bot_user_agent rule reads it (TrafficRules).
+  private static final Rule USER_AGENT =
+      Rule.optionalText("user_agent", 1, 512, EventParser::isPrintableAscii);
 
   public static final Contract CLICK = new Contract("click", "click_id",
-      CLICK_ID, AD_ID, Rule.time("click_ts"), USER_ID, IP, COUNTRY, DEVICE);
+      CLICK_ID, AD_ID, Rule.time("click_ts"), USER_ID, IP, COUNTRY, DEVICE, USER_AGENT);
   public static final Contract IMPRESSION = new Contract("impression", "impression_id",
       Rule.text("impression_id", 1, 64, EventParser::isIdChar), AD_ID, Rule.time("impression_ts"),
-      USER_ID, IP, COUNTRY, DEVICE);
+      USER_ID, IP, COUNTRY, DEVICE, USER_AGENT);
   public static final Contract CONVERSION = new Contract("conversion", "conversion_id",
       Rule.text("conversion_id", 1, 64, EventParser::isIdChar),
       CLICK_ID,  // the click it is attributed to
@@ -205,7 +212,7 @@ public final class EventParser {
     return reason;
   }
 
-  /** A text field's value after a valid parse. */
+  /** A text field's value after a valid parse; null for an absent optional text. */
   public String text(int field) {
     return (String) values[field];
   }
@@ -260,6 +267,11 @@ public final class EventParser {
       switch (rule.kind) {
         case TEXT:
           if (!isStringOf(value, rule)) {
+            return rule.reason;
+          }
+          break;
+        case OPTIONAL_TEXT:
+          if (value != null && !isStringOf(value, rule)) {
             return rule.reason;
           }
           break;
@@ -334,6 +346,11 @@ public final class EventParser {
   /** [A-Za-z0-9_.:@-] */
   private static boolean isUserIdChar(int c) {
     return isIdChar(c) || c == '@';
+  }
+
+  /** [\x20-\x7E] */
+  private static boolean isPrintableAscii(int c) {
+    return c >= 0x20 && c <= 0x7e;
   }
 
   /** [0-9A-Fa-f.:] */
@@ -745,7 +762,8 @@ public final class EventParser {
   /**
    * The rules as this class applies them, one tab-separated line each, for the field-by-field
    * comparison with adclick/contract.py: "text NAME REASON MIN MAX CHARS" (CHARS: every char
-   * the rule allows, tested over all 65,536), "time NAME", "oneof NAME VALUES", "count NAME",
+   * the rule allows, tested over all 65,536), "optionaltext NAME REASON MIN MAX CHARS" (the
+   * same), "time NAME", "oneof NAME VALUES", "count NAME",
    * then "id NAME" and "limits MAX_DEPTH MAX_DIGITS" (EventFormatFactory's main prints the
    * format's columns and defaults).
    */
@@ -755,7 +773,7 @@ public final class EventParser {
       out.append(rule.kind.name().toLowerCase().replace("_", "")).append('\t').append(rule.field);
       if (rule.kind == Kind.ONE_OF) {
         out.append('\t').append(String.join(",", rule.values));
-      } else if (rule.kind == Kind.TEXT) {
+      } else if (rule.kind == Kind.TEXT || rule.kind == Kind.OPTIONAL_TEXT) {
         StringBuilder chars = new StringBuilder();
         for (int c = 0; c <= Character.MAX_VALUE; c++) {
           if (rule.allowed.test(c)) {
