@@ -93,5 +93,13 @@ MAX_FUTURE_SECONDS = 3600
 MIN_CLICK_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: older timestamps are absurd
 # A conversion counts for its click when it comes within this long after the click.
 ATTRIBUTION_WINDOW_SECONDS = 7 * 24 * 3600
+# Invalid traffic (issue 26; sql/flink/25_traffic_labels.sql): a click is a repeat_click when
+# its user clicked the same ad less than this long before it, and an ip_frequency click when
+# its ip key made IP_FREQUENCY_THRESHOLD clicks or more on the ad in the window before it.
+REPEAT_CLICK_WINDOW_SECONDS = 10
+IP_FREQUENCY_WINDOW_SECONDS = 600
+IP_FREQUENCY_THRESHOLD = 3
+# What a count row's `traffic` says: valid, or the reason it is not (first match in this order).
+TRAFFIC_REASONS = ("bot_user_agent", "datacenter_ip", "repeat_click", "ip_frequency")
 # How long a conversion whose click has not been counted yet waits for it.
 CONVERSION_WAIT_SECONDS = 3600

@@ -46,8 +46,8 @@ REJECT_REASON_CHARS = 1000
 REJECT_PAYLOAD_BYTES = 64 * 1024
 
 COLUMNS = {
-    "ad_click_counts": ["minute", "ad_id", "country", "device", "clicks", "impressions", "late",
-                        "click_id", "src_partition", "src_offset"],
+    "ad_click_counts": ["minute", "ad_id", "country", "device", "traffic", "clicks",
+                        "impressions", "late", "click_id", "src_partition", "src_offset"],
     "top_ads_minute": ["minute", "rank", "ad_id", "clicks", "src_offset"],
     "late_clicks": ["minute", "click_id", "ad_id", "country", "device", "user_id", "ip",
                     "click_ts", "watermark"],
@@ -57,9 +57,9 @@ COLUMNS = {
                      "source_offset"],
     "conversions": ["minute", "conversion_id", "click_id", "type", "value_micros",
                     "conversion_ts"],
-    "conversion_attributions": ["minute", "ad_id", "country", "device", "conversion_id",
-                                "click_id", "type", "value_micros", "conversion_ts", "click_ts",
-                                "outcome"],
+    "conversion_attributions": ["minute", "ad_id", "country", "device", "traffic",
+                                "conversion_id", "click_id", "type", "value_micros",
+                                "conversion_ts", "click_ts", "outcome"],
     "minutes_closed": ["minute", "src_partition", "src_offset"],
     REJECTS: ["topic", "partition", "offset", "table", "reason", "payload", "received_at"],
 }
@@ -80,6 +80,8 @@ def count_rows(record):
     event = json.loads(record.value())
     yield "ad_click_counts", [
         parse_time(event["minute"]), event["ad_id"], event["country"], event["device"],
+        # A count of a job from before the labels counted every unique event: all billed.
+        event.get("traffic") or "valid",
         int(event["clicks"]), int(event["impressions"]), 1 if event["late"] else 0,
         event.get("event_id") or "", record.partition(), record.offset()]
 
@@ -124,6 +126,7 @@ def attribution_rows(record):
     event = json.loads(record.value())
     yield "conversion_attributions", [
         parse_time(event["minute"]), event["ad_id"], event["country"], event["device"],
+        event.get("traffic") or "valid",  # a job from before the labels billed every click
         event["conversion_id"], event["click_id"], event["type"], event["value_micros"],
         from_millis(event["conversion_ts"]), from_millis(event["click_ts"]), event["outcome"]]
 

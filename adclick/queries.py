@@ -8,6 +8,8 @@ boundary as Unix seconds so that no client or engine time zone can shift a minut
 
 The counts are read from ad_click_counts with FINAL, which collapses rows the loader replayed
 (same Kafka coordinates); late = 1 rows are corrections and are summed like the others.
+Each row has a traffic label (valid, or why not: config.TRAFFIC_REASONS); every read takes the
+labels it is asked for, valid only unless a caller says otherwise (api/params.py).
 """
 
 from datetime import datetime
@@ -38,6 +40,10 @@ _FILTERS = """
   AND (empty({devices:Array(String)}) OR device IN {devices:Array(String)})
   /* advertiser */
 """
+# The traffic labels counted (an empty array: all of them), on the rows of ad_click_counts.
+_TRAFFIC = """
+  AND (empty({traffic:Array(String)}) OR traffic IN {traffic:Array(String)})
+"""
 # Put in only for an advertiser's key: for any other, a bound '' still built the set of the
 # ads table at every query (measured with 100,000 ads: API 2's median 2.54 ms with it, 2.25 ms
 # without, 200 runs each interleaved; it grows with the ads table).
@@ -51,7 +57,7 @@ FROM {db:Identifier}.ad_click_counts FINAL
 WHERE minute >= toDateTime({start:UInt32}, 'UTC')
   AND minute < toDateTime({end:UInt32}, 'UTC')
   AND ad_id = {ad_id:String}
-""" + _FILTERS
+""" + _FILTERS + _TRAFFIC
 
 # API 2: the most clicked ads over [start, end), ranked from the per-minute counts (not from
 # top_ads_minute, whose per-minute top-N cannot be added up into a top-N over several minutes).
@@ -60,7 +66,7 @@ SELECT ad_id, sum(clicks) AS count
 FROM {db:Identifier}.ad_click_counts FINAL
 WHERE minute >= toDateTime({start:UInt32}, 'UTC')
   AND minute < toDateTime({end:UInt32}, 'UTC')
-""" + _FILTERS + """
+""" + _FILTERS + _TRAFFIC + """
 GROUP BY ad_id
 ORDER BY count DESC, ad_id ASC
 LIMIT {limit:UInt32}
@@ -89,12 +95,14 @@ FROM (
       AND hour < toDateTime({end:UInt32}, 'UTC')
       AND (toUnixTimestamp(hour), toUnixTimestamp64Micro(computed_at))
           IN {versions:Array(Tuple(UInt32, Int64))}
+      """ + _TRAFFIC + """
     UNION ALL
     SELECT ad_id, clicks
     FROM {db:Identifier}.ad_click_counts FINAL
     WHERE minute IN {minutes:Array(DateTime('UTC'))}
       AND minute >= toDateTime({start:UInt32}, 'UTC')
       AND minute < toDateTime({end:UInt32}, 'UTC')
+      """ + _TRAFFIC + """
 )
 GROUP BY ad_id
 ORDER BY count DESC, ad_id ASC
@@ -103,27 +111,41 @@ LIMIT {limit:UInt32}
 
 # Impressions, clicks and conversions of each ad over [start, end), filtered, side by side: the
 # counts from ad_click_counts, the conversions from the attributions that count (a conversion
-# counts for its click's ad, country and device, in the minute of its conversion_ts).
+# counts for its click's ad, country, device and traffic label, in the minute of its
+# conversion_ts: CVR is valid conversions over valid clicks unless asked otherwise).
 _FUNNEL_ROWS = """
     SELECT ad_id, impressions, clicks, toUInt64(0) AS conversions
     FROM {db:Identifier}.ad_click_counts FINAL
     WHERE minute >= toDateTime({start:UInt32}, 'UTC')
       AND minute < toDateTime({end:UInt32}, 'UTC')
       AND (empty({ad_ids:Array(String)}) OR ad_id IN {ad_ids:Array(String)})
-""" + _FILTERS + """
+""" + _FILTERS + _TRAFFIC + """
     UNION ALL
-    SELECT ad_id, toUInt64(0), toUInt64(0), toUInt64(1)
+    SELECT ad_id, toUInt64(0), toInt64(0), toUInt64(1)
     FROM {db:Identifier}.conversion_attributions FINAL
     WHERE minute >= toDateTime({start:UInt32}, 'UTC')
       AND minute < toDateTime({end:UInt32}, 'UTC')
       AND (empty({ad_ids:Array(String)}) OR ad_id IN {ad_ids:Array(String)})
       AND outcome = 'attributed'
-""" + _FILTERS
+""" + _FILTERS + _TRAFFIC
 
 # One ad's (or, with no ad_ids, every ad's) impressions, clicks and conversions.
 AD_METRICS = """
 SELECT sum(impressions), sum(clicks), sum(conversions)
 FROM (""" + _FUNNEL_ROWS + """)
+"""
+
+# Clicks and impressions by traffic label (every label), of one ad or of all (an empty ad_ids):
+# the invalid share and its reasons.
+TRAFFIC_BREAKDOWN = """
+SELECT traffic, sum(clicks), sum(impressions)
+FROM {db:Identifier}.ad_click_counts FINAL
+WHERE minute >= toDateTime({start:UInt32}, 'UTC')
+  AND minute < toDateTime({end:UInt32}, 'UTC')
+  AND (empty({ad_ids:Array(String)}) OR ad_id IN {ad_ids:Array(String)})
+""" + _FILTERS + """
+GROUP BY traffic
+ORDER BY traffic
 """
 
 # What popular_ads can rank by: the SQL of each (chosen from this table, never from input).
@@ -164,7 +186,7 @@ FROM {db:Identifier}.ad_click_counts FINAL
 WHERE minute >= toDateTime({start:UInt32}, 'UTC')
   AND minute < toDateTime({end:UInt32}, 'UTC')
   AND (empty({ad_ids:Array(String)}) OR ad_id IN {ad_ids:Array(String)})
-""" + _FILTERS + """
+""" + _FILTERS + _TRAFFIC + """
 GROUP BY minute
 ORDER BY minute
 """
@@ -222,7 +244,11 @@ def _settings(settings):
     return {**READ_SETTINGS, **(settings or {})}
 
 
-def _range_parameters(db, start, end, countries, devices, advertiser=None):
+VALID = ("valid",)
+
+
+def _range_parameters(db, start, end, countries, devices, advertiser=None, traffic=VALID):
+    """traffic: the labels counted (VALID by default, () for all)."""
     return {
         "db": store.check_identifier(db),
         "start": _epoch(start),
@@ -230,6 +256,7 @@ def _range_parameters(db, start, end, countries, devices, advertiser=None):
         "countries": sorted(set(countries or ())),
         "devices": sorted(set(devices or ())),
         "advertiser": advertiser or "",
+        "traffic": sorted(set(traffic)),
     }
 
 
@@ -242,9 +269,10 @@ def latest_complete_minute(client, db, settings=None):
 
 
 def ad_click_count(client, db, ad_id, start, end, countries=(), devices=(),
-                   advertiser=None, settings=None):
-    """Clicks of ad_id over [start, end), optionally only in countries and on devices."""
-    parameters = _range_parameters(db, start, end, countries, devices, advertiser)
+                   advertiser=None, settings=None, traffic=VALID):
+    """Clicks of ad_id over [start, end), optionally only in countries and on devices, of the
+    traffic labels asked for (valid by default)."""
+    parameters = _range_parameters(db, start, end, countries, devices, advertiser, traffic)
     parameters["ad_id"] = ad_id
     rows = client.query(_scoped(AD_CLICK_COUNT, parameters), parameters=parameters,
                         settings=_settings(settings)).result_rows
@@ -252,9 +280,9 @@ def ad_click_count(client, db, ad_id, start, end, countries=(), devices=(),
 
 
 def popular_ads(client, db, start, end, limit, countries=(), devices=(),
-                advertiser=None, settings=None):
+                advertiser=None, settings=None, traffic=VALID):
     """The limit most clicked ads over [start, end) as [(ad_id, count)], best first."""
-    parameters = _range_parameters(db, start, end, countries, devices, advertiser)
+    parameters = _range_parameters(db, start, end, countries, devices, advertiser, traffic)
     parameters["limit"] = int(limit)
     query = POPULAR_ADS
     hours = rollup.whole_hours(parameters["start"], parameters["end"])
@@ -280,20 +308,30 @@ def ratio(part, whole):
 
 
 def ad_metrics(client, db, ad_id, start, end, countries=(), devices=(),
-               advertiser=None, settings=None):
+               advertiser=None, settings=None, traffic=VALID):
     """(impressions, clicks, conversions) of ad_id over [start, end), filtered."""
-    parameters = _range_parameters(db, start, end, countries, devices, advertiser)
+    parameters = _range_parameters(db, start, end, countries, devices, advertiser, traffic)
     parameters["ad_ids"] = [ad_id]
     rows = client.query(_scoped(AD_METRICS, parameters), parameters=parameters,
                         settings=_settings(settings)).result_rows
     return tuple(int(value or 0) for value in rows[0]) if rows else (0, 0, 0)
 
 
+def traffic_breakdown(client, db, start, end, ad_ids=(), countries=(), devices=(),
+                      advertiser=None, settings=None):
+    """{label: (clicks, impressions)} over [start, end), of every label with rows."""
+    parameters = _range_parameters(db, start, end, countries, devices, advertiser, ())
+    parameters["ad_ids"] = sorted(set(ad_ids or ()))
+    rows = client.query(_scoped(TRAFFIC_BREAKDOWN, parameters), parameters=parameters,
+                        settings=_settings(settings)).result_rows
+    return {label: (int(clicks), int(impressions)) for label, clicks, impressions in rows}
+
+
 def popular_ads_by(client, db, by, start, end, limit, min_impressions, countries=(),
-                   devices=(), advertiser=None, settings=None):
+                   devices=(), advertiser=None, settings=None, traffic=VALID):
     """The limit best ads by `by` (a RANKINGS key) over [start, end) as
     [(ad_id, impressions, clicks, conversions)], best first."""
-    parameters = _range_parameters(db, start, end, countries, devices, advertiser)
+    parameters = _range_parameters(db, start, end, countries, devices, advertiser, traffic)
     parameters.update({"ad_ids": [], "limit": int(limit), "min_impressions": int(min_impressions)})
     rows = client.query(_scoped(popular_by_sql(by), parameters), parameters=parameters,
                         settings=_settings(settings)).result_rows
@@ -301,9 +339,9 @@ def popular_ads_by(client, db, by, start, end, limit, min_impressions, countries
 
 
 def clicks_per_minute(client, db, start, end, ad_ids=(), countries=(), devices=(),
-                      advertiser=None, settings=None):
+                      advertiser=None, settings=None, traffic=VALID):
     """{minute start (aware UTC datetime): clicks} over [start, end); minutes with none absent."""
-    parameters = _range_parameters(db, start, end, countries, devices, advertiser)
+    parameters = _range_parameters(db, start, end, countries, devices, advertiser, traffic)
     parameters["ad_ids"] = sorted(set(ad_ids or ()))
     rows = client.query(_scoped(CLICKS_PER_MINUTE, parameters), parameters=parameters,
                         settings=_settings(settings)).result_rows

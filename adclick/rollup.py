@@ -36,12 +36,12 @@ NOW_MICROS = "SELECT toUnixTimestamp64Micro(now64(6, 'UTC'))"
 
 COMPUTE = """
 INSERT INTO {db:Identifier}.ad_counts_hourly
-SELECT toDateTime({hour:UInt32}, 'UTC') AS hour, ad_id, sum(clicks), sum(impressions),
+SELECT toDateTime({hour:UInt32}, 'UTC') AS hour, ad_id, traffic, sum(clicks), sum(impressions),
        fromUnixTimestamp64Micro({computed_at:Int64}, 'UTC')
 FROM {db:Identifier}.ad_click_counts FINAL
 WHERE minute >= toDateTime({hour:UInt32}, 'UTC')
   AND minute < toDateTime({hour:UInt32} + 3600, 'UTC')
-GROUP BY ad_id
+GROUP BY ad_id, traffic
 """
 
 MARK_COMPUTED = """

@@ -116,6 +116,9 @@ RELAYOUTS = [
     # Dead letters of impressions and conversions: the event type joined the key, since their
     # topics' (partition, offset) repeat the clicks'. Every older dead letter was a click's.
     ("dead_letters", "event", "click"),
+    # The hourly rollup: the traffic label joined the key. Every older row counted all unique
+    # events, which is what was billed as valid then.
+    ("ad_counts_hourly", "traffic", "valid"),
 ]
 
 
@@ -126,15 +129,18 @@ def apply_schema(client, database=None):
     set_aside = []
     for table, column, old_value in RELAYOUTS:
         columns = client.query(
-            "SELECT name FROM system.columns WHERE database = {db:String} AND table = {t:String}",
+            "SELECT name FROM system.columns WHERE database = {db:String} AND table = {t:String}"
+            " ORDER BY position",
             parameters={"db": db, "t": table}).result_columns
         if columns and column not in columns[0]:
             client.command(f"RENAME TABLE {db}.{table} TO {db}.{table}_before_{column}")
-            set_aside.append((table, column, old_value))
+            set_aside.append((table, column, old_value, columns[0]))
     for statement in schema_statements(db):
         client.command(statement)
-    for table, column, old_value in set_aside:
+    for table, column, old_value, old_columns in set_aside:
         old = f"{db}.{table}_before_{column}"
-        client.command(f"INSERT INTO {db}.{table} SELECT {{value:String}} AS {column}, * "
-                       f"FROM {old}", parameters={"value": old_value})
+        names = ", ".join(check_identifier(name) for name in old_columns)
+        client.command(f"INSERT INTO {db}.{table} ({column}, {names}) "
+                       f"SELECT {{value:String}}, {names} FROM {old}",
+                       parameters={"value": old_value})
         client.command(f"DROP TABLE {old}")

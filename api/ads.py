@@ -27,6 +27,7 @@ from flask import jsonify
 from flask import request
 
 from adclick import access
+from adclick import config
 from adclick import queries
 from api import auth
 from api import db
@@ -89,7 +90,8 @@ def aggregated_count(ad_id):
         ("count", ad_id, start, end, filters),
         lambda: queries.ad_click_count(db.client(), db.database(), ad_id, start, end,
                                        filters.countries, filters.devices,
-                                       filters.advertiser, db.read_settings()))
+                                       filters.advertiser, db.read_settings(),
+                                       traffic=filters.traffic))
     return jsonify({"ad_id": ad_id, "count": count,
                     "from": params.iso(start), "to": params.iso(end)})
 
@@ -98,7 +100,8 @@ def aggregated_count(ad_id):
 def metrics(ad_id):
     """One ad's impressions, clicks and attributed conversions over the range, optionally
     filtered, with CTR (clicks / impressions) and CVR (conversions / clicks); a ratio is null
-    when its divisor is 0."""
+    when its divisor is 0. Valid traffic unless `traffic`/`reason` say otherwise; the answer
+    also carries the invalid clicks by reason and their share of all clicks."""
     ad_id = readable_ad(ad_id)
     requested, filters = _parse(COUNT_PARAMETERS)
     start, end = resolve_range(requested)
@@ -106,9 +109,25 @@ def metrics(ad_id):
         ("metrics", ad_id, start, end, filters),
         lambda: queries.ad_metrics(db.client(), db.database(), ad_id, start, end,
                                    filters.countries, filters.devices, filters.advertiser,
-                                   db.read_settings()))
+                                   db.read_settings(), traffic=filters.traffic))
+    by_label = db.cached(
+        ("traffic", ad_id, start, end, filters),
+        lambda: queries.traffic_breakdown(db.client(), db.database(), start, end, [ad_id],
+                                          filters.countries, filters.devices,
+                                          filters.advertiser, db.read_settings()))
     return jsonify({"ad_id": ad_id, "from": params.iso(start), "to": params.iso(end),
-                    **_funnel(impressions, clicks, conversions)})
+                    "traffic": sorted(filters.traffic or ("valid",) + config.TRAFFIC_REASONS),
+                    **_funnel(impressions, clicks, conversions), **invalid_share(by_label)})
+
+
+def invalid_share(by_label):
+    """invalid_clicks (all reasons), invalid_click_rate (of all clicks, null with none) and
+    the invalid clicks by reason, from {label: (clicks, impressions)}."""
+    reasons = {reason: by_label.get(reason, (0, 0))[0] for reason in config.TRAFFIC_REASONS}
+    invalid = sum(reasons.values())
+    total = invalid + by_label.get("valid", (0, 0))[0]
+    return {"invalid_clicks": invalid, "invalid_click_rate": queries.ratio(invalid, total),
+            "invalid_clicks_by_reason": reasons}
 
 
 def _funnel(impressions, clicks, conversions):
@@ -132,14 +151,16 @@ def popular_ads():
             ("popular", start, end, limit, filters),
             lambda: queries.popular_ads(db.client(), db.database(), start, end, limit,
                                         filters.countries, filters.devices,
-                                        filters.advertiser, db.read_settings()))
+                                        filters.advertiser, db.read_settings(),
+                                        traffic=filters.traffic))
         return jsonify({**answer,
                         "ads": [{"ad_id": ad_id, "count": count} for ad_id, count in rows]})
     rows = db.cached(
         ("popular_by", by, start, end, limit, min_impressions, filters),
         lambda: queries.popular_ads_by(db.client(), db.database(), by, start, end, limit,
                                        min_impressions, filters.countries, filters.devices,
-                                       filters.advertiser, db.read_settings()))
+                                       filters.advertiser, db.read_settings(),
+                                       traffic=filters.traffic))
     ads = []
     for ad_id, impressions, clicks, conversions in rows:
         funnel = _funnel(impressions, clicks, conversions)
@@ -160,7 +181,7 @@ def per_minute():
         lambda: queries.clicks_per_minute(db.client(), db.database(), start, end,
                                           [ad_id] if ad_id else (), filters.countries,
                                           filters.devices, filters.advertiser,
-                                          db.read_settings()))
+                                          db.read_settings(), traffic=filters.traffic))
     minutes = [{"minute": params.iso(minute), "clicks": counts.get(minute, 0)}
                for minute in params.minutes_of(start, end)]
     return jsonify({"ad_id": ad_id, "from": params.iso(start), "to": params.iso(end),

@@ -12,6 +12,7 @@ from datetime import datetime
 from datetime import timedelta
 from datetime import timezone
 
+from adclick import config
 from adclick.contract import CLICK
 from api.errors import ApiError
 
@@ -34,7 +35,8 @@ EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
 LATEST = datetime(2106, 1, 1, tzinfo=timezone.utc)
 MINUTE = timedelta(minutes=1)
 RANGE_PARAMETERS = ("minutes", "from", "to")
-FILTER_PARAMETERS = ("country", "device")
+FILTER_PARAMETERS = ("country", "device", "traffic", "reason")
+TRAFFIC = ("valid", "invalid", "all")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class Filters:
     countries: tuple = ()
     devices: tuple = ()
     advertiser: str = None
+    # The traffic labels counted: valid only unless asked (() counts every label).
+    traffic: tuple = ("valid",)
 
 
 def check_known(args, allowed):
@@ -148,7 +152,27 @@ def filters(args, advertiser=None):
         if value not in DEVICES:
             raise ApiError(f"'device' values must be among {', '.join(DEVICES)}; got {value!r}")
     return Filters(countries=tuple(sorted(set(countries))), devices=tuple(sorted(set(devices))),
-                   advertiser=advertiser)
+                   advertiser=advertiser, traffic=traffic_labels(args))
+
+
+def traffic_labels(args):
+    """The labels a request counts: `traffic` valid (the default: what is billed), invalid
+    (every reason) or all, narrowed by `reason` (comma-separated, invalid traffic only)."""
+    traffic = choice(args, "traffic", None, TRAFFIC)
+    reasons = _values(args, "reason")
+    for value in reasons:
+        if value not in config.TRAFFIC_REASONS:
+            raise ApiError(f"'reason' values must be among {', '.join(config.TRAFFIC_REASONS)};"
+                           f" got {value!r}")
+    if reasons:
+        if traffic not in (None, "invalid"):
+            raise ApiError(f"'reason' selects invalid traffic; it cannot go with traffic={traffic}")
+        return tuple(sorted(set(reasons)))
+    if traffic == "all":
+        return ()
+    if traffic == "invalid":
+        return tuple(sorted(config.TRAFFIC_REASONS))
+    return ("valid",)
 
 
 def ad_id(value):

@@ -96,6 +96,17 @@ def parse_args(argv=None):
     p.add_argument("--conversion-wait-s", type=int, default=config.CONVERSION_WAIT_SECONDS,
                    help="how long a conversion waits for its click to be counted before it"
                         " stays unattributed")
+    p.add_argument("--repeat-click-window-s", type=int,
+                   default=config.REPEAT_CLICK_WINDOW_SECONDS,
+                   help="a click is a repeat_click when its user clicked the same ad less than"
+                        " this long before it, in event time")
+    p.add_argument("--ip-frequency-window-s", type=int,
+                   default=config.IP_FREQUENCY_WINDOW_SECONDS,
+                   help="how far back the ip_frequency rule counts a click's ip key's clicks on"
+                        " the same ad")
+    p.add_argument("--ip-frequency-threshold", type=int, default=config.IP_FREQUENCY_THRESHOLD,
+                   help="a click is an ip_frequency click when its ip key made this many clicks"
+                        " or more on the same ad in the window before it")
     p.add_argument("--idle-timeout-ms", type=int, default=10000,
                    help="a partition silent this long stops holding the watermark back")
     p.add_argument("--top-n", type=int, default=config.TOP_N)
@@ -142,7 +153,8 @@ def parse_args(argv=None):
     for name in ("parallelism", "checkpoint_interval_ms", "top_n", "top_n_buckets",
                  "max_payload_bytes", "dedup_horizon_s", "impression_dedup_horizon_s",
                  "idle_timeout_ms", "stop_timeout_s",
-                 "attribution_window_s", "conversion_wait_s"):
+                 "attribution_window_s", "conversion_wait_s", "repeat_click_window_s",
+                 "ip_frequency_window_s", "ip_frequency_threshold"):
         if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
     for name in ("watermark_delay_ms", "allowed_lateness_s", "max_future_s"):
@@ -153,6 +165,12 @@ def parse_args(argv=None):
         # conversion that waited for it: the wait must outlast that, or an attribution is lost.
         p.error("--conversion-wait-s must be at least --allowed-lateness-s plus a minute"
                 f" ({args.allowed_lateness_s + 60})")
+    if args.repeat_click_window_s > args.ip_frequency_window_s:
+        # The rules' OVER window (sql/flink/25_*.sql) spans the longer of the two.
+        p.error("--repeat-click-window-s must not exceed --ip-frequency-window-s")
+    if args.ip_frequency_window_s > 999:
+        # Its range is an INTERVAL SECOND(3) literal: Flink plans no wider precision.
+        p.error("--ip-frequency-window-s must be at most 999")
     if args.idle_timeout_ms < MIN_IDLE_TIMEOUT_MS:
         p.error(f"--idle-timeout-ms must be at least {MIN_IDLE_TIMEOUT_MS} (the job's clock"
                 " source ticks every 250 ms)")
@@ -168,6 +186,10 @@ def sql_parameters(args):
         "attribution_window_s": int(args.attribution_window_s),
         "conversion_wait_s": int(args.conversion_wait_s),
         "click_retention_s": int(args.attribution_window_s) + int(args.conversion_wait_s),
+        "repeat_click_window_ms": int(args.repeat_click_window_s) * 1000,
+        "ip_frequency_window_s": int(args.ip_frequency_window_s),
+        "ip_frequency_window_ms": int(args.ip_frequency_window_s) * 1000,
+        "ip_frequency_threshold": int(args.ip_frequency_threshold),
     }
 
 
@@ -283,6 +305,9 @@ def source_columns(contract):
         # The dedup key: a 128-bit fingerprint of the event's id (udfs/java/.../EventKey.java).
         ("key_hi", "BIGINT"),
         ("key_lo", "BIGINT"),
+        # The event's general invalid-traffic label (bot_user_agent, datacenter_ip), or null
+        # (udfs/java/.../TrafficRules.java): the rules that need no other event.
+        ("traffic", "STRING"),
     ]
 
 
@@ -415,6 +440,9 @@ SINK_COLUMNS = {
         ("ad_id", DataTypes.STRING()),
         ("country", DataTypes.STRING()),
         ("device", DataTypes.STRING()),
+        # valid, or the reason the events are not (config.TRAFFIC_REASONS).
+        ("traffic", DataTypes.STRING()),
+        # -1 with the label a late click took from an earlier-decided click (a revision).
         ("clicks", DataTypes.BIGINT()),
         ("impressions", DataTypes.BIGINT()),
         ("late", DataTypes.BOOLEAN()),
@@ -449,10 +477,12 @@ SINK_COLUMNS = {
         ("minute", "TIMESTAMP_LTZ(3)"), ("conversion_id", "STRING"), ("click_id", "STRING"),
         ("type", "STRING"), ("value_micros", "BIGINT"), ("conversion_ts", "BIGINT"),
     ],
-    # A conversion that met its counted click: the click's ad and attributes, the outcome.
+    # A conversion that met its counted click: the click's ad, attributes and traffic label,
+    # the outcome.
     "attributions": [
         ("minute", "TIMESTAMP_LTZ(3)"), ("ad_id", "STRING"), ("country", "STRING"),
-        ("device", "STRING"), ("conversion_id", "STRING"), ("click_id", "STRING"),
+        ("device", "STRING"), ("traffic", "STRING"), ("conversion_id", "STRING"),
+        ("click_id", "STRING"),
         ("type", "STRING"), ("value_micros", "BIGINT"), ("conversion_ts", "BIGINT"),
         ("click_ts", "BIGINT"), ("outcome", "STRING"),
     ],
@@ -493,6 +523,10 @@ def build_pipeline(t_env, args, replace=None):
     benchmark measures the job without its dedup this way).
     """
     t_env.create_temporary_function("merge_top_n", merge_top_n(args.top_n))
+    # The invalid-traffic rules that look at other clicks, as an OVER aggregate
+    # (sql/flink/25_traffic_labels.sql); attach_job runs ClickLabelOperator in its place.
+    t_env.create_java_temporary_function("click_traffic_labels",
+                                         "adclick.flink.ClickTrafficLabels")
     paths = sorted(Path(args.sql_dir).glob("*.sql"))
     statements = replace_views(sql_statements(sql_parameters(args), paths), replace or {})
     return statement_set(t_env, statements)
@@ -578,6 +612,11 @@ def attach_job(env, statements, args):
     for the attribution window plus the conversion wait, each conversion for the wait, in event
     time (the SQL's STATE_TTL hint says the same on the wall clock).
 
+    The click labels: the planner's OVER aggregate of the invalid-traffic rules (25_*.sql)
+    becomes a ClickLabelOperator, same keyBy (the ad), input and output: it decides a click's
+    label when its minute closes here instead of at each watermark, labels a late click instead
+    of dropping it, and emits a revision when a late click changes a label decided before.
+
     The uids: the planner names each operator "<Kind>[<plan node id>]" and (uid generation
     ALWAYS) gives it the uid "<id>_<kind>", but not its Python operators
     (PythonGroupWindowAggregate, the top-N merge): theirs would fall back to a hash of the
@@ -603,6 +642,11 @@ def attach_job(env, statements, args):
         elif named and named[1] == "Join":
             compact.CompactAttribution.install(transformation, retention_s,
                                                int(args.conversion_wait_s))
+        elif named and named[1] == "OverAggregate":
+            compact.ClickLabel.install(
+                transformation, int(args.repeat_click_window_s) * 1000,
+                int(args.ip_frequency_window_s) * 1000, int(args.ip_frequency_threshold),
+                int(args.allowed_lateness_s) * 1000)
         elif named and transformation.getUid() is None:
             kind = re.sub(r"(?<!^)(?=[A-Z])", "-", named[1]).lower()
             transformation.setUid(f"{named[2]}_{kind}")

@@ -5,9 +5,10 @@ initialized with path ..."), so every module shares one session-wide path and is
 in its own database instead (the DATABASE config key). If some other fixture already opened an
 embedded store in this process, its path is reused for the same reason.
 
-The data set is known rows of ad_click_counts (clicks and impressions, including late = 1
-corrections and rows replayed with identical Kafka coordinates, inserted in separate parts so
-that only FINAL collapses them), of conversion_attributions (counted or not, some replayed) and
+The data set is known rows of ad_click_counts (clicks and impressions, valid or of an
+invalid-traffic reason, including late = 1 corrections, revisions that move a click from one
+label to another, and rows replayed with identical Kafka coordinates, inserted in separate parts
+so that only FINAL collapses them), of conversion_attributions (counted or not, some replayed) and
 of top_ads_minute; `truth_*` recompute the API's answers from those rows in plain Python.
 """
 
@@ -22,6 +23,7 @@ import jsonschema
 import pytest
 from werkzeug.serving import make_server
 
+from adclick import config
 from adclick import store
 
 MINUTE = timedelta(minutes=1)
@@ -31,10 +33,11 @@ COMPLETE_MINUTES = 10  # top_ads_minute has T0 .. T0+9: the latest complete minu
 ADS = [f"ad-{i:02d}" for i in range(12)] + ["tie-b", "tie-a"]
 COUNTRIES = ["KR", "JP", "US", "DE"]
 DEVICES = ["mobile", "desktop", "tablet", "other"]
-COUNT_COLUMNS = ["minute", "ad_id", "country", "device", "clicks", "impressions", "late",
-                 "click_id", "src_partition", "src_offset"]
-ATTRIBUTION_COLUMNS = ["minute", "ad_id", "country", "device", "conversion_id", "click_id",
-                       "type", "outcome"]
+COUNT_COLUMNS = ["minute", "ad_id", "country", "device", "traffic", "clicks", "impressions",
+                 "late", "click_id", "src_partition", "src_offset"]
+LABELS = ("valid",) + config.TRAFFIC_REASONS
+ATTRIBUTION_COLUMNS = ["minute", "ad_id", "country", "device", "traffic", "conversion_id",
+                       "click_id", "type", "outcome"]
 OUTCOMES = ["attributed"] * 6 + ["before_click", "outside_window"]
 KEY_COLUMNS = ("minute", "ad_id", "country", "device", "src_partition", "src_offset")
 
@@ -82,6 +85,20 @@ def make_count_rows(seed=7):
             rows.append({"minute": minute, "ad_id": ad, "country": "KR", "device": "mobile",
                          "clicks": 7, "impressions": 100, "late": 0, "click_id": "",
                          "src_partition": 0, "src_offset": offset})
+    # Traffic labels (a stream of their own: the rows above stay what they were), and
+    # revisions: a late click that made a counted click invalid takes it from valid (-1) and
+    # gives it to the reason (+1), in its minute.
+    labels = random.Random(seed + 1)
+    for row in rows:
+        row["traffic"] = "valid" if row["ad_id"].startswith("tie") or labels.random() < 0.7 \
+            else labels.choice(config.TRAFFIC_REASONS)
+    for row in labels.sample([row for row in rows if row["clicks"] and row["traffic"] == "valid"
+                              and not row["ad_id"].startswith("tie")], 25):
+        reason = labels.choice(config.TRAFFIC_REASONS)
+        for traffic, clicks in (("valid", -1), (reason, 1)):
+            offset += 1
+            rows.append(dict(row, traffic=traffic, clicks=clicks, impressions=0, late=1,
+                             click_id=f"c{offset}", src_offset=offset))
     replayed = [dict(row) for row in rng.sample(rows, len(rows) // 4)]
     return rows, replayed
 
@@ -97,12 +114,16 @@ def make_attribution_rows(seed=8):
                              "country": rng.choice(COUNTRIES), "device": rng.choice(DEVICES),
                              "conversion_id": f"v{len(rows)}", "click_id": f"k{len(rows)}",
                              "type": "signup", "outcome": rng.choice(OUTCOMES)})
+    labels = random.Random(seed + 1)  # a stream of its own: the rows above stay what they were
+    for row in rows:
+        row["traffic"] = "valid" if labels.random() < 0.7 else labels.choice(config.TRAFFIC_REASONS)
     return rows, [dict(row) for row in rng.sample(rows, len(rows) // 4)]
 
 
 def insert_counts(client, database, rows):
     """Insert rows (dicts) into ad_click_counts as one part."""
-    rows = [{"impressions": 0, **row} for row in rows]  # a row of clicks only
+    # A row of clicks only, valid unless it says otherwise.
+    rows = [{"impressions": 0, "traffic": "valid", **row} for row in rows]
     client.insert("ad_click_counts", [[row[c] for c in COUNT_COLUMNS] for row in rows],
                   column_names=COUNT_COLUMNS, database=database)
 
@@ -144,8 +165,20 @@ def dedup(rows):
     return list({tuple(row[c] for c in KEY_COLUMNS): row for row in rows}.values())
 
 
-def _selected(rows, start, end, countries, devices):
-    yield from _within(dedup(rows), start, end, countries, devices)
+def selection(query):
+    """(countries, devices, traffic labels) a request's query selects, as the API reads it."""
+    countries = tuple(query["country"].split(",")) if "country" in query else ()
+    devices = tuple(query["device"].split(",")) if "device" in query else ()
+    if "reason" in query:
+        return countries, devices, tuple(query["reason"].split(","))
+    traffic = {"all": LABELS, "invalid": config.TRAFFIC_REASONS}.get(query.get("traffic"),
+                                                                     ("valid",))
+    return countries, devices, traffic
+
+
+def _selected(rows, start, end, countries, devices, traffic=("valid",)):
+    yield from (row for row in _within(dedup(rows), start, end, countries, devices)
+                if row.get("traffic", "valid") in traffic)
 
 
 def _within(rows, start, end, countries, devices):
@@ -159,41 +192,53 @@ def _within(rows, start, end, countries, devices):
         yield row
 
 
-def truth_count(rows, ad_id, start, end, countries=(), devices=()):
+def truth_count(rows, ad_id, start, end, countries=(), devices=(), traffic=("valid",)):
     """API 1 computed from the rows."""
-    return sum(row["clicks"] for row in _selected(rows, start, end, countries, devices)
+    return sum(row["clicks"] for row in _selected(rows, start, end, countries, devices, traffic)
                if row["ad_id"] == ad_id)
 
 
-def truth_top(rows, start, end, limit, countries=(), devices=()):
+def truth_top(rows, start, end, limit, countries=(), devices=(), traffic=("valid",)):
     """API 2 computed from the rows: [(ad_id, count)], count desc then ad_id asc."""
     totals = defaultdict(int)
-    for row in _selected(rows, start, end, countries, devices):
+    for row in _selected(rows, start, end, countries, devices, traffic):
         totals[row["ad_id"]] += row["clicks"]
     return sorted(totals.items(), key=lambda item: (-item[1], item[0]))[:limit]
 
 
-def truth_metrics(rows, attributions, ad_id, start, end, countries=(), devices=()):
-    """The metrics endpoint's counts and ratios, computed from the rows (ad_id None: all)."""
-    counts = [row for row in _selected(rows, start, end, countries, devices)
+def truth_metrics(rows, attributions, ad_id, start, end, countries=(), devices=(),
+                  traffic=("valid",)):
+    """The metrics endpoint's counts and ratios, computed from the rows (ad_id None: all);
+    a conversion counts under its click's label."""
+    counts = [row for row in _selected(rows, start, end, countries, devices, traffic)
               if ad_id is None or row["ad_id"] == ad_id]
     impressions = sum(row["impressions"] for row in counts)
     clicks = sum(row["clicks"] for row in counts)
     conversions = sum(1 for row in _within(attributions, start, end, countries, devices)
-                      if row["outcome"] == "attributed"
+                      if row["outcome"] == "attributed" and row["traffic"] in traffic
                       and (ad_id is None or row["ad_id"] == ad_id))
     return {"impressions": impressions, "clicks": clicks, "conversions": conversions,
             "ctr": clicks / impressions if impressions else None,
             "cvr": conversions / clicks if clicks else None}
 
 
+def truth_invalid(rows, ad_id, start, end, countries=(), devices=()):
+    """The metrics endpoint's invalid clicks, whatever traffic it counts."""
+    by_reason = {reason: truth_count(rows, ad_id, start, end, countries, devices, (reason,))
+                 for reason in config.TRAFFIC_REASONS}
+    invalid = sum(by_reason.values())
+    every = invalid + truth_count(rows, ad_id, start, end, countries, devices)
+    return {"invalid_clicks": invalid, "invalid_click_rate": invalid / every if every else None,
+            "invalid_clicks_by_reason": by_reason}
+
+
 def truth_popular_by(rows, attributions, by, start, end, limit, min_impressions, countries=(),
-                     devices=()):
+                     devices=(), traffic=("valid",)):
     """popular_ads?by=... computed from the rows: [(ad_id, metrics)], best first."""
-    ads = {row["ad_id"] for row in [*_selected(rows, start, end, countries, devices),
+    ads = {row["ad_id"] for row in [*_selected(rows, start, end, countries, devices, traffic),
                                     *_within(attributions, start, end, countries, devices)]}
-    ranked = [(ad, truth_metrics(rows, attributions, ad, start, end, countries, devices))
-              for ad in ads]
+    ranked = [(ad, truth_metrics(rows, attributions, ad, start, end, countries, devices,
+                                 traffic)) for ad in ads]
     if by in ("ctr", "cvr"):
         divisor = "impressions" if by == "ctr" else "clicks"
         ranked = [(ad, m) for ad, m in ranked

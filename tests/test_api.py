@@ -18,6 +18,7 @@ import yaml
 from clickhouse_connect.driver.exceptions import DatabaseError
 
 from adclick import access
+from adclick import config
 from adclick import contract
 from api import create_app
 from api import db
@@ -40,6 +41,9 @@ from tests.api_fixtures import iso
 from tests.api_fixtures import load_attributions
 from tests.api_fixtures import load_dataset
 from tests.api_fixtures import truth_count
+from tests.api_fixtures import LABELS
+from tests.api_fixtures import selection
+from tests.api_fixtures import truth_invalid
 from tests.api_fixtures import truth_metrics
 from tests.api_fixtures import truth_popular_by
 from tests.api_fixtures import truth_recount
@@ -183,6 +187,8 @@ FILTERS = [
     {}, {"country": "KR"}, {"country": "JP,US"}, {"device": "mobile"},
     {"device": "desktop,tablet,other"}, {"country": "KR,DE", "device": "mobile,desktop"},
     {"country": "FR"},
+    {"traffic": "invalid"}, {"traffic": "all", "country": "KR"}, {"traffic": "valid"},
+    {"reason": "repeat_click,ip_frequency"}, {"traffic": "invalid", "reason": "bot_user_agent"},
 ]
 
 
@@ -191,11 +197,11 @@ FILTERS = [
 def test_count_from_to_with_filters(api, dataset, filters, first, last):
     _, rows = dataset
     start, end = T0 + first * MINUTE, T0 + last * MINUTE
-    countries = filters.get("country", "").split(",") if "country" in filters else ()
-    devices = filters.get("device", "").split(",") if "device" in filters else ()
+    countries, devices, traffic = selection(filters)
     for ad_id in ADS:
         body = count_of(api, ad_id, **{"from": iso(start), "to": iso(end)}, **filters)
-        assert body["count"] == truth_count(rows, ad_id, start, end, countries, devices), ad_id
+        assert body["count"] == truth_count(rows, ad_id, start, end, countries, devices,
+                                            traffic), ad_id
         assert (body["from"], body["to"]) == (iso(start), iso(end))
 
 
@@ -238,13 +244,12 @@ def test_timestamps_in_other_accepted_spellings(api, dataset):
 @pytest.mark.parametrize("count", [None, 1, 5, 1000])
 def test_popular_over_recent_minutes(api, dataset, filters, count):
     _, rows = dataset
-    countries = filters["country"].split(",") if "country" in filters else ()
-    devices = filters["device"].split(",") if "device" in filters else ()
+    countries, devices, traffic = selection(filters)
     query = dict(filters, **({} if count is None else {"count": count}))
     for minutes in (1, 4, 1440):
         body = popular(api, minutes=minutes, **query)
         start = LATEST_END - minutes * MINUTE
-        expected = truth_top(rows, start, LATEST_END, count or 100, countries, devices)
+        expected = truth_top(rows, start, LATEST_END, count or 100, countries, devices, traffic)
         assert body == {"from": iso(start), "to": iso(LATEST_END),
                         "ads": [{"ad_id": a, "count": c} for a, c in expected]}
 
@@ -301,17 +306,20 @@ def metrics_of(api, ad_id, **query):
 @pytest.mark.parametrize("filters", FILTERS)
 def test_metrics_equal_the_truth(api, dataset, attributions, ad_id, filters):
     _, rows = dataset
-    countries = filters["country"].split(",") if "country" in filters else ()
-    devices = filters["device"].split(",") if "device" in filters else ()
+    countries, devices, traffic = selection(filters)
+
+    def truth(start, end):
+        return {"ad_id": ad_id, "from": iso(start), "to": iso(end), "traffic": sorted(traffic),
+                **truth_metrics(rows, attributions, ad_id, start, end, countries, devices,
+                                traffic),
+                **truth_invalid(rows, ad_id, start, end, countries, devices)}
+
     for minutes in (1, 4, 1440):
         start = LATEST_END - minutes * MINUTE
-        assert metrics_of(api, ad_id, minutes=minutes, **filters) == {
-            "ad_id": ad_id, "from": iso(start), "to": iso(LATEST_END),
-            **truth_metrics(rows, attributions, ad_id, start, LATEST_END, countries, devices)}
+        assert metrics_of(api, ad_id, minutes=minutes, **filters) == truth(start, LATEST_END)
     end = T0 + DATA_MINUTES * MINUTE  # from/to may reach minutes that are not complete yet
     body = metrics_of(api, ad_id, **{"from": iso(T0), "to": iso(end)}, **filters)
-    assert body == {"ad_id": ad_id, "from": iso(T0), "to": iso(end),
-                    **truth_metrics(rows, attributions, ad_id, T0, end, countries, devices)}
+    assert body == truth(T0, end)
 
 
 def test_metrics_count_only_attributed_conversions_and_ratios_can_be_null(api, dataset,
@@ -328,23 +336,24 @@ def test_metrics_count_only_attributed_conversions_and_ratios_can_be_null(api, d
     # Never shown, never clicked: counts 0, ratios null (a rate of nothing), not 0.
     assert metrics_of(api, "never-shown", minutes=5) == {
         "ad_id": "never-shown", "from": iso(LATEST_END - 5 * MINUTE), "to": iso(LATEST_END),
-        "impressions": 0, "clicks": 0, "conversions": 0, "ctr": None, "cvr": None}
+        "traffic": ["valid"], "impressions": 0, "clicks": 0, "conversions": 0, "ctr": None,
+        "cvr": None, "invalid_clicks": 0, "invalid_click_rate": None,
+        "invalid_clicks_by_reason": dict.fromkeys(config.TRAFFIC_REASONS, 0)}
 
 
 @pytest.mark.parametrize("by", ["impressions", "conversions", "ctr", "cvr"])
 @pytest.mark.parametrize("min_impressions", [None, 0, 150])
-@pytest.mark.parametrize("filters", FILTERS[:3])
+@pytest.mark.parametrize("filters", FILTERS[:3] + FILTERS[-5:-3])
 def test_popular_by_each_metric(api, dataset, attributions, by, min_impressions, filters):
     _, rows = dataset
-    countries = filters["country"].split(",") if "country" in filters else ()
-    devices = filters["device"].split(",") if "device" in filters else ()
+    countries, devices, traffic = selection(filters)
     query = dict(filters, by=by, count=8, minutes=COMPLETE_MINUTES)
     if min_impressions is not None:
         query["min_impressions"] = min_impressions
     body = popular(api, **query)
     floor = params.MIN_IMPRESSIONS_DEFAULT if min_impressions is None else min_impressions
     expected = truth_popular_by(rows, attributions, by, T0, LATEST_END, 8, floor, countries,
-                                devices)
+                                devices, traffic)
     assert body["by"] == by
     assert body.get("min_impressions") == (floor if by in ("ctr", "cvr") else None)
     assert [(ad["ad_id"], {k: ad[k] for k in ("impressions", "clicks", "conversions", "ctr",
@@ -738,7 +747,9 @@ def test_sql_reads(api, dataset):
     assert body["columns"] == ["ad_id", "clicks"]
     assert body["types"][0] == "String"
     end = T0 + DATA_MINUTES * MINUTE
-    assert body["rows"] == [[ad, truth_count(rows, ad, T0, end)] for ad in sorted(ADS)]
+    # Ad-hoc SQL sees every row, whatever its traffic label.
+    assert body["rows"] == [[ad, truth_count(rows, ad, T0, end, traffic=LABELS)]
+                            for ad in sorted(ADS)]
     assert body["truncated"] is False and body["row_count"] == len(ADS)
 
 
@@ -981,8 +992,9 @@ def test_analysis_recount_columns(api, dataset):
     their difference: each equal to its recount in Python from the inserted rows."""
     _, rows = dataset
     result = _analysis(api, "04_counts_vs_raw_recount_for_one_ad.sql")
-    expected = truth_recount(rows, *side_rows(rows),
-                             truth_top(rows, T0, T0 + DATA_MINUTES * MINUTE, 1)[0][0])
+    # Every label: the recount of raw events knows no labels (valid + invalid = all).
+    expected = truth_recount(rows, *side_rows(rows), truth_top(
+        rows, T0, T0 + DATA_MINUTES * MINUTE, 1, traffic=LABELS)[0][0])
     assert result and expected
     assert any(row["raw_unique"] and row["too_late"] for row in expected)  # all columns used
     assert [dict(row, minute=row["minute"][:19]) for row in result] == \
@@ -1017,14 +1029,15 @@ def test_single_statement_refuses(text):
 PER_MINUTE_PATH = "/v1/ads/per_minute"
 
 
-def truth_per_minute(rows, start, end, ad_id=None, countries=(), devices=()):
+def truth_per_minute(rows, start, end, ad_id=None, countries=(), devices=(),
+                     traffic=("valid",)):
     """[(minute, clicks)] for every minute of [start, end), from the rows."""
     totals = collections.Counter()
     for row in dedup(rows):
         if not start <= row["minute"] < end or (ad_id and row["ad_id"] != ad_id):
             continue
         if (countries and row["country"] not in countries) or (
-                devices and row["device"] not in devices):
+                devices and row["device"] not in devices) or row["traffic"] not in traffic:
             continue
         totals[row["minute"]] += row["clicks"]
     return [(iso(start + i * MINUTE), totals[start + i * MINUTE])
@@ -1037,6 +1050,8 @@ def truth_per_minute(rows, start, end, ad_id=None, countries=(), devices=()):
     {"minutes": 3, "ad_id": "ad-03", "country": "KR,JP", "device": "mobile"},
     {"from": iso(T0 + 8 * MINUTE), "to": iso(T0 + 12 * MINUTE), "device": "tablet"},
     {"minutes": 2, "ad_id": "no-such-ad"},
+    {"minutes": 10, "ad_id": "ad-00", "traffic": "all"},
+    {"minutes": 10, "reason": "bot_user_agent,datacenter_ip"},
 ])
 def test_per_minute_equals_the_truth(api, dataset, query):
     _, rows = dataset
@@ -1047,9 +1062,9 @@ def test_per_minute_equals_the_truth(api, dataset, query):
         start, end = LATEST_END - query["minutes"] * MINUTE, LATEST_END
     else:
         start, end = T0 + 8 * MINUTE, T0 + 12 * MINUTE
-    countries = query.get("country", "").split(",") if "country" in query else ()
-    devices = [query["device"]] if "device" in query else ()
-    expected = truth_per_minute(rows, start, end, query.get("ad_id"), countries, devices)
+    countries, devices, traffic = selection(query)
+    expected = truth_per_minute(rows, start, end, query.get("ad_id"), countries, devices,
+                                traffic)
     assert [(m["minute"], m["clicks"]) for m in body["minutes"]] == expected
     assert body["ad_id"] == query.get("ad_id")
     assert (body["from"], body["to"]) == (iso(start), iso(end))

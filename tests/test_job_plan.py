@@ -37,7 +37,14 @@ def test_one_dedup_feeds_every_sink(execution_plan):
     # their own, shared by both of their sinks.
     dedups = re.findall(r"\bDeduplicate\(keep=\[FirstRow\], key=\[([\w, ]+)\]", execution_plan)
     assert dedups == ["event, key_hi, key_lo", "key_hi, key_lo"]
-    assert len(re.findall(r"CURRENT_WATERMARK", execution_plan)) == 2  # counts' and sinks' calc
+    # Each classifier reads the events' dedup itself (the labelling's, the impressions' window
+    # branch's, and the late rows'), nothing in between.
+    dedup = re.search(r"Deduplicate\(keep=\[FirstRow\], key=\[event, key_hi, key_lo\].*"
+                      r"\(reuse_id=\[(\d+)\]\)", execution_plan)[1]
+    lines = execution_plan.splitlines()
+    classifiers = [i for i, line in enumerate(lines) if "CURRENT_WATERMARK" in line]
+    assert len(classifiers) == 3
+    assert all(f"Reused(reference_id=[{dedup}])" in lines[i + 1] for i in classifiers)
     assert len(re.findall(r"\bSink\(table=", execution_plan)) == len(job.SINK_COLUMNS) == 7
 
 
@@ -62,16 +69,16 @@ def test_the_attribution_join_keeps_clicks_for_the_window_and_conversions_for_th
 
 
 def test_window_counts_are_two_phase(execution_plan):
-    assert "LocalWindowAggregate(groupBy=[ad_id, country, device]" in execution_plan
-    assert "GlobalWindowAggregate(groupBy=[ad_id, country, device]" in execution_plan
+    assert "LocalWindowAggregate(groupBy=[ad_id, country, device, traffic]" in execution_plan
+    assert "GlobalWindowAggregate(groupBy=[ad_id, country, device, traffic]" in execution_plan
 
 
 def test_each_event_is_windowed_once(execution_plan):
     # The per-ad totals of the top-N are cascaded from the one window count (clicks and
     # impressions); a window of their own would be a second pass over every event.
     for phase in ("Local", "Global"):
-        assert execution_plan.count(f"{phase}WindowAggregate(groupBy=[ad_id, country, device]") \
-            == 1, phase
+        key = "groupBy=[ad_id, country, device, traffic]"
+        assert execution_plan.count(f"{phase}WindowAggregate({key}") == 1, phase
 
 
 
@@ -229,6 +236,33 @@ def test_the_job_runs_the_compact_attribution_in_place_of_the_planned_join(strea
     assert all(partitioner is not None for partitioner in node.getStatePartitioners())
     assert node.getTransformationUID() == \
         re.sub(r"\D", "", node.getOperatorName()) + "_compact-attribution"
+
+
+def test_the_job_labels_clicks_in_place_of_the_planned_over_window(stream_nodes):
+    # The invalid-traffic rules' OVER window (25_traffic_labels.sql) runs as udfs/java's
+    # ClickLabelOperator behind the planner's keyBy on ad_id; no OVER aggregate is left.
+    names = [node.getOperatorName() for node in stream_nodes]
+    assert [name for name in names if name.startswith("OverAggregate")] == []
+    labels = [node for node in stream_nodes if node.getOperatorName().startswith("ClickLabel[")]
+    assert len(labels) == 1
+    node = labels[0]
+    assert node.getOperatorFactory().getOperator().getClass().getName() == \
+        "adclick.flink.ClickLabelOperator"
+    assert node.getStatePartitioners()[0] is not None
+    assert node.getTransformationUID() == \
+        re.sub(r"\D", "", node.getOperatorName()) + "_click-label"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--repeat-click-window-s", "0"], "must be positive"),
+    (["--ip-frequency-threshold", "0"], "must be positive"),
+    (["--repeat-click-window-s", "700"], "must not exceed --ip-frequency-window-s"),
+    (["--ip-frequency-window-s", "1000"], "must be at most 999"),
+])
+def test_invalid_traffic_thresholds_are_checked(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        job.parse_args(argv)
+    assert message in capsys.readouterr().err
 
 
 def test_a_stage_is_replaced_by_name_not_by_text():

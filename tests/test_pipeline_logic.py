@@ -6,9 +6,17 @@ results held in memory (valid clicks and impressions, duplicates, rejected recor
 and too late, and conversions: attributed, before their click, outside the attribution window,
 of unknown or too-late clicks, repeated), its seven sinks bound to JSON files, the job's clock
 stage left out. A small model of the job's semantics (dedup first wins; each unique event
-classed against the watermark the classifier saw; windows; top-N by clicks; each unique
-conversion joined to its counted click) computes what each sink must hold, and the test
-requires the same rows.
+classed against the watermark the classifier saw; the invalid-traffic label of each counted
+event; windows; top-N by valid clicks; each unique conversion joined to its counted
+click, with its label) computes what each sink must hold, and the test requires the same
+rows.
+
+Late clicks may change the labels of clicks decided before them (a revision: -1 under the old
+label, +1 under the new), and which clicks a late one finds decided depends on when the
+labelling's minute closed against its arrival, which two parallel inputs do not fix. So the
+late rows are compared by what they add up to, per key and label, and by the ids they carry;
+and the clicks that come late use users and ips of their own, so that no on-time click's label
+(what the windows and the top-N count) ever depends on them.
 
 The watermark is exact here because the clicks and impressions come from one ordered,
 non-parallel source whose watermark follows each row that advances it by more than the emit
@@ -52,9 +60,11 @@ ADS = ["a1", "a2", "a3", "a4", "a5", "a6"]
 # columns, and the Kafka record's coordinates.
 EVENT_COLUMNS = [("kind", "STRING"), ("id", "STRING"), ("ad_id", "STRING"), ("ts", "BIGINT"),
                  ("user_id", "STRING"), ("ip", "STRING"), ("country", "STRING"),
-                 ("device", "STRING")]
+                 ("device", "STRING"), ("user_agent", "STRING")]
 FORMAT_COLUMNS = [("reject_reason", "STRING"), ("payload", "BYTES"), ("key_hi", "BIGINT"),
-                  ("key_lo", "BIGINT")]
+                  ("key_lo", "BIGINT"), ("traffic", "STRING")]
+REPEAT_MS = config.REPEAT_CLICK_WINDOW_SECONDS * 1000
+IP_WINDOW_MS = config.IP_FREQUENCY_WINDOW_SECONDS * 1000
 RECORD_COLUMNS = [("kafka_partition", "INT"), ("kafka_offset", "BIGINT"), ("kafka_ms", "BIGINT")]
 CONVERSION_COLUMNS = job.source_columns(CONVERSION) + RECORD_COLUMNS
 TYPE_INFO = {"STRING": Types.STRING(), "BIGINT": Types.LONG(), "INT": Types.INT(),
@@ -68,14 +78,47 @@ def fingerprint(event_id):
             int.from_bytes(digest[8:], "big", signed=True))
 
 
-def event_row(offset, kind, event):
+def event_row(offset, kind, event, traffic=None):
+    """traffic: the format's label (a crawler's user agent, a data-center ip), or None."""
     hi, lo = fingerprint(event[0])
-    return (kind, *event, None, None, hi, lo, offset % config.PARTITIONS, offset, T0 + offset)
+    return (kind, *event, None, None, hi, lo, traffic, offset % config.PARTITIONS, offset,
+            T0 + offset)
 
 
 def rejected_row(offset, kind, reason, payload):
-    return (kind, *([None] * (len(EVENT_COLUMNS) - 1)), reason, payload, None, None,
+    return (kind, *([None] * (len(EVENT_COLUMNS) - 1)), reason, payload, None, None, None,
             offset % config.PARTITIONS, offset, T0 + offset)
+
+
+def ip_key(ip):
+    """The ip_frequency rule's key (IpAddress.java): the IPv4 address, or the IPv6 /64."""
+    if ":" not in ip:
+        return ip
+    return ":".join(ip.split(":")[:4])  # the test's IPv6 addresses are written in full
+
+
+def click_labels(clicks):
+    """{click_id: label} of counted clicks [(ad, ts, id, user, ip, traffic)], from all of them
+    (sql/flink/25_traffic_labels.sql): the format's label, else repeat_click, ip_frequency or
+    valid against the ad's earlier clicks in (ts, id) order."""
+    labels = {}
+    by_ad = collections.defaultdict(list)
+    for click in clicks:
+        by_ad[click[0]].append(click)
+    for ad_clicks in by_ad.values():
+        ad_clicks.sort(key=lambda click: (click[1], click[2]))
+        for i, (_ad, ts, click_id, user, ip, traffic) in enumerate(ad_clicks):
+            earlier = ad_clicks[:i]
+            if traffic:
+                labels[click_id] = traffic
+            elif any(e[3] == user and ts - e[1] < REPEAT_MS for e in earlier):
+                labels[click_id] = "repeat_click"
+            elif sum(ip_key(e[4]) == ip_key(ip) and ts - e[1] < IP_WINDOW_MS
+                     for e in earlier) >= config.IP_FREQUENCY_THRESHOLD:
+                labels[click_id] = "ip_frequency"
+            else:
+                labels[click_id] = "valid"
+    return labels
 
 
 def make_rows(seed=5):
@@ -85,10 +128,19 @@ def make_rows(seed=5):
     rows, sent = [], []
     newest = T0
 
-    def event(ts, serial=None):
+    def event(ts, serial=None, behind=False):
+        # Few users and ip keys, so that the rules fire; the late ones (behind) their own.
         ad = ADS[min(int(rng.paretovariate(1.2)) - 1, len(ADS) - 1)]
-        return CLICK.Event(f"c{len(sent) if serial is None else serial}", ad, ts, "u1",
-                           "192.0.2.1", rng.choice(["KR", "US"]), rng.choice(["mobile", "desktop"]))
+        if behind:
+            user, ip = rng.choice(["late-u1", "late-u2"]), rng.choice(["198.51.100.7",
+                                                                        "198.51.100.8"])
+        else:
+            user = rng.choice(["u1", "u2", "u3", "u4", "u5", "u6"])
+            ip = rng.choice(["192.0.2.1", "192.0.2.2", "2001:db8:0:1:0:0:0:1",
+                             "2001:db8:0:1:ffff:0:0:2", "2001:db8:0:2:0:0:0:1"])
+        return CLICK.Event(f"c{len(sent) if serial is None else serial}", ad, ts, user, ip,
+                           rng.choice(["KR", "US"]), rng.choice(["mobile", "desktop"]),
+                           None)
 
     while newest < T0 + 9 * config.WINDOW_MS:
         # Every event that moves time forward moves it by more than the emit interval.
@@ -104,21 +156,31 @@ def make_rows(seed=5):
         if roll < 0.12:
             rows.append(rejected_row(len(rows), kind, "bad_ad_id", b'{"ad_id": "?"}'))
             continue
-        if roll < 0.2:  # behind the newest: out of order, late or too late
-            ts = newest - rng.choice([2_000, 70_000, 100_000, 200_000, 330_000])
-        else:
-            ts = newest
+        behind = 0
+        if roll < 0.2:  # behind the newest: out of order (on time), late or too late
+            behind = rng.choice([2_000, 70_000, 70_000, 100_000, 100_000, 200_000, 330_000])
         serial = len(sent) - 1 if kind == "impression" and sent and rng.random() < 0.1 else None
-        sent.append((kind, event(ts, serial)))
-        rows.append(event_row(len(rows), kind, sent[-1][1]))
+        sent.append((kind, event(newest - behind, serial, behind > 60_000)))
+        traffic = rng.choice(["bot_user_agent", "datacenter_ip"]) if rng.random() < 0.1 else None
+        rows.append(event_row(len(rows), kind, sent[-1][1], traffic))
+        if kind == "click" and behind > 60_000 and rng.random() < 0.6:
+            # The same user's earlier clicks on that ad, arriving after it: each makes the one
+            # before it a repeat_click, and if that one was decided already, a revision.
+            for step in (1, 2):
+                first = sent[-step][1]
+                sent.append((kind, first._replace(click_id=f"c{len(sent)}",
+                                                  click_ts=first.click_ts - 3_000)))
+                rows.append(event_row(len(rows), kind, sent[-1][1]))
     return rows
 
 
 def make_conversions(rows, seed=6):
     """Conversion parse results: of clicks sent (within the attribution window, before the
-    click, after the window), of unknown click ids, repeated, and rejected."""
+    click, after the window), of unknown click ids, repeated, and rejected. Not of clicks
+    counted late: a revision may change such a click's label after its conversions met it."""
     rng = random.Random(seed)
-    click_ids = sorted({row[1] for row in rows if row[0] == "click" and row[1]})
+    click_ids = sorted(r["id"] for r, timeliness, _ in classify(rows)
+                       if r["kind"] == "click" and timeliness != "late")
     click_ts = {row[1]: row[3] for row in reversed(rows) if row[0] == "click" and row[1]}
     out = []
 
@@ -130,7 +192,8 @@ def make_conversions(rows, seed=6):
     def add(event):
         hi, lo = fingerprint(event.conversion_id)
         offset = len(out)
-        out.append((*event, None, None, hi, lo, offset % config.PARTITIONS, offset, T0 + offset))
+        out.append((*event, None, None, hi, lo, None, offset % config.PARTITIONS, offset,
+                    T0 + offset))
 
     for click_id in rng.sample(click_ids, len(click_ids) // 3):
         ts = click_ts[click_id]
@@ -150,50 +213,75 @@ def make_conversions(rows, seed=6):
     for _ in range(5):
         offset = len(out)
         out.append((*([None] * len(CONVERSION.fields)), "bad_type", b'{"type": "?"}', None, None,
-                    offset % config.PARTITIONS, offset, T0 + offset))
+                    None, offset % config.PARTITIONS, offset, T0 + offset))
     rng.shuffle(out)  # conversions arrive in any order against the clicks
     return out
 
 
-def expected_outputs(rows, conversions):
-    """What each sink must hold, from the job's semantics (sql/flink/*.sql)."""
+def classify(rows):
+    """Each unique event's first row and its timeliness against the watermark the classifier
+    saw: [(row as a dict, on_time | late | too_late, that watermark)], in arrival order."""
     columns = [name for name, _ in EVENT_COLUMNS + FORMAT_COLUMNS + RECORD_COLUMNS]
-    seen, watermark, newest = set(), None, None
-    windows = collections.defaultdict(collections.Counter)
-    counted_clicks = {}
-    out = {"counts": [], "late": [], "dlq": [], "top": [], "conversions_unique": [],
-           "attributions": [], "minutes": []}
+    seen, watermark, newest, out = set(), None, None, []
     for row in rows:
         r = dict(zip(columns, row))
         event_ms = r["ts"] or 0  # a rejected record's event time is 0
+        if not r["reject_reason"] and (r["kind"], r["id"]) not in seen:
+            seen.add((r["kind"], r["id"]))
+            closes = event_ms - event_ms % config.WINDOW_MS + config.WINDOW_MS - 1
+            if watermark is None or watermark < closes:
+                out.append((r, "on_time", watermark))
+            elif watermark < closes + ALLOWED_LATENESS_S * 1000:
+                out.append((r, "late", watermark))
+            else:
+                out.append((r, "too_late", watermark))
+        # The row's own watermark follows it.
+        newest = event_ms if newest is None else max(newest, event_ms)
+        watermark = max(watermark or 0, newest - WATERMARK_DELAY_MS)
+    return out
+
+
+def expected_outputs(rows, conversions):
+    """What each sink must hold, from the job's semantics (sql/flink/*.sql). The late rows of
+    counts (corrections and revisions) as late_net: their sums per key and label, and as
+    late_ids: the ids they add, less those they take back (each late event's once)."""
+    columns = [name for name, _ in EVENT_COLUMNS + FORMAT_COLUMNS + RECORD_COLUMNS]
+    windows = collections.defaultdict(collections.Counter)
+    late_net = collections.defaultdict(collections.Counter)
+    out = {"counts": [], "late_net": [], "late_ids": [], "late": [], "dlq": [], "top": [],
+           "conversions_unique": [], "attributions": [], "minutes": []}
+    for row in rows:
+        r = dict(zip(columns, row))
         if r["reject_reason"]:
             out["dlq"].append((r["kind"], r["reject_reason"],
                                base64.b64encode(r["payload"]).decode(), r["kafka_partition"],
                                r["kafka_offset"], r["kafka_ms"]))
-        elif (r["kind"], r["id"]) not in seen:
-            seen.add((r["kind"], r["id"]))
-            minute = event_ms - event_ms % config.WINDOW_MS
-            closes = minute + config.WINDOW_MS - 1
-            key = (minute, r["ad_id"], r["country"], r["device"])
-            if watermark is None or watermark < closes:
-                windows[key][r["kind"]] += 1
-            elif watermark < closes + ALLOWED_LATENESS_S * 1000:
-                out["counts"].append((*key, int(r["kind"] == "click"),
-                                      int(r["kind"] == "impression"), True, r["kind"], r["id"],
-                                      watermark))
-            else:
-                out["late"].append((minute, r["kind"], r["id"], r["ad_id"], watermark))
-                continue
-            if r["kind"] == "click":
-                counted_clicks[r["id"]] = r
-        # The row's own watermark follows it.
-        newest = event_ms if newest is None else max(newest, event_ms)
-        watermark = max(watermark or 0, newest - WATERMARK_DELAY_MS)
-    out["counts"] += [(*key, kinds["click"], kinds["impression"], False, None, None, None)
-                      for key, kinds in windows.items()]
+    timed = classify(rows)
+    counted = [(r, timeliness) for r, timeliness, _ in timed if timeliness != "too_late"]
+    labels = click_labels([(r["ad_id"], r["ts"], r["id"], r["user_id"], r["ip"], r["traffic"])
+                           for r, _ in counted if r["kind"] == "click"])
+    counted_clicks = {}
+    for r, timeliness, watermark in timed:
+        minute = r["ts"] - r["ts"] % config.WINDOW_MS
+        if timeliness == "too_late":
+            out["late"].append((minute, r["kind"], r["id"], r["ad_id"], watermark))
+            continue
+        label = labels[r["id"]] if r["kind"] == "click" else r["traffic"] or "valid"
+        key = (minute, r["ad_id"], r["country"], r["device"], label)
+        if timeliness == "on_time":
+            windows[key][r["kind"]] += 1
+        else:
+            late_net[key][r["kind"]] += 1
+            out["late_ids"].append((r["kind"], r["id"], 1))
+        if r["kind"] == "click":
+            counted_clicks[r["id"]] = dict(r, label=label)
+    out["counts"] = [(*key, kinds["click"], kinds["impression"], False, None, None, None)
+                     for key, kinds in windows.items()]
+    out["late_net"] = [(*key, kinds["click"], kinds["impression"])
+                       for key, kinds in late_net.items()]
     per_ad = collections.defaultdict(collections.Counter)
-    for (minute, ad, _country, _device), kinds in windows.items():
-        if kinds["click"]:
+    for (minute, ad, _country, _device, label), kinds in windows.items():
+        if kinds["click"] and label == "valid":
             per_ad[minute][ad] += kinds["click"]
     for minute, ads in per_ad.items():
         out["top"].append((minute, tuple(sorted(ads.items(), key=rank_key)[:TOP_N])))
@@ -222,7 +310,7 @@ def expected_outputs(rows, conversions):
         else:
             outcome = "attributed"
         out["attributions"].append((minute, click["ad_id"], click["country"], click["device"],
-                                    c["conversion_id"], c["click_id"], c["type"],
+                                    click["label"], c["conversion_id"], c["click_id"], c["type"],
                                     c["value_micros"], c["conversion_ts"], click["ts"], outcome))
     return {name: sorted(values, key=repr) for name, values in out.items()}
 
@@ -238,10 +326,19 @@ def read_sink(directory):
 
 
 def actual_outputs(out_dir):
-    counts = [(millis(r["minute"]), r["ad_id"], r["country"], r["device"], r["clicks"],
-               r["impressions"], r["late"], r["event"], r["event_id"],
+    rows = read_sink(out_dir / "counts")
+    counts = [(millis(r["minute"]), r["ad_id"], r["country"], r["device"], r["traffic"],
+               r["clicks"], r["impressions"], r["late"], r["event"], r["event_id"],
                millis(r["watermark"]) if r["watermark"] else None)
-              for r in read_sink(out_dir / "counts")]
+              for r in rows if not r["late"]]
+    late_net = collections.defaultdict(collections.Counter)
+    late_ids = collections.Counter()
+    for r in rows:
+        if r["late"]:
+            key = (millis(r["minute"]), r["ad_id"], r["country"], r["device"], r["traffic"])
+            late_net[key]["click"] += r["clicks"]
+            late_net[key]["impression"] += r["impressions"]
+            late_ids[(r["event"], r["event_id"])] += r["clicks"] + r["impressions"]
     late = [(millis(r["minute"]), r["event"], r["event_id"], r["ad_id"], millis(r["watermark"]))
             for r in read_sink(out_dir / "late")]
     dlq = [(r["event"], r["reason"], r["payload_base64"], r["source_partition"],
@@ -251,14 +348,17 @@ def actual_outputs(out_dir):
     conversions = [(millis(r["minute"]), r["conversion_id"], r["click_id"], r["type"],
                     r["value_micros"], r["conversion_ts"])
                    for r in read_sink(out_dir / "conversions_unique")]
-    attributions = [(millis(r["minute"]), r["ad_id"], r["country"], r["device"],
+    attributions = [(millis(r["minute"]), r["ad_id"], r["country"], r["device"], r["traffic"],
                      r["conversion_id"], r["click_id"], r["type"], r["value_micros"],
                      r["conversion_ts"], r["click_ts"], r["outcome"])
                     for r in read_sink(out_dir / "attributions")]
     minutes = [millis(r["minute"]) for r in read_sink(out_dir / "minutes")]
     out = {"counts": counts, "late": late, "dlq": dlq, "top": top,
            "conversions_unique": conversions, "attributions": attributions,
-           "minutes": minutes}
+           "minutes": minutes,
+           "late_net": [(*key, n["click"], n["impression"]) for key, n in late_net.items()
+                        if n["click"] or n["impression"]],
+           "late_ids": [(*key, n) for key, n in late_ids.items() if n]}
     return {name: sorted(values, key=repr) for name, values in out.items()}
 
 
@@ -269,7 +369,7 @@ def actual_outputs(out_dir):
 # travelling in the other, and meet an older watermark than the model's (the rejected records
 # still go through the job's own events_rejected).
 WITHOUT_CLOCK = ("SELECT kind AS event, id AS event_id, ad_id, ts AS event_ts_ms, user_id, ip,"
-                 " country, device, proc_time, event_time, key_hi, key_lo FROM events_mem"
+                 " country, device, proc_time, event_time, key_hi, key_lo, traffic FROM events_mem"
                  " WHERE reject_reason IS NULL")
 
 
@@ -300,6 +400,7 @@ def bind_in_memory(env, t_env, rows, conversions, out_dir):
     for kind in ("click", "impression"):
         t_env.create_temporary_view(f"{kind}s_raw", t_env.sql_query(
             f"SELECT id AS {kind}_id, ad_id, ts AS {kind}_ts, user_id, ip, country, device,"
+            " user_agent,"
             f" {own}, kafka_timestamp, proc_time, event_time FROM events_mem"
             f" WHERE kind = '{kind}'"))
     t_env.create_temporary_view("conversions_raw", in_memory_table(
@@ -362,8 +463,19 @@ def test_the_in_memory_source_feeds_the_dedup_alone(run):
 def test_the_data_exercises_every_path(run):
     rows, conversions, _plan, _out = run
     expected = expected_outputs(rows, conversions)
-    late_kinds = {kind for *_, late, kind, _id, _wm in expected["counts"] if late}
-    assert late_kinds == {"click", "impression"}
+    assert {kind for kind, _id, _n in expected["late_ids"]} == {"click", "impression"}
+    # Every label, for on-time and for late clicks; impressions only get the format's.
+    click_labels_seen = {key[4] for key in expected["counts"] if key[5]}
+    assert click_labels_seen == {"valid", *config.TRAFFIC_REASONS}
+    assert {key[4] for key in expected["late_net"] if key[5]} >= {"valid", "repeat_click"}
+    assert {key[4] for key in expected["counts"] if key[6]} == {"valid", "bot_user_agent",
+                                                                 "datacenter_ip"}
+    # Late clicks that a later late click precedes in event time: revisions to make.
+    late = [r for r, timeliness, _ in classify(rows)
+            if r["kind"] == "click" and timeliness == "late"]
+    assert any(a["ad_id"] == b["ad_id"] and a["user_id"] == b["user_id"]
+               and 0 <= a["ts"] - b["ts"] < REPEAT_MS
+               for i, a in enumerate(late) for b in late[i + 1:])
     assert {kind for _m, kind, *_ in expected["late"]} == {"click", "impression"}
     assert {kind for kind, *_ in expected["dlq"]} == {"click", "impression", "conversion"}
     assert expected["top"] and any(len(top) == TOP_N for _minute, top in expected["top"])
@@ -374,6 +486,8 @@ def test_the_data_exercises_every_path(run):
     assert shared - {None}  # a click and an impression with one id: both count
     outcomes = collections.Counter(row[-1] for row in expected["attributions"])
     assert set(outcomes) == {"attributed", "before_click", "outside_window"}
+    # Conversions of valid and of invalid clicks, each under its click's label.
+    assert len({row[4] for row in expected["attributions"]}) > 2
     conversion_ids = [row[0] for row in conversions if row[0] is not None]
     assert len(conversion_ids) > len(set(conversion_ids))  # repeated conversions
     attributed = {row[4] for row in expected["attributions"]}
@@ -384,7 +498,7 @@ def test_the_data_exercises_every_path(run):
     assert any(row[2] in too_late for row in unmatched)
 
 
-@pytest.mark.parametrize("sink", list(job.SINK_COLUMNS))
+@pytest.mark.parametrize("sink", [*job.SINK_COLUMNS, "late_net", "late_ids"])
 def test_each_sink_holds_what_the_semantics_say(run, sink):
     rows, conversions, _plan, out_dir = run
     assert actual_outputs(out_dir)[sink] == expected_outputs(rows, conversions)[sink]

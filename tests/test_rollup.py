@@ -93,8 +93,8 @@ def test_computed_hours_are_read_and_answer_as_the_minutes(db):
     answers(client, name, rows, countries=("KR",))  # filters read the minutes
     # The rollup is what is read: a row added to the hour's computation shows in a range of
     # whole hours, and not in a range inside one hour.
-    client.command(f"INSERT INTO {name}.ad_counts_hourly SELECT hour, 'ad-99', 1000000, 0, "
-                   f"max(computed_at) FROM {name}.ad_counts_hourly_state "
+    client.command(f"INSERT INTO {name}.ad_counts_hourly SELECT hour, 'ad-99', 'valid', 1000000,"
+                   f" 0, max(computed_at) FROM {name}.ad_counts_hourly_state "
                    f"WHERE hour = '{H0 + HOUR:%Y-%m-%d %H:%M:%S}' GROUP BY hour")
     assert queries.popular_ads(client, name, H0, H0 + HOURS * HOUR, 1) == [("ad-99", 1000000)]
     assert queries.popular_ads(client, name, H0 + HOUR, H0 + HOUR + 59 * MINUTE, 1) == \

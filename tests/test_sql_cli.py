@@ -24,6 +24,7 @@ from tests.api_fixtures import LiveServer
 from tests.api_fixtures import chdb_url  # noqa: F401 - a fixture
 from tests.api_fixtures import fresh_database
 from tests.api_fixtures import load_dataset
+from tests.api_fixtures import LABELS
 from tests.api_fixtures import truth_count
 
 DB = "t_sql_cli"
@@ -57,7 +58,7 @@ def test_table(live, capsys):
     assert set(lines[1]) <= {"-", "+"}
     end = T0 + DATA_MINUTES * MINUTE
     for ad_id, line in zip(sorted(ADS), lines[2:]):
-        assert line.split() == [ad_id, "|", str(truth_count(rows, ad_id, T0, end))]
+        assert line.split() == [ad_id, "|", str(truth_count(rows, ad_id, T0, end, traffic=LABELS))]
     assert lines[-1] == f"({len(ADS)} rows)"
 
 
@@ -67,7 +68,8 @@ def test_json(live, capsys):
     body = json.loads(out)
     assert status == 0 and body["columns"] == ["ad_id", "clicks"]
     end = T0 + DATA_MINUTES * MINUTE
-    assert body["rows"] == [[ad_id, truth_count(rows, ad_id, T0, end)] for ad_id in sorted(ADS)]
+    assert body["rows"] == [[ad_id, truth_count(rows, ad_id, T0, end, traffic=LABELS)]
+                            for ad_id in sorted(ADS)]
     assert body["row_count"] == len(ADS) and body["truncated"] is False
 
 

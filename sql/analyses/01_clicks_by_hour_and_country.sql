@@ -6,12 +6,13 @@
 -- target_ad with a literal such as 'ad-000042'. "Last 24 hours" ends at the newest minute in
 -- the store rather than now(), so the analysis also works on a replayed or historical store.
 -- FINAL collapses rows the loader replayed; late = 1 rows are corrections and are counted.
+-- Billable clicks only (traffic = 'valid'); drop that condition to see invalid traffic too.
 WITH
     (SELECT max(minute) FROM ad_click_counts) AS latest,
     (
         SELECT ad_id
         FROM ad_click_counts FINAL
-        WHERE minute > latest - INTERVAL 24 HOUR
+        WHERE minute > latest - INTERVAL 24 HOUR AND traffic = 'valid'
         GROUP BY ad_id
         ORDER BY sum(clicks) DESC, ad_id
         LIMIT 1
@@ -25,5 +26,6 @@ SELECT
 FROM ad_click_counts FINAL
 WHERE ad_id = target_ad
   AND minute > latest - INTERVAL 24 HOUR
+  AND traffic = 'valid'
 GROUP BY hour, country
 ORDER BY hour, total_clicks DESC, country

@@ -5,7 +5,8 @@
 -- Ranked from the per-minute counts (FINAL: replayed rows collapse), like API 2 does, not from
 -- top_ads_minute, whose per-minute top-N cannot be added up into a daily top-N.
 -- Ties are broken by ad_id so the answer is stable. pct_of_device is the ad's share of all
--- clicks on that device that day (all ads, not only the 10 shown).
+-- valid clicks on that device that day (all ads, not only the 10 shown). Billable clicks only
+-- (traffic = 'valid'), as API 2 ranks by default.
 WITH (SELECT toDate(max(minute)) FROM ad_click_counts) AS day
 SELECT
     device,
@@ -15,6 +16,7 @@ SELECT
 FROM ad_click_counts FINAL
 WHERE minute >= toDateTime(day, 'UTC')
   AND minute < toDateTime(day + 1, 'UTC')
+  AND traffic = 'valid'
 GROUP BY device, ad_id
 ORDER BY device, ad_clicks DESC, ad_id
 LIMIT 10 BY device

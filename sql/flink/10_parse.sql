@@ -6,14 +6,16 @@
 -- it and the two attributes), so from here on they travel as one stream of events, told apart
 -- by `event`: one dedup, one classifier and one window count both, and every guarantee the
 -- click path has (exactly once, late corrections, too-late kept) holds for impressions too.
+-- `traffic` is the format's general invalid-traffic label (a known crawler's user agent, a
+-- data-center ip), or null: the rules that need no other event are decided there, once.
 CREATE TEMPORARY VIEW events_valid AS
 SELECT 'click' AS event, click_id AS event_id, ad_id, click_ts AS event_ts_ms, user_id, ip,
-       country, device, proc_time, event_time, key_hi, key_lo
+       country, device, proc_time, event_time, key_hi, key_lo, traffic
 FROM clicks_raw
 WHERE reject_reason IS NULL
 UNION ALL
 SELECT 'impression', impression_id, ad_id, impression_ts, user_id, ip, country, device,
-       proc_time, event_time, key_hi, key_lo
+       proc_time, event_time, key_hi, key_lo, traffic
 FROM impressions_raw
 WHERE reject_reason IS NULL;
 

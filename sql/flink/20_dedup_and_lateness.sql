@@ -3,13 +3,13 @@
 -- never-idle status do, so the dedup subtasks and everything after them never see an idle input.
 CREATE TEMPORARY VIEW events_and_clock AS
 SELECT event, event_id, ad_id, event_ts_ms, user_id, ip, country, device, proc_time, event_time,
-       key_hi, key_lo
+       key_hi, key_lo, traffic
 FROM events_valid
 UNION ALL
 SELECT CAST(NULL AS STRING), CAST(NULL AS STRING), CAST(NULL AS STRING), CAST(NULL AS BIGINT),
        CAST(NULL AS STRING), CAST(NULL AS STRING), CAST(NULL AS STRING),
        CAST(NULL AS STRING), proc_time, event_time, CAST(NULL AS BIGINT),
-       CAST(NULL AS BIGINT)
+       CAST(NULL AS BIGINT), CAST(NULL AS STRING)
 FROM job_clock
 WHERE beat < 0;
 
@@ -22,7 +22,7 @@ WHERE beat < 0;
 -- This says what the dedup does; the job runs udfs/java's CompactDeduplicateOperator in place
 -- of the planner's (attach_job in the job): same keyBy, input and output, 16 bytes per id.
 CREATE TEMPORARY VIEW events_unique AS
-SELECT event, event_id, ad_id, event_ts_ms, user_id, ip, country, device, event_time
+SELECT event, event_id, ad_id, event_ts_ms, user_id, ip, country, device, event_time, traffic
 FROM (
   SELECT *, ROW_NUMBER() OVER (
     PARTITION BY key_hi, key_lo, event ORDER BY proc_time ASC) AS row_num

@@ -13,18 +13,16 @@ FROM (
 WHERE row_num = 1;
 
 -- The clicks a conversion may be attributed to: the counted ones (on time, or late within the
--- allowed lateness), from the one classifier every count comes from. A too-late click was not
--- counted, so its conversions are not either.
--- The join keeps each of these rows for days, so they hold only what an attribution needs. But
--- the branch must read every column the late sinks read, or the planner plans it a second
--- dedup whose own watermark could class a click otherwise than the counts did
--- (tests/test_job_plan.py): the conditions on user_id and ip, true of every valid click, make
--- it read them without keeping them.
+-- allowed lateness), from the one classifier and labelling every count comes from, each with
+-- its label as it was decided (a revision is not a new click: a conversion of a click a late
+-- click made invalid keeps the label the click had). A too-late click was not counted, so its
+-- conversions are not either. A conversion of an invalid click is attributed under that label
+-- and counted apart: CVR counts those of valid clicks.
+-- The join keeps each of these rows for days, so they hold only what an attribution needs.
 CREATE TEMPORARY VIEW clicks_counted AS
-SELECT event_id AS click_id, ad_id, country, device, event_ts_ms AS click_ts_ms
-FROM events_timed
-WHERE event = 'click' AND timeliness <> 'too_late'
-  AND CHAR_LENGTH(user_id) > 0 AND CHAR_LENGTH(ip) > 0;
+SELECT event_id AS click_id, ad_id, country, device, traffic, event_ts_ms AS click_ts_ms
+FROM clicks_labeled
+WHERE replaces IS NULL;
 
 -- Each unique conversion meets its click, in either order: a regular join on click_id whose
 -- state keeps each counted click for the attribution window (plus the conversion wait), and
@@ -40,10 +38,11 @@ WHERE event = 'click' AND timeliness <> 'too_late'
 -- place of the planner's join (attach_job in the job): same keyBy, inputs and output, 24 bytes
 -- per click instead of the row, and the two times of the hint in event time (the clicks'
 -- watermark) instead of on the wall clock. It rebuilds the click's side from those 24 bytes, so
--- it takes exactly the five columns of clicks_counted.
+-- it takes exactly the six columns of clicks_counted.
 CREATE TEMPORARY VIEW conversions_attributed AS
 SELECT /*+ STATE_TTL('c' = '${conversion_wait_s}s', 'k' = '${click_retention_s}s') */
-       c.conversion_minute, k.ad_id, k.country, k.device, c.conversion_id, c.click_id, c.type,
+       c.conversion_minute, k.ad_id, k.country, k.device, k.traffic, c.conversion_id, c.click_id,
+       c.type,
        c.value_micros, c.conversion_ts_ms, k.click_ts_ms,
        CASE
          WHEN c.conversion_ts_ms < k.click_ts_ms THEN 'before_click'

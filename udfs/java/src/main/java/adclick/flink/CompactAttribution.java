@@ -12,7 +12,8 @@ import org.apache.flink.table.types.logical.RowType;
 /**
  * Puts a {@link CompactAttributionOperator} in place of the attribution's join once the job's
  * SQL is translated (sql/flink/35_attribution.sql): the plan keeps its keyBy on click_id, its
- * inputs (the unique conversions, the counted clicks from the one classifier) and its output
+ * inputs (the unique conversions, the counted clicks from the one classifier, each with its
+ * invalid-traffic label) and its output
  * (the conversion's columns, then the click's); only the operator holding the clicks changes.
  * Why by reflection: see {@link CompactDeduplicate}.
  */
@@ -24,7 +25,7 @@ public final class CompactAttribution {
 
   /** The clicks' columns: the operator rebuilds them from its table, so it takes no others. */
   static final List<String> CLICK_COLUMNS =
-      List.of("click_id", "ad_id", "country", "device", "click_ts_ms");
+      List.of("click_id", "ad_id", "country", "device", "traffic", "click_ts_ms");
 
   private CompactAttribution() {}
 
@@ -70,6 +71,7 @@ public final class CompactAttribution {
         field(clicks, "ad_id", LogicalTypeRoot.VARCHAR),
         field(clicks, "country", LogicalTypeRoot.VARCHAR),
         field(clicks, "device", LogicalTypeRoot.VARCHAR),
+        field(clicks, "traffic", LogicalTypeRoot.VARCHAR),
         field(clicks, "click_ts_ms", LogicalTypeRoot.BIGINT), key);
     CompactDeduplicate.setFactory(join, SimpleOperatorFactory.of(compact));
     String id = join.getName().replaceAll("\\D", "");

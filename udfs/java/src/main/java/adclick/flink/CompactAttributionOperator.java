@@ -44,13 +44,14 @@ import org.apache.flink.types.RowKind;
  * the backlog of conversions.
  *
  * <p>Clicks are held per key group in a {@link ClickTable} (24 bytes a click, their attributes
- * coded), waiting conversions as their serialized rows (few: a conversion usually follows its
- * click). They are checkpointed as what changed ({@link KeyGroupSegments}, Flink's managed
- * keyed state): per key group, the clicks added since the last checkpoint as a new segment,
- * 24 bytes each, the attribute codes added, the clock and the waiting conversions; a segment
- * is removed once its clicks have all expired. So checkpoints, restores and rescaling are
- * Flink's, and rows reach this operator through the planner's keyBy on click_id
- * (CompactAttribution.install).
+ * coded: ad_id, country, device and the traffic label, which the click's side of the output
+ * carries as it came in), waiting conversions as their serialized rows (few: a conversion
+ * usually follows its click). They are checkpointed as what changed ({@link
+ * KeyGroupSegments}, Flink's managed keyed state): per key group, the clicks added since the
+ * last checkpoint as a new segment, 24 bytes each, the attribute codes added, the clock and
+ * the waiting conversions; a segment is removed once its clicks have all expired. So
+ * checkpoints, restores and rescaling are Flink's, and rows reach this operator through the
+ * planner's keyBy on click_id (CompactAttribution.install).
  */
 public final class CompactAttributionOperator extends AbstractStreamOperator<RowData>
     implements TwoInputStreamOperator<RowData, RowData, RowData> {
@@ -69,6 +70,7 @@ public final class CompactAttributionOperator extends AbstractStreamOperator<Row
   private final int clickAd;
   private final int clickCountry;
   private final int clickDevice;
+  private final int clickTraffic;
   private final int clickTs;
 
   private final RowType keyType;
@@ -109,14 +111,15 @@ public final class CompactAttributionOperator extends AbstractStreamOperator<Row
    * @param conversionType the conversions' row (input 1)
    * @param conversionClickId its click_id field
    * @param conversionTs its conversion time field (BIGINT epoch milliseconds)
-   * @param clickArity the clicks' row's arity (input 2); its fields: click_id, ad_id, country,
-   *     device (STRING) and the click time (BIGINT epoch milliseconds)
+   * @param clickArity the clicks' row's arity (input 2); its fields, where given: click_id,
+   *     ad_id, country, device, traffic (STRING; the click's invalid-traffic label, kept as is,
+   *     null too) and the click time (BIGINT epoch milliseconds)
    * @param keyType the type of the keys the operator is keyed by (one STRING, the click_id)
    */
   public CompactAttributionOperator(long retentionS, long waitS, RowType conversionType,
                                     int conversionClickId, int conversionTs, int clickArity,
                                     int clickId, int clickAd, int clickCountry, int clickDevice,
-                                    int clickTs, RowType keyType) {
+                                    int clickTraffic, int clickTs, RowType keyType) {
     if (retentionS <= 0 || waitS <= 0) {
       throw new IllegalArgumentException("the retention and the wait must be positive");
     }
@@ -130,6 +133,7 @@ public final class CompactAttributionOperator extends AbstractStreamOperator<Row
     this.clickAd = clickAd;
     this.clickCountry = clickCountry;
     this.clickDevice = clickDevice;
+    this.clickTraffic = clickTraffic;
     this.clickTs = clickTs;
     this.keyType = keyType;
   }
@@ -241,9 +245,9 @@ public final class CompactAttributionOperator extends AbstractStreamOperator<Row
     long nowMs = nowMs();
     ClickTable table = tableOf(group);
     long clickMs = click.getLong(clickTs);
-    if (!table.add(fingerprint.hi, fingerprint.lo, click.getString(clickAd),
-        click.getString(clickCountry), click.getString(clickDevice), clickMs, nowMs,
-        retentionMs)) {
+    if (!table.add(fingerprint.hi, fingerprint.lo, string(click, clickAd),
+        string(click, clickCountry), string(click, clickDevice), string(click, clickTraffic),
+        clickMs, nowMs, retentionMs)) {
       return;
     }
     clicks.add(group, clickMs + retentionMs, ClickTable.high(fingerprint.hi), table.lastRest(),
@@ -347,10 +351,16 @@ public final class CompactAttributionOperator extends AbstractStreamOperator<Row
     click.setField(clickAd, attributes[0]);
     click.setField(clickCountry, attributes[1]);
     click.setField(clickDevice, attributes[2]);
+    click.setField(clickTraffic, attributes[3]);
     click.setField(clickTs, table.clickMs(slot));
     joined.replace(conversion, click);
     joined.setRowKind(RowKind.INSERT);
     output.collect(record.replace(joined));
+  }
+
+  /** The row's string in this field, or null (kept as such: a value of its own). */
+  private static StringData string(RowData row, int field) {
+    return row.isNullAt(field) ? null : row.getString(field);
   }
 
   /** Whether a conversion of this time waited long enough for its click at nowMs. */

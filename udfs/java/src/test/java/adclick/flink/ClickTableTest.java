@@ -2,6 +2,7 @@ package adclick.flink;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.io.ByteArrayInputStream;
@@ -16,14 +17,18 @@ import org.apache.flink.table.data.StringData;
 import org.junit.jupiter.api.Test;
 
 /**
- * The click table's own promises: a click is found by its fingerprint with its attributes and
- * time while alive (the clock less than the retention past its click time), twins are refused,
- * rebuilds drop expired clicks without mixing up attributes, the dictionary's codes stay, and
- * a table rebuilt from its entries and attributes (a restore) holds exactly the alive clicks.
+ * The click table's own promises: a click is found by its fingerprint with its attributes
+ * (ad_id, country, device, traffic) and time while alive (the clock less than the retention
+ * past its click time), twins are refused, rebuilds drop expired clicks without mixing up
+ * attributes, the dictionary's codes stay, and a table rebuilt from its entries and attributes
+ * (a restore) holds exactly the alive clicks, also from a dictionary written before the
+ * traffic labels (read as valid).
  */
 class ClickTableTest {
 
   private static final long RETENTION_MS = 1_000_000;
+  private static final String[] LABELS =
+      {"valid", "bot_user_agent", "datacenter_ip", "repeat_click", "ip_frequency"};
 
   /** A click: its id's fingerprint, attributes and time. */
   private static final class Click {
@@ -33,9 +38,15 @@ class ClickTableTest {
     final String adId;
     final String country;
     final String device;
+    final String traffic;
     final long clickMs;
 
     Click(String id, String adId, String country, String device, long clickMs) {
+      this(id, adId, country, device, "valid", clickMs);
+    }
+
+    Click(String id, String adId, String country, String device, String traffic,
+          long clickMs) {
       EventKey key = new EventKey();
       key.of(id);
       this.id = id;
@@ -44,12 +55,14 @@ class ClickTableTest {
       this.adId = adId;
       this.country = country;
       this.device = device;
+      this.traffic = traffic;
       this.clickMs = clickMs;
     }
 
     boolean addTo(ClickTable table, long nowMs) {
       return table.add(hi, lo, StringData.fromString(adId), StringData.fromString(country),
-          StringData.fromString(device), clickMs, nowMs, RETENTION_MS);
+          StringData.fromString(device), StringData.fromString(traffic), clickMs, nowMs,
+          RETENTION_MS);
     }
 
     boolean aliveAt(long nowMs) {
@@ -62,10 +75,12 @@ class ClickTableTest {
     int slot = table.find(click.hi, click.lo, nowMs, RETENTION_MS);
     assertTrue(slot >= 0, click.id + " not found at " + nowMs);
     StringData[] attributes = table.attributes(slot);
-    assertEquals(3, attributes.length);
+    assertEquals(4, attributes.length);
     assertEquals(click.adId, attributes[0].toString(), click.id);
     assertEquals(click.country, attributes[1].toString(), click.id);
     assertEquals(click.device, attributes[2].toString(), click.id);
+    assertEquals(click.traffic, attributes[3] == null ? null : attributes[3].toString(),
+        click.id);
     assertEquals(click.clickMs, table.clickMs(slot), click.id);
   }
 
@@ -101,14 +116,17 @@ class ClickTableTest {
     assertTrue(first.addTo(table, 1000));
     // Another click of the same fingerprint: refused, the first one stays as it was.
     assertFalse(table.add(first.hi, first.lo, StringData.fromString("ad-9"),
-        StringData.fromString("US"), StringData.fromString("tv"), 2000, 2000, RETENTION_MS));
+        StringData.fromString("US"), StringData.fromString("tv"), StringData.fromString("valid"),
+        2000, 2000, RETENTION_MS));
     assertHeld(table, first, 2000);
     // 96 bits: the low 32 bits of lo are not kept, so a fingerprint differing only there is a
     // twin too; one differing in the bits kept is not.
     assertFalse(table.add(first.hi, first.lo ^ 0xFFFF_FFFFL, StringData.fromString("ad-9"),
-        StringData.fromString("US"), StringData.fromString("tv"), 2000, 2000, RETENTION_MS));
+        StringData.fromString("US"), StringData.fromString("tv"),
+        StringData.fromString("bot_user_agent"), 2000, 2000, RETENTION_MS));
     assertTrue(table.add(first.hi, first.lo ^ (1L << 40), StringData.fromString("ad-9"),
-        StringData.fromString("US"), StringData.fromString("tv"), 2000, 2000, RETENTION_MS));
+        StringData.fromString("US"), StringData.fromString("tv"),
+        StringData.fromString("valid"), 2000, 2000, RETENTION_MS));
     assertHeld(table, first, 2000);
     assertEquals(2, table.alive(2000, RETENTION_MS));
   }
@@ -153,10 +171,12 @@ class ClickTableTest {
       for (int i = 0; i < 200; i++) {
         int n = step * 200 + i;
         Click click = new Click("click-" + n, "ad-" + (step / 10) + "-" + (n % 7),
-            "C" + (n % 5), n % 3 == 0 ? "mobile" : "desktop", nowMs - (n % 11) * 1000);
+            "C" + (n % 5), n % 3 == 0 ? "mobile" : "desktop", LABELS[n % 13 % LABELS.length],
+            nowMs - (n % 11) * 1000);
         assertTrue(click.addTo(table, nowMs), click.id);
         all.add(click);
-        combinations.add(click.adId + "/" + click.country + "/" + click.device);
+        combinations.add(click.adId + "/" + click.country + "/" + click.device + "/"
+            + click.traffic);
       }
       capacities.add(table.capacity());
       if (step % 37 == 0) {
@@ -217,7 +237,8 @@ class ClickTableTest {
   /** The entry the table holds for a click, three longs, as a checkpoint's segment has it. */
   private static long[] entry(ClickTable table, Click click) {
     int code = table.codeOf(StringData.fromString(click.adId),
-        StringData.fromString(click.country), StringData.fromString(click.device));
+        StringData.fromString(click.country), StringData.fromString(click.device),
+        StringData.fromString(click.traffic));
     return new long[] {ClickTable.high(click.hi), ClickTable.rest(click.lo, code),
         click.clickMs};
   }
@@ -301,5 +322,161 @@ class ClickTableTest {
     long[] e = entry(table, c);
     restored.merge(e[0], e[1], e[2], 0, RETENTION_MS);
     assertHeld(restored, c, 0);
+  }
+
+  @Test
+  void clicksOfOneAdCountryAndDeviceKeepTheirOwnLabels() throws Exception {
+    ClickTable table = new ClickTable();
+    List<Click> clicks = new ArrayList<>();
+    for (int i = 0; i < 50; i++) {
+      Click click = new Click("c-" + i, "ad-1", "FR", "mobile", LABELS[i % LABELS.length],
+          i * 1000L);
+      assertTrue(click.addTo(table, 0));
+      clicks.add(click);
+    }
+    // One code per label: the label adds dictionary entries, never bytes to a click.
+    assertEquals(LABELS.length, table.dictionarySize());
+    for (Click click : clicks) {
+      assertHeld(table, click, 0);
+    }
+    // Restored from its entries and attributes, each click has its label still.
+    ClickTable restored = new ClickTable();
+    copyAttributes(table, restored);
+    for (Click click : clicks) {
+      long[] e = entry(table, click);
+      restored.merge(e[0], e[1], e[2], 0, RETENTION_MS);
+    }
+    assertEquals(LABELS.length, restored.dictionarySize());
+    for (Click click : clicks) {
+      assertHeld(restored, click, 0);
+    }
+  }
+
+  @Test
+  void aClickWithoutALabelIsKeptWithoutOne() throws Exception {
+    ClickTable table = new ClickTable();
+    Click unlabelled = new Click("a", "ad-1", "FR", "mobile", null, 0);
+    Click valid = new Click("b", "ad-1", "FR", "mobile", "valid", 0);
+    assertTrue(unlabelled.addTo(table, 0));
+    assertTrue(valid.addTo(table, 0));
+    assertTrue(new Click("c", "ad-1", "FR", "mobile", null, 0).addTo(table, 0));
+    assertEquals(2, table.dictionarySize());
+    assertHeld(table, unlabelled, 0);
+    assertHeld(table, valid, 0);
+    ClickTable restored = new ClickTable();
+    copyAttributes(table, restored);
+    for (Click click : List.of(unlabelled, valid)) {
+      long[] e = entry(table, click);
+      restored.merge(e[0], e[1], e[2], 0, RETENTION_MS);
+      assertHeld(restored, click, 0);
+    }
+    // The restored null is the code of a new click without a label too.
+    assertTrue(new Click("d", "ad-1", "FR", "mobile", null, 0).addTo(restored, 0));
+    assertEquals(2, restored.dictionarySize());
+  }
+
+  /**
+   * Writes the codes of these clicks, numbered in their order, as newAttributes did before the
+   * traffic labels (what a checkpoint of an earlier release holds): their count, then each code
+   * and its three strings, ad_id, country, device.
+   */
+  private static byte[] firstFormat(List<Click> clicks, int firstCode) throws Exception {
+    List<String> seen = new ArrayList<>();
+    ByteArrayOutputStream codes = new ByteArrayOutputStream();
+    DataOutputStream data = new DataOutputStream(codes);
+    for (Click click : clicks) {
+      String key = click.adId + "/" + click.country + "/" + click.device;
+      if (!seen.contains(key)) {
+        data.writeInt(firstCode + seen.size());
+        data.writeUTF(click.adId);
+        data.writeUTF(click.country);
+        data.writeUTF(click.device);
+        seen.add(key);
+      }
+    }
+    data.flush();
+    ByteArrayOutputStream bytes = new ByteArrayOutputStream();
+    DataOutputStream out = new DataOutputStream(bytes);
+    out.writeInt(seen.size());
+    out.write(codes.toByteArray());
+    out.flush();
+    return bytes.toByteArray();
+  }
+
+  @Test
+  void aDictionaryOfTheFirstFormatIsReadAsValidClicks() throws Exception {
+    // Before the labels: two segments of the first format, codes 0-1 then 2, and the entries.
+    List<Click> before = List.of(
+        new Click("a", "ad-1", "FR", "mobile", 0), new Click("b", "ad-2", "DE", "desktop", 0),
+        new Click("c", "ad-1", "FR", "mobile", 0));
+    Click third = new Click("d", "ad-3", "ES", "tv", 0);
+    byte[] first = firstFormat(before, 0);
+    byte[] second = firstFormat(List.of(third), 2);
+    long[][] entries = new long[4][];
+    int n = 0;
+    for (Click click : List.of(before.get(0), before.get(1), before.get(2), third)) {
+      int code = click == third ? 2 : click.adId.equals("ad-1") ? 0 : 1;
+      entries[n++] = new long[] {ClickTable.high(click.hi), ClickTable.rest(click.lo, code),
+          click.clickMs};
+    }
+
+    ClickTable restored = new ClickTable();
+    for (byte[] segment : List.of(first, second)) {
+      DataInputStream in = new DataInputStream(new ByteArrayInputStream(segment));
+      restored.restoreAttributes(in);
+      assertEquals(-1, in.read(), "read everything written");
+    }
+    for (long[] e : entries) {
+      restored.merge(e[0], e[1], e[2], 0, RETENTION_MS);
+    }
+    assertEquals(3, restored.dictionarySize());
+    // Every click counted before the labels was valid.
+    for (Click click : List.of(before.get(0), before.get(1), before.get(2), third)) {
+      assertHeld(restored, click, 0);
+    }
+    ByteArrayOutputStream bytes = new ByteArrayOutputStream();
+    DataOutputStream out = new DataOutputStream(bytes);
+    assertFalse(restored.newAttributes(out), "the restored codes are written already");
+
+    // A valid click of a known ad takes its code; a bot's gets a new one, written in the
+    // labelled format only.
+    Click valid = new Click("e", "ad-2", "DE", "desktop", "valid", 0);
+    Click bot = new Click("f", "ad-2", "DE", "desktop", "bot_user_agent", 0);
+    assertTrue(valid.addTo(restored, 0));
+    assertTrue(bot.addTo(restored, 0));
+    assertEquals(4, restored.dictionarySize());
+    assertTrue(restored.newAttributes(out));
+    out.flush();
+    byte[] labelled = bytes.toByteArray();
+    assertEquals(ClickTable.FORMAT_FOUR_STRINGS,
+        new DataInputStream(new ByteArrayInputStream(labelled)).readInt());
+
+    // A later restore reads both formats, in the order written.
+    ClickTable again = new ClickTable();
+    for (byte[] segment : List.of(first, second, labelled)) {
+      DataInputStream in = new DataInputStream(new ByteArrayInputStream(segment));
+      again.restoreAttributes(in);
+      assertEquals(-1, in.read(), "read everything written");
+    }
+    assertEquals(4, again.dictionarySize());
+    for (long[] e : entries) {
+      again.merge(e[0], e[1], e[2], 0, RETENTION_MS);
+    }
+    for (Click click : List.of(valid, bot)) {
+      long[] e = entry(restored, click);
+      again.merge(e[0], e[1], e[2], 0, RETENTION_MS);
+    }
+    for (Click click : List.of(before.get(0), before.get(1), before.get(2), third, valid, bot)) {
+      assertHeld(again, click, 0);
+    }
+    assertEquals(entry(restored, valid)[1], entry(again, valid)[1]);
+    assertEquals(4, again.dictionarySize());
+  }
+
+  @Test
+  void aDictionaryOfAnUnknownFormatIsRefused() {
+    byte[] bytes = {(byte) 0xFF, (byte) 0xFF, (byte) 0xFF, (byte) 0xF0, 0, 0, 0, 0};
+    assertThrows(java.io.IOException.class, () -> new ClickTable().restoreAttributes(
+        new DataInputStream(new ByteArrayInputStream(bytes))));
   }
 }

@@ -5,14 +5,23 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import java.io.ByteArrayOutputStream;
+import java.io.DataOutputStream;
+import java.nio.ByteBuffer;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Comparator;
+import java.util.LinkedHashMap;
 import java.util.List;
+import java.util.Map;
 import org.apache.flink.api.java.functions.KeySelector;
 import org.apache.flink.runtime.checkpoint.OperatorSubtaskState;
 import org.apache.flink.runtime.state.KeyGroupRangeAssignment;
 import org.apache.flink.runtime.state.KeyedStateHandle;
+import org.apache.flink.runtime.state.StateInitializationContext;
+import org.apache.flink.runtime.state.StateSnapshotContext;
+import org.apache.flink.streaming.api.operators.AbstractStreamOperator;
+import org.apache.flink.streaming.api.operators.TwoInputStreamOperator;
 import org.apache.flink.streaming.api.watermark.Watermark;
 import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
 import org.apache.flink.streaming.util.AbstractStreamOperatorTestHarness;
@@ -21,6 +30,7 @@ import org.apache.flink.table.data.GenericRowData;
 import org.apache.flink.table.data.RowData;
 import org.apache.flink.table.data.StringData;
 import org.apache.flink.table.data.TimestampData;
+import org.apache.flink.table.data.binary.BinaryStringData;
 import org.apache.flink.table.runtime.typeutils.InternalTypeInfo;
 import org.apache.flink.table.runtime.typeutils.RowDataSerializer;
 import org.apache.flink.table.types.logical.BigIntType;
@@ -41,7 +51,8 @@ import org.junit.jupiter.api.Test;
  *
  * <p>Rows are the job's: conversions (conversion_id, click_id, conversion_ts_ms, type,
  * value_micros, conversion_minute) on input 1, counted clicks (click_id, ad_id, country,
- * device, click_ts_ms) on input 2, both keyed by click_id.
+ * device, traffic, click_ts_ms) on input 2, both keyed by click_id. A click's traffic label
+ * comes out with it as it came in, whatever the other clicks of its (ad, country, device) had.
  */
 class CompactAttributionOperatorTest {
 
@@ -62,7 +73,11 @@ class CompactAttributionOperatorTest {
       new String[] {"conversion_id", "click_id", "conversion_ts_ms", "type", "value_micros",
           "conversion_minute"});
   private static final List<LogicalType> CLICK_FIELDS =
-      List.of(STRING, STRING, STRING, STRING, new BigIntType());
+      List.of(STRING, STRING, STRING, STRING, STRING, new BigIntType());
+  // The joined row's traffic: after the conversion's six columns and the click's first four.
+  private static final int OUTPUT_TRAFFIC = 10;
+  private static final String[] LABELS =
+      {"valid", "bot_user_agent", "datacenter_ip", "repeat_click", "ip_frequency"};
   private static final List<LogicalType> OUTPUT_FIELDS = concat(CONVERSION_FIELDS, CLICK_FIELDS);
 
   private static final KeySelector<RowData, RowData> CONVERSION_KEY =
@@ -86,16 +101,23 @@ class CompactAttributionOperatorTest {
   }
 
   private static RowData click(String clickId, String adId, String country, String device,
-                               long clickMs) {
+                               String traffic, long clickMs) {
     return GenericRowData.of(StringData.fromString(clickId), StringData.fromString(adId),
-        StringData.fromString(country), StringData.fromString(device), clickMs);
+        StringData.fromString(country), StringData.fromString(device),
+        StringData.fromString(traffic), clickMs);
   }
 
-  /** A click whose attributes follow from its id. */
+  /** A valid click. */
+  private static RowData click(String clickId, String adId, String country, String device,
+                               long clickMs) {
+    return click(clickId, adId, country, device, "valid", clickMs);
+  }
+
+  /** A click whose attributes and label follow from its id. */
   private static RowData click(String clickId, long clickMs) {
     int n = Math.abs(clickId.hashCode());
     return click(clickId, "ad-" + n % 17, new String[] {"FR", "DE", "ES", "US"}[n % 4],
-        n % 2 == 0 ? "mobile" : "desktop", clickMs);
+        n % 2 == 0 ? "mobile" : "desktop", LABELS[n / 2 % LABELS.length], clickMs);
   }
 
   /** A row's values through the getters of its types (strings as Java strings). */
@@ -138,8 +160,8 @@ class CompactAttributionOperatorTest {
 
   /** The operator as install() builds it for the job's conversions and clicks. */
   private static CompactAttributionOperator operator() {
-    return new CompactAttributionOperator(RETENTION_S, WAIT_S, CONVERSION_TYPE, 1, 2, 5, 0, 1,
-        2, 3, 4, KEY_ROW);
+    return new CompactAttributionOperator(RETENTION_S, WAIT_S, CONVERSION_TYPE, 1, 2, 6, 0, 1,
+        2, 3, 4, 5, KEY_ROW);
   }
 
   private static final class Harness
@@ -172,7 +194,7 @@ class CompactAttributionOperatorTest {
       processWatermark2(new Watermark(ms));
     }
 
-    /** The joined rows emitted so far, as lists of 11 values. */
+    /** The joined rows emitted so far, as lists of 12 values. */
     List<List<Object>> joined() {
       List<List<Object>> rows = new ArrayList<>();
       for (RowData row : extractOutputValues()) {
@@ -195,18 +217,18 @@ class CompactAttributionOperatorTest {
   void aClickThenItsConversionEmitTheJoinedRow() throws Exception {
     try (Harness h = started(null)) {
       h.clock(T0);
-      RowData click = click("k1", "ad-7", "FR", "mobile", T0 - 5 * MINUTE);
+      RowData click = click("k1", "ad-7", "FR", "mobile", "datacenter_ip", T0 - 5 * MINUTE);
       h.clicks(click);
       assertEquals(List.of(), h.joined());
       RowData conversion = conversion("v1", "k1", T0 + MINUTE);
       h.conversions(conversion);
       List<List<Object>> out = h.joined();
       assertEquals(1, out.size());
-      assertEquals(11, out.get(0).size());
+      assertEquals(12, out.get(0).size());
       assertEquals(joined(conversion, click), out.get(0));
       assertEquals(Arrays.asList("v1", "k1", T0 + MINUTE, "purchase", 1_990_000L,
           TimestampData.fromEpochMillis(T0 + MINUTE), "k1", "ad-7", "FR", "mobile",
-          T0 - 5 * MINUTE), out.get(0));
+          "datacenter_ip", T0 - 5 * MINUTE), out.get(0));
     }
   }
 
@@ -221,7 +243,7 @@ class CompactAttributionOperatorTest {
       h.clicks(click);
       assertEquals(List.of(joined(first, click)), h.joined());
       // The same click again (a fingerprint's twin): the conversion is not emitted twice.
-      h.clicks(click, click("k1", "ad-9", "US", "tv", T0));
+      h.clicks(click, click("k1", "ad-9", "US", "tv", "bot_user_agent", T0));
       assertEquals(1, h.joined().size());
       // Another conversion of the click: emitted with it, its attributes the first copy's.
       RowData second = conversion("v2", "k1", T0 + 2 * MINUTE);
@@ -412,8 +434,10 @@ class CompactAttributionOperatorTest {
     // What a checkpoint holds grows by the clicks added since the last one, 24 bytes each and
     // a segment's overhead per key group (with RocksDB's incremental checkpoints, what one
     // uploads): with 20,000 clicks over 128 key groups (what 50,000 clicks/s bring in 0.4 s;
-    // a checkpoint comes every 5 s) that overhead is already below the clicks' bytes. A
-    // segment whose clicks have all expired is removed.
+    // a checkpoint comes every 5 s) that overhead is already below the clicks' bytes. The
+    // clicks' attributes are of few codes (3 ads x 2 devices x 2 labels), each written once per
+    // key group: the dictionary's entries (about 45 bytes) are a cost of the first checkpoints,
+    // not of each click. A segment whose clicks have all expired is removed.
     RowData young = click("young", T0);
     OperatorSubtaskState first;
     OperatorSubtaskState second;
@@ -424,7 +448,8 @@ class CompactAttributionOperatorTest {
       first = h.snapshot(1, T0);
       List<RowData> many = new ArrayList<>();
       for (int i = 0; i < 20_000; i++) {
-        many.add(click("many-" + i, T0));
+        many.add(click("many-" + i, "ad-" + i % 3, "FR", i % 2 == 0 ? "mobile" : "desktop",
+            i % 10 == 9 ? "bot_user_agent" : "valid", T0));
       }
       h.clicks(many.toArray(new RowData[0]));
       h.clicks(young);
@@ -563,11 +588,217 @@ class CompactAttributionOperatorTest {
   @Test
   void theRetentionAndTheWaitMustBePositive() {
     assertThrows(IllegalArgumentException.class, () -> new CompactAttributionOperator(0, 1,
-        CONVERSION_TYPE, 1, 2, 5, 0, 1, 2, 3, 4, KEY_ROW));
+        CONVERSION_TYPE, 1, 2, 6, 0, 1, 2, 3, 4, 5, KEY_ROW));
     assertThrows(IllegalArgumentException.class, () -> new CompactAttributionOperator(1, 0,
-        CONVERSION_TYPE, 1, 2, 5, 0, 1, 2, 3, 4, KEY_ROW));
+        CONVERSION_TYPE, 1, 2, 6, 0, 1, 2, 3, 4, 5, KEY_ROW));
     CompactAttributionOperator operator = operator();
     assertEquals(RETENTION_S, operator.getRetentionS());
     assertEquals(WAIT_S, operator.getWaitS());
+  }
+
+  @Test
+  void clicksOfOneAdCountryAndDeviceKeepTheirLabelsThroughRestoresAndRescaling()
+      throws Exception {
+    // 300 clicks of one (ad, country, device) with the five labels in turn (most key groups
+    // hold several of them), and one without a label (kept as such).
+    List<RowData> clicks = new ArrayList<>();
+    for (int i = 0; i < 300; i++) {
+      clicks.add(click("k-" + i, "ad-7", "FR", "mobile", LABELS[i % LABELS.length],
+          T0 - i * 1000L));
+    }
+    clicks.add(click("k-none", "ad-7", "FR", "mobile", null, T0));
+    List<RowData> conversions = new ArrayList<>();
+    List<List<Object>> expected = new ArrayList<>();
+    for (RowData click : clicks) {
+      RowData conversion = conversion("v-" + click.getString(0), click.getString(0).toString(),
+          T0 + MINUTE);
+      conversions.add(conversion);
+      expected.add(joined(conversion, click));
+    }
+    OperatorSubtaskState atOne;
+    try (Harness h = started(null)) {
+      h.clock(T0);
+      h.clicks(clicks.toArray(new RowData[0]));
+      // The output row carries the click's own label.
+      h.conversions(conversions.get(0), conversions.get(1), conversions.get(300));
+      List<List<Object>> out = h.joined();
+      assertEquals(List.of(expected.get(0), expected.get(1), expected.get(300)), out);
+      assertEquals("valid", out.get(0).get(OUTPUT_TRAFFIC));
+      assertEquals("bot_user_agent", out.get(1).get(OUTPUT_TRAFFIC));
+      assertEquals(null, out.get(2).get(OUTPUT_TRAFFIC));
+      atOne = h.snapshot(1, T0);
+    }
+    try (Harness h = started(atOne)) {
+      h.conversions(conversions.toArray(new RowData[0]));
+      assertEquals(expected, h.joined());
+    }
+
+    // At 2 subtasks, then back at 1: each click still has its label.
+    List<Harness> two = restored(atOne, 1, 2);
+    List<List<Object>> out = new ArrayList<>();
+    OperatorSubtaskState[] states = new OperatorSubtaskState[2];
+    try {
+      route(two, conversions, List.of());
+      for (int i = 0; i < two.size(); i++) {
+        List<List<Object>> joined = two.get(i).joined();
+        assertTrue(joined.size() > 0, "subtask " + i + " matched nothing");
+        out.addAll(joined);
+        states[i] = two.get(i).snapshot(2, T0);
+      }
+    } finally {
+      for (Harness h : two) {
+        h.close();
+      }
+    }
+    assertEquals(sorted(expected), sorted(out));
+    List<Harness> one = restored(AbstractStreamOperatorTestHarness.repackageState(states), 2, 1);
+    try (Harness h = one.get(0)) {
+      h.conversions(conversions.toArray(new RowData[0]));
+      assertEquals(expected, h.joined());
+    }
+  }
+
+  /**
+   * Writes clicks (of five columns: click_id, ad_id, country, device, click_ts_ms) into state
+   * as the operator did before the traffic labels, a frozen copy of its snapshot: per key
+   * group, the clicks' segment (24 bytes a click), the attributes' codes added (their count,
+   * then each code and its three strings) and the clock (what a checkpoint of an earlier
+   * release holds).
+   */
+  private static final class FormerOperator extends AbstractStreamOperator<RowData>
+      implements TwoInputStreamOperator<RowData, RowData, RowData> {
+    private transient KeyGroupSegments clicks;
+    private transient KeyGroupSegments dictionary;
+    private transient List<Map<List<String>, Integer>> codes;
+    private transient int[] written;
+
+    @Override
+    public void initializeState(StateInitializationContext context) throws Exception {
+      super.initializeState(context);
+      codes = new ArrayList<>();
+      for (int group = 0; group < MAX_PARALLELISM; group++) {
+        codes.add(new LinkedHashMap<>());
+      }
+      written = new int[MAX_PARALLELISM];
+      clicks = new KeyGroupSegments("compact-attribution-clicks", 3);
+      clicks.open(this, KEY_ROW);
+      dictionary = new KeyGroupSegments("compact-attribution-attributes", 0);
+      dictionary.open(this, KEY_ROW);
+    }
+
+    @Override
+    public void processElement1(StreamRecord<RowData> element) {}
+
+    @Override
+    public void processElement2(StreamRecord<RowData> element) {
+      RowData click = element.getValue();
+      EventKey fingerprint = new EventKey();
+      fingerprint.of(((BinaryStringData) click.getString(0)).toBytes());
+      int group = KeyGroupRangeAssignment.assignToKeyGroup(getCurrentKey(), MAX_PARALLELISM);
+      Map<List<String>, Integer> here = codes.get(group);
+      int code = here.computeIfAbsent(List.of(click.getString(1).toString(),
+          click.getString(2).toString(), click.getString(3).toString()), k -> here.size());
+      long clickMs = click.getLong(4);
+      clicks.add(group, clickMs + RETENTION_MS, fingerprint.hi == 0 ? 1 : fingerprint.hi,
+          (fingerprint.lo & ~0xFFFF_FFFFL) | (code & 0xFFFF_FFFFL), clickMs);
+    }
+
+    @Override
+    public void snapshotState(StateSnapshotContext context) throws Exception {
+      super.snapshotState(context);
+      for (int group = 0; group < MAX_PARALLELISM; group++) {
+        if (!clicks.holds(group)) {
+          continue;
+        }
+        List<List<String>> values = new ArrayList<>(codes.get(group).keySet());
+        if (written[group] < values.size()) {
+          ByteArrayOutputStream bytes = new ByteArrayOutputStream();
+          DataOutputStream data = new DataOutputStream(bytes);
+          data.writeInt(values.size() - written[group]);
+          for (int code = written[group]; code < values.size(); code++) {
+            data.writeInt(code);
+            for (String text : values.get(code)) {
+              data.writeUTF(text);
+            }
+          }
+          data.flush();
+          dictionary.append(group, bytes.toByteArray(), Long.MAX_VALUE);
+          written[group] = values.size();
+        }
+        clicks.appendAdded(group);
+        clicks.put(group, CompactAttributionOperator.CLOCK_SLOT,
+            ByteBuffer.allocate(Long.BYTES).putLong(T0).array());
+      }
+    }
+  }
+
+  @Test
+  void aStateOfTheFormerUnlabelledFormatIsRestoredWithItsClicksValid() throws Exception {
+    // Before the labels: clicks of five columns, every one counted was valid.
+    List<RowData> former = new ArrayList<>();
+    List<RowData> asValid = new ArrayList<>();
+    for (int i = 0; i < 200; i++) {
+      String id = "old-" + i;
+      String ad = "ad-" + i % 3;
+      String device = i % 2 == 0 ? "mobile" : "desktop";
+      former.add(GenericRowData.of(StringData.fromString(id), StringData.fromString(ad),
+          StringData.fromString("FR"), StringData.fromString(device), T0 - i * 1000L));
+      asValid.add(click(id, ad, "FR", device, "valid", T0 - i * 1000L));
+    }
+    OperatorSubtaskState formerState;
+    try (var h = new KeyedTwoInputStreamOperatorTestHarness<RowData, RowData, RowData, RowData>(
+        new FormerOperator(), CONVERSION_KEY, CLICK_KEY, KEY_TYPE, MAX_PARALLELISM, 1, 0)) {
+      h.setup(new RowDataSerializer(OUTPUT_FIELDS.toArray(new LogicalType[0])));
+      h.open();
+      for (RowData row : former) {
+        h.processElement2(new StreamRecord<>(row, 0));
+      }
+      formerState = h.snapshot(1, T0);
+    }
+
+    // Restored: the clock, and each click with its attributes and the label valid. New clicks
+    // of the same (ad, country, device), valid or not, come out with their own labels.
+    List<RowData> fresh = new ArrayList<>();
+    for (int i = 0; i < 100; i++) {
+      fresh.add(click("new-" + i, "ad-" + i % 3, "FR", i % 2 == 0 ? "mobile" : "desktop",
+          LABELS[i % LABELS.length], T0 + i * 1000L));
+    }
+    List<RowData> all = new ArrayList<>(asValid);
+    all.addAll(fresh);
+    List<RowData> conversions = new ArrayList<>();
+    List<List<Object>> expected = new ArrayList<>();
+    for (RowData click : all) {
+      RowData conversion = conversion("v-" + click.getString(0), click.getString(0).toString(),
+          T0 + 2 * MINUTE);
+      conversions.add(conversion);
+      expected.add(joined(conversion, click));
+    }
+    OperatorSubtaskState mixed;
+    try (Harness h = started(formerState)) {
+      assertEquals(T0, h.attribution().nowMs());
+      h.conversions(conversions.subList(0, asValid.size()).toArray(new RowData[0]));
+      assertEquals(expected.subList(0, asValid.size()), h.joined());
+      h.clicks(fresh.toArray(new RowData[0]));
+      mixed = h.snapshot(2, T0);
+    }
+
+    // Its dictionary now has segments of both formats: restored, rescaled, all are there.
+    try (Harness h = started(mixed)) {
+      h.conversions(conversions.toArray(new RowData[0]));
+      assertEquals(expected, h.joined());
+    }
+    List<Harness> two = restored(mixed, 1, 2);
+    List<List<Object>> out = new ArrayList<>();
+    try {
+      route(two, conversions, List.of());
+      for (Harness h : two) {
+        out.addAll(h.joined());
+      }
+    } finally {
+      for (Harness h : two) {
+        h.close();
+      }
+    }
+    assertEquals(sorted(expected), sorted(out));
   }
 }

@@ -50,8 +50,8 @@ class CompactAttributionTest {
       new String[] {"conversion_id", "click_id", "conversion_ts_ms", "type", "value_micros",
           "conversion_minute"});
   private static final RowType CLICKS = RowType.of(
-      new LogicalType[] {STRING, STRING, STRING, STRING, new BigIntType()},
-      new String[] {"click_id", "ad_id", "country", "device", "click_ts_ms"});
+      new LogicalType[] {STRING, STRING, STRING, STRING, STRING, new BigIntType()},
+      new String[] {"click_id", "ad_id", "country", "device", "traffic", "click_ts_ms"});
 
   /** The join's output: the conversion's columns, then the click's. */
   private static InternalTypeInfo<RowData> output(RowType conversions, RowType clicks) {
@@ -115,8 +115,8 @@ class CompactAttributionTest {
     // The clicks' columns in another order: the installed operator reads and rebuilds them
     // where they are, as the join's output has them.
     RowType clicks = RowType.of(
-        new LogicalType[] {new BigIntType(), STRING, STRING, STRING, STRING},
-        new String[] {"click_ts_ms", "device", "click_id", "country", "ad_id"});
+        new LogicalType[] {new BigIntType(), STRING, STRING, STRING, STRING, STRING},
+        new String[] {"click_ts_ms", "device", "traffic", "click_id", "country", "ad_id"});
     RowType conversions = RowType.of(
         new LogicalType[] {new BigIntType(), STRING, STRING},
         new String[] {"conversion_ts_ms", "conversion_id", "click_id"});
@@ -127,25 +127,35 @@ class CompactAttributionTest {
         ((SimpleOperatorFactory<RowData>) join.getOperatorFactory()).getOperator();
     try (var h = new KeyedTwoInputStreamOperatorTestHarness<RowData, RowData, RowData, RowData>(
         operator, row -> GenericRowData.of(row.getString(2)),
-        row -> GenericRowData.of(row.getString(2)), InternalTypeInfo.ofFields(STRING), 128, 1,
+        row -> GenericRowData.of(row.getString(3)), InternalTypeInfo.ofFields(STRING), 128, 1,
         0)) {
       h.setup(new RowDataSerializer(output(conversions, clicks).toRowType()));
       h.open();
       long t0 = 1_767_225_600_000L;
       h.processWatermark2(new Watermark(t0));
       h.processElement2(GenericRowData.of(t0 - 1000, StringData.fromString("tv"),
-          StringData.fromString("k1"), StringData.fromString("FR"),
-          StringData.fromString("ad-7")), 0);
+          StringData.fromString("ip_frequency"), StringData.fromString("k1"),
+          StringData.fromString("FR"), StringData.fromString("ad-7")), 0);
+      h.processElement2(GenericRowData.of(t0 - 2000, StringData.fromString("tv"),
+          StringData.fromString("valid"), StringData.fromString("k2"),
+          StringData.fromString("FR"), StringData.fromString("ad-7")), 0);
       h.processElement1(GenericRowData.of(t0, StringData.fromString("v1"),
           StringData.fromString("k1")), 0);
+      h.processElement1(GenericRowData.of(t0, StringData.fromString("v2"),
+          StringData.fromString("k2")), 0);
       List<RowData> out = h.extractOutputValues();
-      assertEquals(1, out.size());
-      RowData row = out.get(0);
-      assertEquals(8, row.getArity());
-      List<Object> values = Arrays.asList(row.getLong(0), row.getString(1).toString(),
-          row.getString(2).toString(), row.getLong(3), row.getString(4).toString(),
-          row.getString(5).toString(), row.getString(6).toString(), row.getString(7).toString());
-      assertEquals(Arrays.asList(t0, "v1", "k1", t0 - 1000, "tv", "k1", "FR", "ad-7"), values);
+      assertEquals(2, out.size());
+      List<List<Object>> rows = new ArrayList<>();
+      for (RowData row : out) {
+        assertEquals(9, row.getArity());
+        rows.add(Arrays.asList(row.getLong(0), row.getString(1).toString(),
+            row.getString(2).toString(), row.getLong(3), row.getString(4).toString(),
+            row.getString(5).toString(), row.getString(6).toString(),
+            row.getString(7).toString(), row.getString(8).toString()));
+      }
+      assertEquals(List.of(
+          Arrays.asList(t0, "v1", "k1", t0 - 1000, "tv", "ip_frequency", "k1", "FR", "ad-7"),
+          Arrays.asList(t0, "v2", "k2", t0 - 2000, "tv", "valid", "k2", "FR", "ad-7")), rows);
     }
   }
 
@@ -181,15 +191,23 @@ class CompactAttributionTest {
   @Test
   void clicksWithAnotherColumnOrWithoutOneAreRefused() {
     RowType extra = RowType.of(
-        new LogicalType[] {STRING, STRING, STRING, STRING, new BigIntType(), STRING},
-        new String[] {"click_id", "ad_id", "country", "device", "click_ts_ms", "campaign"});
+        new LogicalType[] {STRING, STRING, STRING, STRING, STRING, new BigIntType(), STRING},
+        new String[] {"click_id", "ad_id", "country", "device", "traffic", "click_ts_ms",
+            "campaign"});
     RowType missing = RowType.of(
-        new LogicalType[] {STRING, STRING, STRING, new BigIntType()},
-        new String[] {"click_id", "ad_id", "country", "click_ts_ms"});
-    RowType renamed = RowType.of(
         new LogicalType[] {STRING, STRING, STRING, STRING, new BigIntType()},
-        new String[] {"click_id", "ad_id", "country", "os", "click_ts_ms"});
-    for (RowType clicks : List.of(extra, missing, renamed)) {
+        new String[] {"click_id", "ad_id", "country", "traffic", "click_ts_ms"});
+    // The columns before the traffic labels: the label would be lost.
+    RowType unlabelled = RowType.of(
+        new LogicalType[] {STRING, STRING, STRING, STRING, new BigIntType()},
+        new String[] {"click_id", "ad_id", "country", "device", "click_ts_ms"});
+    RowType renamed = RowType.of(
+        new LogicalType[] {STRING, STRING, STRING, STRING, STRING, new BigIntType()},
+        new String[] {"click_id", "ad_id", "country", "device", "label", "click_ts_ms"});
+    RowType numericLabel = RowType.of(
+        new LogicalType[] {STRING, STRING, STRING, STRING, new BigIntType(), new BigIntType()},
+        new String[] {"click_id", "ad_id", "country", "device", "traffic", "click_ts_ms"});
+    for (RowType clicks : List.of(extra, missing, unlabelled, renamed, numericLabel)) {
       var join = plannedJoin(clicks);
       assertThrows(IllegalArgumentException.class,
           () -> CompactAttribution.install(join, RETENTION_S, WAIT_S), clicks.toString());
