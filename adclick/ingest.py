@@ -60,7 +60,7 @@ COLUMNS = {
     "conversion_attributions": ["minute", "ad_id", "country", "device", "traffic",
                                 "conversion_id", "click_id", "type", "value_micros",
                                 "conversion_ts", "click_ts", "outcome"],
-    "minutes_closed": ["minute", "src_partition", "src_offset"],
+    "minutes_closed": ["minute", "traffic_rules", "src_partition", "src_offset"],
     REJECTS: ["topic", "partition", "offset", "table", "reason", "payload", "received_at"],
 }
 
@@ -96,7 +96,8 @@ def top_rows(record):
 
 def minute_rows(record):
     event = json.loads(record.value())
-    yield "minutes_closed", [parse_time(event["minute"]), record.partition(), record.offset()]
+    yield "minutes_closed", [parse_time(event["minute"]), event.get("traffic_rules") or "",
+                             record.partition(), record.offset()]
 
 
 def late_rows(record):

@@ -119,6 +119,17 @@ def ip_key(ip):
     return str(ipaddress.ip_network(f"{address}/64", strict=False))
 
 
+def rules_version(repeat_ms=config.REPEAT_CLICK_WINDOW_SECONDS * 1000,
+                  ip_window_ms=config.IP_FREQUENCY_WINDOW_SECONDS * 1000,
+                  ip_threshold=config.IP_FREQUENCY_THRESHOLD):
+    """What the job records with each closed minute (TrafficRulesVersion.java): the lists'
+    versions and the thresholds."""
+    header = datacenter_ranges()[1]
+    return (f"crawler-user-agents {crawler_list_version()}; datacenter-ranges {header['date']} "
+            f"{header['repository']}@{header['commit']}; repeat_click < {repeat_ms} ms; "
+            f"ip_frequency >= {ip_threshold} in {ip_window_ms} ms")
+
+
 def event_label(user_agent, ip):
     """The label an event gets from itself alone: bot_user_agent, datacenter_ip, or None."""
     if is_crawler(user_agent):

@@ -487,7 +487,7 @@ SINK_COLUMNS = {
         ("click_ts", "BIGINT"), ("outcome", "STRING"),
     ],
     # Each minute the watermark has passed, with or without events (sql/flink/50_*.sql).
-    "minutes": [("minute", "TIMESTAMP_LTZ(3)")],
+    "minutes": [("minute", "TIMESTAMP_LTZ(3)"), ("traffic_rules", "STRING")],
 }
 
 
@@ -527,6 +527,7 @@ def build_pipeline(t_env, args, replace=None):
     # (sql/flink/25_traffic_labels.sql); attach_job runs ClickLabelOperator in its place.
     t_env.create_java_temporary_function("click_traffic_labels",
                                          "adclick.flink.ClickTrafficLabels")
+    t_env.create_java_temporary_function("traffic_rules", "adclick.flink.TrafficRulesVersion")
     paths = sorted(Path(args.sql_dir).glob("*.sql"))
     statements = replace_views(sql_statements(sql_parameters(args), paths), replace or {})
     return statement_set(t_env, statements)

@@ -42,6 +42,7 @@ from pyflink.table import StreamTableEnvironment
 from pyflink.table import TableDescriptor
 
 from adclick import config
+from adclick import invalid_traffic
 from adclick.contract import CLICK
 from adclick.contract import CONVERSION
 from jobs import ad_click_aggregation as job
@@ -285,7 +286,9 @@ def expected_outputs(rows, conversions):
             per_ad[minute][ad] += kinds["click"]
     for minute, ads in per_ad.items():
         out["top"].append((minute, tuple(sorted(ads.items(), key=rank_key)[:TOP_N])))
-        out["minutes"].append(minute)  # without the clock, the minutes with a top list
+        # Without the clock, the minutes with a top list; each with the rules it was labelled
+        # under, as the jar says them (the lists it carries) and as Python reads the same lists.
+        out["minutes"].append((minute, invalid_traffic.rules_version()))
     names = [name for name, _ in CONVERSION_COLUMNS]
     first = {}
     for row in conversions:  # in arrival order
@@ -352,7 +355,7 @@ def actual_outputs(out_dir):
                      r["conversion_id"], r["click_id"], r["type"], r["value_micros"],
                      r["conversion_ts"], r["click_ts"], r["outcome"])
                     for r in read_sink(out_dir / "attributions")]
-    minutes = [millis(r["minute"]) for r in read_sink(out_dir / "minutes")]
+    minutes = [(millis(r["minute"]), r["traffic_rules"]) for r in read_sink(out_dir / "minutes")]
     out = {"counts": counts, "late": late, "dlq": dlq, "top": top,
            "conversions_unique": conversions, "attributions": attributions,
            "minutes": minutes,

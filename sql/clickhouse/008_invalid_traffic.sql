@@ -16,3 +16,8 @@ ALTER TABLE {db}.raw_impressions
 -- (CVR counts the valid ones). Rows from before the labels were all billed: valid.
 ALTER TABLE {db}.conversion_attributions
     ADD COLUMN IF NOT EXISTS traffic LowCardinality(String) DEFAULT 'valid' AFTER device;
+
+-- Each closed minute records the invalid-traffic rules its counts were labelled under: the
+-- lists' versions and the thresholds ('' for minutes closed before the labels).
+ALTER TABLE {db}.minutes_closed
+    ADD COLUMN IF NOT EXISTS traffic_rules LowCardinality(String) DEFAULT '' AFTER minute;

@@ -10,7 +10,11 @@ SELECT minute_time FROM local_top_ads
 UNION ALL
 SELECT event_time AS minute_time FROM job_clock;
 
+-- With the invalid-traffic rules the minute's counts were labelled under (the lists' versions
+-- and the thresholds), for the record.
 INSERT INTO minutes_sink
-SELECT window_start
+SELECT window_start, traffic_rules(CAST(${repeat_click_window_ms} AS BIGINT),
+                                   CAST(${ip_frequency_window_ms} AS BIGINT),
+                                   ${ip_frequency_threshold})
 FROM TABLE(TUMBLE(TABLE minute_beats, DESCRIPTOR(minute_time), INTERVAL '1' MINUTE))
 GROUP BY window_start, window_end;
