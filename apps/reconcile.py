@@ -10,7 +10,9 @@ For each stream, from the raw events the loader stored straight from the input t
   window after it, against the conversions the job attributed. (A conversion whose click came
   more than the job's conversion wait after it is attributed here but not by the job: such a
   cell is reported too.)
-Prints a report; exits 1 on any mismatch.
+The job counts each click and impression under one traffic label (valid, or the reason it is
+not billed): "counted" is all of them, so a cell agrees only if valid + invalid = all; the
+report also says how many were invalid, by reason. Prints a report; exits 1 on any mismatch.
 
 Only minutes that can no longer change are checked: up to the latest complete minute minus the
 allowed lateness (late corrections may still arrive for younger minutes).
@@ -108,6 +110,13 @@ SELECT toUnixTimestamp(minute), ad_id, raw_unique, counted, too_late
 FROM ({cells}) WHERE raw_unique != counted + too_late ORDER BY minute, ad_id LIMIT 50
 """
 
+# The counted clicks and impressions by label, for the report.
+BY_LABEL = """
+SELECT traffic, sum(clicks), sum(impressions)
+FROM {db}.ad_click_counts FINAL WHERE minute >= {start} AND minute < {end}
+GROUP BY traffic ORDER BY traffic
+"""
+
 LATEST_COMPLETE = "SELECT toUnixTimestamp(max(minute)), count() FROM {db}.top_ads_minute"
 EARLIEST_RAW = "SELECT toUnixTimestamp(min(minute)), count() FROM {db}.raw_clicks"
 
@@ -146,13 +155,23 @@ def reconcile(query, db, start, end, attribution_window_s=config.ATTRIBUTION_WIN
         totals = query(TOTALS.format(cells=cells))[0]
         mismatches = query(MISMATCHES.format(cells=cells)) if totals[5] else []
         results[stream] = (totals, mismatches)
-    return results
+    labels = query(BY_LABEL.format(db=db, start=sql_time(start), end=sql_time(end)))
+    return results, {label: (int(clicks), int(impressions))
+                     for label, clicks, impressions in labels}
 
 
 def report(results, start, end, out=sys.stdout):
+    results, labels = results
     print(f"reconciliation of [{start:%Y-%m-%dT%H:%MZ}, {end:%Y-%m-%dT%H:%MZ}):", file=out)
     for stream, (totals, mismatches) in results.items():
         report_stream(stream, totals, mismatches, out)
+    for index, stream in enumerate(("clicks", "impressions")):
+        invalid = {label: counts[index] for label, counts in labels.items()
+                   if label != "valid" and counts[index]}
+        print(f"  counted {stream}: valid {labels.get('valid', (0, 0))[index]}, invalid "
+              f"{sum(invalid.values())}" + "".join(f", {label} {n}"
+                                                   for label, n in sorted(invalid.items())),
+              file=out)
 
 
 def report_stream(stream, totals, mismatches, out):
@@ -200,7 +219,7 @@ def main(argv=None):
         print(f"adclick reconcile: {error}", file=sys.stderr)
         return 2
     report(results, *span)
-    return 1 if any(totals[5] for totals, _ in results.values()) else 0
+    return 1 if any(totals[5] for totals, _ in results[0].values()) else 0
 
 
 if __name__ == "__main__":

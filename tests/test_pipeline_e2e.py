@@ -670,6 +670,13 @@ def test_counts_and_top_equal_the_truth(pipeline, kafka_bootstrap, topic_prefix)
     agreed = reconcile()
     assert agreed.returncode == 0, agreed.stdout + agreed.stderr
     assert f"too late (kept, not counted) {len(too_late)}" in agreed.stdout
+    with lock:  # valid + invalid = all, all being the raw events' recount
+        valid = truth.count(minutes)
+        invalid = {reason: truth.count(minutes, traffic=(reason,))
+                   for reason in config.TRAFFIC_REASONS}
+    assert f"counted clicks: valid {valid}, invalid {sum(invalid.values())}, " + ", ".join(
+        f"{reason} {n}" for reason, n in sorted(invalid.items())) in agreed.stdout, \
+        agreed.stdout
     for stream in ("clicks", "impressions", "conversions"):
         assert f"OK: every one counted exactly once ({stream})" in agreed.stdout, agreed.stdout
     with lock:
