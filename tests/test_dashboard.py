@@ -33,6 +33,7 @@ pytestmark = pytest.mark.integration
 BURST = 40_000
 MALFORMED = 25  # records among the burst that are not clicks: dead letters
 PAGE_MINUTES = "15"  # the page's default range
+BOT_AGENT = "Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)"
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +101,9 @@ def burst(stack, kafka_bootstrap):
     for serial in range(MALFORMED):
         producer.send(topic, f"not a click {serial}".encode())
     newest_ts = 0
-    for _ in range(BURST):
-        click = traffic.click()
+    for serial in range(BURST):
+        # One in 40 from a crawler: invalid traffic the page shows apart.
+        click = traffic.click(user_agent=BOT_AGENT if serial % 40 == 0 else None)
         newest_ts = max(newest_ts, click["click_ts"])
         producer.send(topic, json.dumps(click).encode())
     producer.flush()
@@ -151,7 +153,7 @@ def test_dashboard_in_chromium(stack, burst, tmp_path):
     try:
         page = browser.Dashboard(driver, api.base, api.key)
         shown = page.wait_for_refresh(
-            filters={"minutes": PAGE_MINUTES, "country": "", "device": ""})
+            filters={"minutes": PAGE_MINUTES, "country": "", "device": "", "traffic": "valid"})
         assert page.error() == ""
         assert "#" not in driver.current_url  # the key left the address bar
         unfiltered = check_page_equals_the_api(page, api)
@@ -172,11 +174,17 @@ def test_dashboard_in_chromium(stack, burst, tmp_path):
         assert screenshot.stat().st_size > 10_000
 
         page.choose("device", "mobile")
-        page.wait_for_refresh(after=shown, filters={
-            "minutes": PAGE_MINUTES, "country": "", "device": "mobile"})
+        shown = page.wait_for_refresh(after=shown, filters={
+            "minutes": PAGE_MINUTES, "country": "", "device": "mobile", "traffic": "valid"})
         filtered = check_page_equals_the_api(page, api, device="mobile")
         assert filtered["top"] != unfiltered["top"]
         assert sum(c for _, c in filtered["all"]) < sum(c for _, c in unfiltered["all"])
+
+        page.choose("traffic", "invalid")
+        page.wait_for_refresh(after=shown, filters={
+            "minutes": PAGE_MINUTES, "country": "", "device": "mobile", "traffic": "invalid"})
+        invalid = check_page_equals_the_api(page, api, device="mobile", traffic="invalid")
+        assert 0 < sum(c for _, c in invalid["all"]) < sum(c for _, c in filtered["all"])
     finally:
         driver.quit()
 
@@ -196,4 +204,13 @@ def check_page_equals_the_api(page, api, **filters):
     assert chosen == expected_top[0][0]  # the page charts the leading ad until one is clicked
     _, one = api.get("/v1/ads/per_minute", ad_id=chosen, **query)
     assert page.chart("circle.ad") == [(m["minute"], m["clicks"]) for m in one["minutes"]]
+    # The chosen ad's funnel, and its invalid clicks whatever traffic is chosen.
+    _, metrics = api.get(f"/v1/ads/{chosen}/metrics", **query)
+    assert page.text("metrics-ad") == chosen
+    assert [page.text(f"m-{name}") for name in ("impressions", "clicks", "conversions")] == \
+        [f"{metrics[name]:,}" for name in ("impressions", "clicks", "conversions")]
+    assert page.text("m-invalid").startswith(f"{metrics['invalid_clicks']:,} (")
+    assert metrics["invalid_clicks_by_reason"]["bot_user_agent"] > 0  # one click in 40
+    assert f"bot_user_agent {metrics['invalid_clicks_by_reason']['bot_user_agent']}" in \
+        page.text("m-reasons")
     return {"top": expected_top, "all": expected_all}

@@ -50,6 +50,7 @@
       minutes: $("minutes").value,
       country: $("country").value.replace(/\s+/g, "").toUpperCase(),
       device: $("device").value,
+      traffic: $("traffic").value,
     };
   }
 
@@ -133,6 +134,29 @@
     $("chart").replaceChildren(...parts);
   }
 
+  function percent(ratio) {
+    return ratio === null ? "-" : (100 * ratio).toFixed(2) + " %";
+  }
+
+  // The chosen ad's impressions, clicks, conversions, CTR and CVR (of the traffic chosen), and
+  // its invalid clicks by reason, whatever traffic is chosen.
+  function renderMetrics(metrics) {
+    $("metrics-ad").textContent = metrics ? metrics.ad_id : "";
+    const cells = metrics ? {
+      impressions: metrics.impressions.toLocaleString("en"),
+      clicks: metrics.clicks.toLocaleString("en"),
+      conversions: metrics.conversions.toLocaleString("en"),
+      ctr: percent(metrics.ctr), cvr: percent(metrics.cvr),
+      invalid: metrics.invalid_clicks.toLocaleString("en") + " ("
+        + percent(metrics.invalid_click_rate) + " of all)",
+    } : {};
+    for (const name of ["impressions", "clicks", "conversions", "ctr", "cvr", "invalid"]) {
+      $("m-" + name).textContent = cells[name] || "-";
+    }
+    $("m-reasons").textContent = metrics ? "invalid by reason: " + Object.entries(
+      metrics.invalid_clicks_by_reason).map(([reason, n]) => reason + " " + n).join(" · ") : "";
+  }
+
   function seconds(value) {
     if (value === null || value === undefined) {
       return "-";
@@ -205,13 +229,16 @@
       if (state.ad === null && top.ads.length > 0) {
         state.ad = top.ads[0].ad_id;
       }
-      const one = state.ad === null ? null
-        : await api("/v1/ads/per_minute", {...wanted, ad_id: state.ad});
+      const [one, metrics] = state.ad === null ? [null, null] : await Promise.all([
+        api("/v1/ads/per_minute", {...wanted, ad_id: state.ad}),
+        api("/v1/ads/" + encodeURIComponent(state.ad) + "/metrics", wanted),
+      ]);
       if (generation !== state.generation) {
         return;  // the filters changed meanwhile: a newer refresh draws
       }
       renderTop(top);
       renderChart(all, one);
+      renderMetrics(metrics);
       $("health").hidden = status === null;
       $("late-section").hidden = status === null;
       if (status !== null) {
