@@ -56,14 +56,21 @@ class LiveTraffic(threading.Thread):
         self.sent_payloads = []  # every unique record (topic, bytes), for resend()
         self.resent = 0
 
-    def click(self):
+    def click(self, user_agent=None):
+        """A new click of now; a person of its own (user and private address), so that the
+        invalid-traffic rules find nothing to say of it unless user_agent is a crawler's."""
         self.serial += 1
         ts = int(time.time() * 1000) - self.rng.randrange(self.jitter_ms)
-        return {"click_id": f"c{self.serial}", "click_ts": ts,
-                "ad_id": self.ads[min(int(self.rng.paretovariate(1.1)) - 1, len(self.ads) - 1)],
-                "user_id": f"u{self.rng.randrange(1000)}", "ip": "192.0.2.1",
-                "country": self.rng.choice(["KR", "US", "JP", "DE"]),
-                "device": self.rng.choice(["mobile", "desktop", "tablet", "other"])}
+        serial = self.serial
+        click = {"click_id": f"c{serial}", "click_ts": ts,
+                 "ad_id": self.ads[min(int(self.rng.paretovariate(1.1)) - 1, len(self.ads) - 1)],
+                 "user_id": f"u{serial}",
+                 "ip": f"10.{(serial >> 16) & 255}.{(serial >> 8) & 255}.{serial & 255}",
+                 "country": self.rng.choice(["KR", "US", "JP", "DE"]),
+                 "device": self.rng.choice(["mobile", "desktop", "tablet", "other"])}
+        if user_agent is not None:
+            click["user_agent"] = user_agent
+        return click
 
     def deliver(self, producer, records):
         """Send until every (topic, payload) is acknowledged (retrying through outages)."""
@@ -222,7 +229,8 @@ def settle_and_compare(traffic, api, processes=(), timeout=300):
     last_minute = traffic.close_windows()
 
     def closed():
-        rows = api.sql("SELECT toUnixTimestamp(max(minute)) * 1000 FROM top_ads_minute")
+        # minutes_closed, not top_ads_minute: a minute without a valid click has no top list.
+        rows = api.sql("SELECT toUnixTimestamp(max(minute)) * 1000 FROM minutes_closed")
         return rows[0][0] >= last_minute - 3 * config.WINDOW_MS
 
     wait_for(closed, timeout, "every minute sent to close", processes)
