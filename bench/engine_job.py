@@ -165,7 +165,7 @@ def run_adclick_parse(args, stage):
 # Stands in for the dedup stage of sql/flink/20_dedup_and_lateness.sql: every valid event
 # passes, as if each were the first of its id.
 WITHOUT_DEDUP = ("SELECT event, event_id, ad_id, event_ts_ms, user_id, ip, country, device, "
-                 "event_time FROM events_valid")
+                 "event_time, traffic FROM events_valid")
 
 
 def run_adclick_job(args, stage, dedup=True, measured=None):

@@ -275,7 +275,10 @@ def incremental_state(run):
 STATEFUL = (("events_dedup", "CompactDeduplicate[", "the dedup of clicks and impressions (1 h)"),
             ("attribution_join", "CompactAttribution[",
              "the counted clicks the attribution keeps for the attribution window (7 days by "
-             "default) plus the conversion wait"))
+             "default) plus the conversion wait"),
+            ("click_labels", "ClickLabel[",
+             "the counted clicks the invalid-traffic labelling keeps: the ip window (600 s), the "
+             "allowed lateness and a minute of event time, then dropped"))
 
 
 def operator_state(checkpoints):
