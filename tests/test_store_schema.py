@@ -76,6 +76,13 @@ def test_an_older_store_is_brought_to_this_layout(chdb_url):  # noqa: F811
         clicks UInt64, late UInt8, click_id String, src_partition UInt32, src_offset UInt64)
         ENGINE = ReplacingMergeTree PARTITION BY toYYYYMMDD(minute)
         ORDER BY (minute, ad_id, country, device, src_partition, src_offset)""")
+    # And a store from before the invalid-traffic labels: an hourly rollup keyed by ad alone.
+    client.command("""CREATE TABLE schema_upgrade.ad_counts_hourly (hour DateTime('UTC'),
+        ad_id String, clicks UInt64, impressions UInt64, computed_at DateTime64(6, 'UTC'))
+        ENGINE = ReplacingMergeTree(computed_at) PARTITION BY toYYYYMMDD(hour)
+        ORDER BY (hour, ad_id)""")
+    client.command("INSERT INTO schema_upgrade.ad_counts_hourly VALUES"
+                   " ('2026-12-01 10:00:00', 'ad-1', 3, 40, '2026-12-01 11:05:00')")
     client.command("INSERT INTO schema_upgrade.dead_letters VALUES"
                    " ('2026-12-01 10:00:00', 'oversized', 'eA==', 1, 7)")
     client.command("INSERT INTO schema_upgrade.ad_click_counts VALUES"
@@ -87,7 +94,13 @@ def test_an_older_store_is_brought_to_this_layout(chdb_url):  # noqa: F811
     assert sorted(client.query("SELECT event, reason, source_offset FROM"
                                " schema_upgrade.dead_letters FINAL").result_rows) == \
         [("click", "oversized", 7), ("impression", "bad_ad_id", 7)]
-    assert client.query("SELECT clicks, impressions FROM schema_upgrade.ad_click_counts"
-                        ).result_rows == [(3, 0)]
+    # Counted before the labels, every click was billed: the old rows read as valid.
+    assert client.query("SELECT traffic, clicks, impressions FROM schema_upgrade.ad_click_counts"
+                        ).result_rows == [("valid", 3, 0)]
+    assert client.query("SELECT toString(hour), ad_id, traffic, clicks, impressions,"
+                        " toString(computed_at) FROM schema_upgrade.ad_counts_hourly"
+                        ).result_rows == \
+        [("2026-12-01 10:00:00", "ad-1", "valid", 3, 40, "2026-12-01 11:05:00.000000")]
     tables = {row[0] for row in client.query("SHOW TABLES FROM schema_upgrade").result_rows}
     assert "dead_letters_before_event" not in tables
+    assert "ad_counts_hourly_before_traffic" not in tables
