@@ -135,14 +135,19 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
     return allowedLatenessMs;
   }
 
-  /** The stored clicks' row: the input's columns, then the label. */
+  /**
+   * The stored clicks' row: the input's columns, then the label and the ip key (computed once:
+   * a stored click is read back at every minute close within the rules' look-back).
+   */
   static RowType storedType(RowType inputType) {
     List<RowType.RowField> fields = new ArrayList<>(inputType.getFields());
-    String name = "click_label";
-    while (inputType.getFieldNames().contains(name)) {
-      name += "_";
+    for (String wanted : new String[] {"click_label", "click_ip_key"}) {
+      String name = wanted;
+      while (inputType.getFieldNames().contains(name)) {
+        name += "_";
+      }
+      fields.add(new RowType.RowField(name, new VarCharType(VarCharType.MAX_LENGTH)));
     }
-    fields.add(new RowType.RowField(name, new VarCharType(VarCharType.MAX_LENGTH)));
     return new RowType(fields);
   }
 
@@ -231,16 +236,18 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
     // no processing-time timers
   }
 
-  /** A click, as the rules read it, with its row: a new one or a stored one with its label. */
+  /**
+   * A click, as the rules read it, with its row: a new one or a stored one with its label. Its
+   * strings are the binary row's own (StringData, compared by their bytes, never decoded).
+   */
   private static final class Entry extends ClickRules.Click {
     final RowData input;   // a new click's input row (a copy), else null
     final RowData stored;  // a stored click's stored row, else null
-    String label;          // the stored label; a new click's once labelled
+    StringData label;      // the stored label; a new click's once labelled
 
-    Entry(RowData row, int idField, int tsField, int userField, int ipField,
-          int trafficField, RowData input, RowData stored, String label) {
-      super(row.getLong(tsField), text(row, idField), text(row, userField),
-          IpAddress.key(text(row, ipField)), text(row, trafficField));
+    Entry(long ts, StringData id, StringData user, StringData ipKey, StringData traffic,
+          RowData input, RowData stored, StringData label) {
+      super(ts, id, user, ipKey, traffic);
       this.input = input;
       this.stored = stored;
       this.label = label;
@@ -249,20 +256,28 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
     long minute() {
       return minuteOf(ts);
     }
+
+    StringData ipKeyData() {
+      return (StringData) ipKey;
+    }
   }
 
-  private static String text(RowData row, int field) {
-    return row.isNullAt(field) ? null : row.getString(field).toString();
+  private static StringData string(RowData row, int field) {
+    return row.isNullAt(field) ? null : row.getString(field);
   }
 
   private Entry fresh(RowData row) {
     RowData copy = inputRows.toBinaryRow(row).copy(); // inputs may be reused objects
-    return new Entry(copy, idField, tsField, userField, ipField, trafficField, copy, null, null);
+    StringData ip = string(copy, ipField);
+    return new Entry(copy.getLong(tsField), string(copy, idField), string(copy, userField),
+        StringData.fromString(IpAddress.key(ip == null ? null : ip.toString())),
+        string(copy, trafficField), copy, null, null);
   }
 
   private Entry storedEntry(RowData row) {
-    return new Entry(row, idField, tsField, userField, ipField, trafficField, null, row,
-        text(row, inputFields.length));
+    int label = inputFields.length;
+    return new Entry(row.getLong(tsField), string(row, idField), string(row, userField),
+        string(row, label + 1), string(row, trafficField), null, row, string(row, label));
   }
 
   /**
@@ -276,16 +291,34 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
     long lookback = rules.lookbackMs();
     long firstMinute = minuteOf(fresh.get(0).ts - lookback);
     long lastMinute = minuteOf(fresh.get(fresh.size() - 1).ts + lookback - 1);
-    List<Entry> all = new ArrayList<>(fresh);
+    // Each stored minute's list is in the rules' order (written so below) and the minutes are
+    // read in order, so the stored clicks come sorted and the new ones are merged in: no sort
+    // of the whole look-back at every minute close or late click.
+    List<Entry> storedEntries = new ArrayList<>();
+    boolean inOrder = true;
     for (long minute = firstMinute; minute <= lastMinute; minute += MINUTE_MS) {
       List<RowData> rows = stored.get(minute);
       if (rows != null) {
         for (RowData row : rows) {
-          all.add(storedEntry(row));
+          Entry entry = storedEntry(row);
+          int last = storedEntries.size() - 1;
+          inOrder &= last < 0 || ClickRules.ORDER.compare(storedEntries.get(last), entry) <= 0;
+          storedEntries.add(entry);
         }
       }
     }
-    all.sort(ClickRules.ORDER);
+    if (!inOrder) {
+      storedEntries.sort(ClickRules.ORDER);  // only if a stored list was ever out of order
+    }
+    List<Entry> all = new ArrayList<>(storedEntries.size() + fresh.size());
+    int s = 0;
+    for (Entry entry : fresh) {
+      while (s < storedEntries.size() && ClickRules.ORDER.compare(storedEntries.get(s), entry) < 0) {
+        all.add(storedEntries.get(s++));
+      }
+      all.add(entry);
+    }
+    all.addAll(storedEntries.subList(s, storedEntries.size()));
     int from = 0;
     while (all.get(from).stored != null) {
       from++;
@@ -294,14 +327,14 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
     TreeMap<Long, Boolean> touched = new TreeMap<>();
     for (int i = from; i < all.size(); i++) {
       Entry entry = all.get(i);
-      String label = labels[i - from];
+      StringData label = StringData.fromString(labels[i - from]);
       if (entry.stored == null) {
         entry.label = label;
-        emit(entry.input, entry.id, label, null);
+        emit(entry.input, (StringData) entry.id, label, null);
         touched.put(entry.minute(), true);
       } else if (!label.equals(entry.label)) {
-        emit(ProjectedRowData.from(inputFields).replaceRow(entry.stored), entry.id, label,
-            entry.label);
+        emit(ProjectedRowData.from(inputFields).replaceRow(entry.stored), (StringData) entry.id,
+            label, entry.label);
         entry.label = label;
         touched.putIfAbsent(entry.minute(), false);
       }
@@ -313,11 +346,11 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
         continue;
       }
       RowData row = entry.stored;
-      if (row == null || !entry.label.equals(text(row, inputFields.length))) {
+      if (row == null || !entry.label.equals(string(row, inputFields.length))) {
         RowData input = entry.input != null ? entry.input
             : ProjectedRowData.from(inputFields).replaceRow(entry.stored);
         row = storedRows.toBinaryRow(new JoinedRowData(input,
-            GenericRowData.of(StringData.fromString(entry.label)))).copy();
+            GenericRowData.of(entry.label, entry.ipKeyData()))).copy();
       }
       rewritten.computeIfAbsent(minute, m -> new ArrayList<>()).add(row);
     }
@@ -344,11 +377,13 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
     return minutes;
   }
 
-  private void emit(RowData input, String id, String label, String replaced) {
+  private static final StringData REPLACES_KEY = StringData.fromString(REPLACES);
+
+  private void emit(RowData input, StringData id, StringData label, StringData replaced) {
     Map<StringData, StringData> labels = new LinkedHashMap<>();
-    labels.put(StringData.fromString(id), StringData.fromString(label));
+    labels.put(id, label);
     if (replaced != null) {
-      labels.put(StringData.fromString(REPLACES), StringData.fromString(replaced));
+      labels.put(REPLACES_KEY, replaced);
     }
     collector.collect(new JoinedRowData(input, GenericRowData.of(new GenericMapData(labels))));
   }

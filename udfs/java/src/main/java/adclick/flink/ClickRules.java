@@ -39,15 +39,20 @@ public final class ClickRules implements Serializable {
   public static final long DEFAULT_IP_WINDOW_MS = 600_000;
   public static final int DEFAULT_IP_THRESHOLD = 3;
 
-  /** What the rules read of a click. */
+  /**
+   * What the rules read of a click. The id, user, ip key and label are Strings, or (in the
+   * operator, which reads them off binary rows without decoding them) StringData: one kind for
+   * all the clicks labelled together. Ids order as their UTF-8 bytes do, which for the ids'
+   * ASCII characters is String order; users and ip keys only need equality.
+   */
   public static class Click {
     public final long ts;
-    public final String id;
-    public final String user;
-    public final String ipKey;
-    public final String traffic;
+    public final Object id;
+    public final Object user;
+    public final Object ipKey;
+    public final Object traffic;
 
-    public Click(long ts, String id, String user, String ipKey, String traffic) {
+    public Click(long ts, Object id, Object user, Object ipKey, Object traffic) {
       this.ts = ts;
       this.id = id;
       this.user = user;
@@ -67,8 +72,9 @@ public final class ClickRules implements Serializable {
   }
 
   /** The rules' order: event time, then event id (a null id first). */
+  @SuppressWarnings({"unchecked", "rawtypes"})
   public static final Comparator<Click> ORDER = Comparator.<Click>comparingLong(c -> c.ts)
-      .thenComparing(c -> c.id, Comparator.nullsFirst(Comparator.naturalOrder()));
+      .thenComparing(c -> (Comparable) c.id, Comparator.nullsFirst(Comparator.naturalOrder()));
 
   public final long repeatWindowMs;
   public final long ipWindowMs;
@@ -109,8 +115,8 @@ public final class ClickRules implements Serializable {
     if (from >= to) {
       return labels;
     }
-    Map<String, Integer> users = new HashMap<>();  // in the repeat window before i
-    Map<String, Integer> ips = new HashMap<>();    // in the ip window before i
+    Map<Object, Integer> users = new HashMap<>();  // in the repeat window before i
+    Map<Object, Integer> ips = new HashMap<>();    // in the ip window before i
     long first = sorted.get(from).ts;
     int userStart = from;
     while (userStart > 0 && first - sorted.get(userStart - 1).ts < repeatWindowMs) {
@@ -135,7 +141,7 @@ public final class ClickRules implements Serializable {
         add(ips, sorted.get(ipStart++).ipKey, -1);
       }
       if (click.traffic != null) {
-        labels[i - from] = click.traffic;
+        labels[i - from] = click.traffic.toString();
       } else if (click.user != null && users.containsKey(click.user)) {
         labels[i - from] = REPEAT_CLICK;
       } else if (ips.getOrDefault(click.ipKey, 0) >= ipThreshold) {
@@ -149,7 +155,7 @@ public final class ClickRules implements Serializable {
     return labels;
   }
 
-  private static void add(Map<String, Integer> counts, String key, int delta) {
+  private static void add(Map<Object, Integer> counts, Object key, int delta) {
     if (key == null) {
       return;
     }

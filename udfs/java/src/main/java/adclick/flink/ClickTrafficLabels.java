@@ -170,7 +170,7 @@ public class ClickTrafficLabels extends AggregateFunction<Map<String, String>,
     }
     String[] computed = rules.labels(window, from, window.size());
     for (int i = from; i < window.size(); i++) {
-      labels.put(window.get(i).id, computed[i - from]);
+      labels.put((String) window.get(i).id, computed[i - from]);
     }
     return labels;
   }

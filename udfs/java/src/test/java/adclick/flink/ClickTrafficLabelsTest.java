@@ -338,7 +338,7 @@ class ClickTrafficLabelsTest {
           repeat |= e.user.equals(c.user) && c.ts - e.ts < R;
           sameIp += e.ipKey.equals(c.ipKey) && c.ts - e.ts < W ? 1 : 0;
         }
-        String label = c.traffic != null ? c.traffic : repeat ? ClickRules.REPEAT_CLICK
+        String label = c.traffic != null ? c.traffic.toString() : repeat ? ClickRules.REPEAT_CLICK
             : sameIp >= K ? ClickRules.IP_FREQUENCY : ClickRules.VALID;
         assertEquals(label, rules.label(sorted, i), c.toString());
       }
