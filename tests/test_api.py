@@ -422,6 +422,13 @@ BAD_REQUESTS = [
     ("/v1/ads/bad!id/aggregated_count", {}, "ad_id"),
     ("/v1/ads/" + "x" * 65 + "/aggregated_count", {}, "ad_id"),
     ("/v1/ads/ad%20one/aggregated_count", {}, "ad_id"),
+    (POPULAR_PATH, {"traffic": "billable"}, "traffic"),
+    (POPULAR_PATH, {"traffic": "VALID"}, "traffic"),
+    (POPULAR_PATH, {"reason": "fraud"}, "reason"),
+    (POPULAR_PATH, {"reason": "repeat_click,"}, "reason"),
+    (POPULAR_PATH, {"traffic": "valid", "reason": "repeat_click"}, "reason"),
+    ("/v1/ads/ad-01/metrics", {"traffic": "all", "reason": "ip_frequency"}, "reason"),
+    ("/v1/ads/ad-01/aggregated_count", {"reason": "bot"}, "reason"),
 ]
 
 
