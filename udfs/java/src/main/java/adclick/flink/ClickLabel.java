@@ -80,24 +80,14 @@ public final class ClickLabel {
           "the OVER's result is not a MAP<STRING, STRING>: " + labels);
     }
     ClickLabelOperator operator = new ClickLabelOperator(input,
-        field(input, "event_id", LogicalTypeRoot.VARCHAR),
-        field(input, "event_ts_ms", LogicalTypeRoot.BIGINT),
-        field(input, "user_id", LogicalTypeRoot.VARCHAR),
-        field(input, "ip", LogicalTypeRoot.VARCHAR),
-        field(input, "traffic", LogicalTypeRoot.VARCHAR),
+        CompactDeduplicate.field(input, "event_id", LogicalTypeRoot.VARCHAR),
+        CompactDeduplicate.field(input, "event_ts_ms", LogicalTypeRoot.BIGINT),
+        CompactDeduplicate.field(input, "user_id", LogicalTypeRoot.VARCHAR),
+        CompactDeduplicate.field(input, "ip", LogicalTypeRoot.VARCHAR),
+        CompactDeduplicate.field(input, "traffic", LogicalTypeRoot.VARCHAR),
         rules, allowedLatenessMs);
-    CompactDeduplicate.setFactory(over, SimpleOperatorFactory.of(operator));
-    String id = over.getName().replaceAll("\\D", "");
-    over.setName("ClickLabel[" + id + "]");
-    over.setUid(id + "_click-label");
-  }
-
-  private static int field(RowType row, String name, LogicalTypeRoot root) {
-    int index = row.getFieldIndex(name);
-    if (index < 0 || !row.getTypeAt(index).is(root)) {
-      throw new IllegalArgumentException("no " + root + " column " + name + " in " + row);
-    }
-    return index;
+    CompactDeduplicate.replaceOperator(over, SimpleOperatorFactory.of(operator), "ClickLabel",
+        "click-label");
   }
 
   /** How far back (ms) the planner's RANGE frame reaches. */

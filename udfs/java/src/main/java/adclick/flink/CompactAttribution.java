@@ -64,27 +64,17 @@ public final class CompactAttribution {
     }
     CompactAttributionOperator compact = new CompactAttributionOperator(
         retentionS, waitS, conversions,
-        field(conversions, "click_id", LogicalTypeRoot.VARCHAR),
-        field(conversions, "conversion_ts_ms", LogicalTypeRoot.BIGINT),
+        CompactDeduplicate.field(conversions, "click_id", LogicalTypeRoot.VARCHAR),
+        CompactDeduplicate.field(conversions, "conversion_ts_ms", LogicalTypeRoot.BIGINT),
         clicks.getFieldCount(),
-        field(clicks, "click_id", LogicalTypeRoot.VARCHAR),
-        field(clicks, "ad_id", LogicalTypeRoot.VARCHAR),
-        field(clicks, "country", LogicalTypeRoot.VARCHAR),
-        field(clicks, "device", LogicalTypeRoot.VARCHAR),
-        field(clicks, "traffic", LogicalTypeRoot.VARCHAR),
-        field(clicks, "click_ts_ms", LogicalTypeRoot.BIGINT), key);
-    CompactDeduplicate.setFactory(join, SimpleOperatorFactory.of(compact));
-    String id = join.getName().replaceAll("\\D", "");
-    join.setName("CompactAttribution[" + id + "]");
-    join.setUid(id + "_compact-attribution");
-  }
-
-  private static int field(RowType row, String name, LogicalTypeRoot root) {
-    int index = row.getFieldIndex(name);
-    if (index < 0 || !row.getTypeAt(index).is(root)) {
-      throw new IllegalArgumentException("no " + root + " column " + name + " in " + row);
-    }
-    return index;
+        CompactDeduplicate.field(clicks, "click_id", LogicalTypeRoot.VARCHAR),
+        CompactDeduplicate.field(clicks, "ad_id", LogicalTypeRoot.VARCHAR),
+        CompactDeduplicate.field(clicks, "country", LogicalTypeRoot.VARCHAR),
+        CompactDeduplicate.field(clicks, "device", LogicalTypeRoot.VARCHAR),
+        CompactDeduplicate.field(clicks, "traffic", LogicalTypeRoot.VARCHAR),
+        CompactDeduplicate.field(clicks, "click_ts_ms", LogicalTypeRoot.BIGINT), key);
+    CompactDeduplicate.replaceOperator(join, SimpleOperatorFactory.of(compact),
+        "CompactAttribution", "compact-attribution");
   }
 
   private static boolean flag(Object operator, String name) {

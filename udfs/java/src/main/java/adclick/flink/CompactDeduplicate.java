@@ -90,10 +90,8 @@ public final class CompactDeduplicate {
         horizonS, others.isEmpty() ? Map.of() : horizons, longs.get(0), longs.get(1),
         others.stream().mapToInt(Integer::intValue).toArray(), time,
         !input.getTypeAt(time).is(LogicalTypeRoot.BIGINT), key);
-    setFactory(dedup, SimpleOperatorFactory.of(operator));
-    String id = dedup.getName().replaceAll("\\D", "");
-    dedup.setName("CompactDeduplicate[" + id + "]");
-    dedup.setUid(id + "_compact-deduplicate");
+    replaceOperator(dedup, SimpleOperatorFactory.of(operator), "CompactDeduplicate",
+        "compact-deduplicate");
   }
 
   /**
@@ -145,6 +143,27 @@ public final class CompactDeduplicate {
       throw new IllegalArgumentException("not a row key: " + logical);
     }
     return (RowType) logical;
+  }
+
+  /**
+   * Puts factory's operator in a translated transformation's place and names it after it:
+   * "name[plan node id]", with the uid "id_uid" (its state is not the planner's operator's).
+   */
+  static void replaceOperator(Transformation<?> transformation, StreamOperatorFactory<?> factory,
+                              String name, String uid) {
+    setFactory(transformation, factory);
+    String id = transformation.getName().replaceAll("\\D", "");
+    transformation.setName(name + "[" + id + "]");
+    transformation.setUid(id + "_" + uid);
+  }
+
+  /** The index of row's column name, of type root (the compact operators find them by name). */
+  static int field(RowType row, String name, LogicalTypeRoot root) {
+    int index = row.getFieldIndex(name);
+    if (index < 0 || !row.getTypeAt(index).is(root)) {
+      throw new IllegalArgumentException("no " + root + " column " + name + " in " + row);
+    }
+    return index;
   }
 
   /** Sets a translated transformation's operator factory (a field of each kind's own). */
