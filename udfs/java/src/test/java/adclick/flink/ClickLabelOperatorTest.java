@@ -9,6 +9,8 @@ import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import adclick.flink.InstallFixtures.FakeSource;
+import adclick.flink.InstallFixtures.PassThrough;
 import adclick.flink.ClickTrafficLabelsTest.TestClick;
 import java.util.ArrayList;
 import java.util.Collections;
@@ -19,11 +21,9 @@ import java.util.List;
 import java.util.Map;
 import java.util.Random;
 import org.apache.flink.api.common.functions.MapFunction;
-import org.apache.flink.api.dag.Transformation;
 import org.apache.flink.api.java.functions.KeySelector;
 import org.apache.flink.core.memory.DataOutputSerializer;
 import org.apache.flink.runtime.checkpoint.OperatorSubtaskState;
-import org.apache.flink.streaming.api.functions.KeyedProcessFunction;
 import org.apache.flink.streaming.api.operators.KeyedProcessOperator;
 import org.apache.flink.streaming.api.operators.SimpleOperatorFactory;
 import org.apache.flink.streaming.api.operators.StreamMap;
@@ -49,7 +49,6 @@ import org.apache.flink.table.types.logical.RowType;
 import org.apache.flink.table.types.logical.TimestampKind;
 import org.apache.flink.table.types.logical.VarCharType;
 import org.apache.flink.types.RowKind;
-import org.apache.flink.util.Collector;
 import org.junit.jupiter.api.Test;
 
 /**
@@ -442,38 +441,13 @@ class ClickLabelOperatorTest {
 
   // install: what it replaces, and what it refuses to.
 
-  private static final class PassThrough extends KeyedProcessFunction<RowData, RowData, RowData> {
-    private static final long serialVersionUID = 1L;
-
-    @Override
-    public void processElement(RowData row, Context context, Collector<RowData> out) {
-      out.collect(row);
-    }
-  }
-
-  /** A leaf of the graph (the OVER's input); never run. */
-  private static final class FakeSource extends Transformation<RowData> {
-    FakeSource(RowType type) {
-      super("Source[1]", InternalTypeInfo.of(type), 2);
-    }
-
-    @Override
-    protected List<Transformation<?>> getTransitivePredecessorsInternal() {
-      return List.of(this);
-    }
-
-    @Override
-    public List<Transformation<?>> getInputs() {
-      return List.of();
-    }
-  }
-
   /** A planned OVER's shape: "OverAggregate[id]", keyed by ad_id, its operator given. */
   private static OneInputTransformation<RowData, RowData> planned(
       org.apache.flink.streaming.api.operators.OneInputStreamOperator<RowData, RowData> operator,
       RowType input, RowType output) {
     OneInputTransformation<RowData, RowData> over = new OneInputTransformation<>(
-        new FakeSource(input), "OverAggregate[17]", operator, InternalTypeInfo.of(output), 2);
+        new FakeSource("Source[1]", InternalTypeInfo.of(input)), "OverAggregate[17]", operator,
+        InternalTypeInfo.of(output), 2);
     over.setStateKeySelector(AD);
     over.setStateKeyType(KEY_TYPE);
     over.setUid("17_over-aggregate");

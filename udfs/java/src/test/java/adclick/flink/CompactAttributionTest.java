@@ -6,11 +6,11 @@ import static org.junit.jupiter.api.Assertions.assertSame;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import adclick.flink.InstallFixtures.FakeSource;
+import adclick.flink.InstallFixtures.PassThrough;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
-import org.apache.flink.api.dag.Transformation;
-import org.apache.flink.streaming.api.functions.KeyedProcessFunction;
 import org.apache.flink.streaming.api.functions.co.KeyedCoProcessFunction;
 import org.apache.flink.streaming.api.operators.KeyedProcessOperator;
 import org.apache.flink.streaming.api.operators.SimpleOperatorFactory;
@@ -73,7 +73,8 @@ class CompactAttributionTest {
       TwoInputStreamOperator<RowData, RowData, RowData> operator, RowType conversions,
       RowType clicks, LogicalType... key) {
     TwoInputTransformation<RowData, RowData, RowData> join = new TwoInputTransformation<>(
-        new FakeSource("Calc[51]", conversions), new FakeSource("Calc[52]", clicks), "Join[53]",
+        new FakeSource("Calc[51]", InternalTypeInfo.of(conversions)),
+        new FakeSource("Calc[52]", InternalTypeInfo.of(clicks)), "Join[53]",
         operator, output(conversions, clicks), 2);
     join.setStateKeySelectors(row -> GenericRowData.of(row.getString(1)),
         row -> GenericRowData.of(row.getString(0)));
@@ -181,7 +182,8 @@ class CompactAttributionTest {
     assertTrue(error.getMessage().contains("not a regular join"), error.getMessage());
     assertEquals("Join[53]", other.getName());
 
-    var oneInput = new OneInputTransformation<>(new FakeSource("Calc[51]", CONVERSIONS),
+    var oneInput = new OneInputTransformation<>(
+        new FakeSource("Calc[51]", InternalTypeInfo.of(CONVERSIONS)),
         "Join[53]", new KeyedProcessOperator<>(new PassThrough()), InternalTypeInfo.of(CONVERSIONS),
         2);
     assertThrows(IllegalArgumentException.class,
@@ -256,29 +258,4 @@ class CompactAttributionTest {
     }
   }
 
-  private static final class PassThrough extends KeyedProcessFunction<RowData, RowData, RowData> {
-    private static final long serialVersionUID = 1L;
-
-    @Override
-    public void processElement(RowData row, Context context, Collector<RowData> out) {
-      out.collect(row);
-    }
-  }
-
-  /** A leaf of the graph (one of the join's inputs); never run. */
-  private static final class FakeSource extends Transformation<RowData> {
-    FakeSource(String name, RowType type) {
-      super(name, InternalTypeInfo.of(type), 2);
-    }
-
-    @Override
-    protected List<Transformation<?>> getTransitivePredecessorsInternal() {
-      return List.of(this);
-    }
-
-    @Override
-    public List<Transformation<?>> getInputs() {
-      return List.of();
-    }
-  }
 }

@@ -5,6 +5,8 @@ import static org.junit.jupiter.api.Assertions.assertInstanceOf;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import adclick.flink.InstallFixtures.FakeSource;
+import adclick.flink.InstallFixtures.PassThrough;
 import java.util.List;
 import org.apache.flink.api.dag.Transformation;
 import org.apache.flink.streaming.api.functions.KeyedProcessFunction;
@@ -21,7 +23,6 @@ import org.apache.flink.table.types.logical.LogicalType;
 import org.apache.flink.table.types.logical.RowType;
 import org.apache.flink.table.types.logical.TimestampKind;
 import org.apache.flink.table.types.logical.VarCharType;
-import org.apache.flink.util.Collector;
 import org.junit.jupiter.api.Test;
 
 /** What install replaces, and what it refuses to (rather than change a dedup's meaning). */
@@ -38,7 +39,8 @@ class CompactDeduplicateTest {
   private static OneInputTransformation<RowData, RowData> planned(
       KeyedProcessFunction<RowData, RowData, RowData> function, LogicalType... key) {
     Transformation<RowData> input = new OneInputTransformation<>(
-        new FakeSource(), "Calc[11]", new KeyedProcessOperator<>(new PassThrough()), ROW, 2);
+        new FakeSource("Source[1]", ROW), "Calc[11]", new KeyedProcessOperator<>(new PassThrough()),
+        ROW, 2);
     OneInputTransformation<RowData, RowData> dedup = new OneInputTransformation<>(
         input, "Deduplicate[12]", new KeyedProcessOperator<>(function), ROW, 2);
     dedup.setStateKeySelector(row -> row);
@@ -95,29 +97,4 @@ class CompactDeduplicateTest {
     }
   }
 
-  private static final class PassThrough extends KeyedProcessFunction<RowData, RowData, RowData> {
-    private static final long serialVersionUID = 1L;
-
-    @Override
-    public void processElement(RowData row, Context context, Collector<RowData> out) {
-      out.collect(row);
-    }
-  }
-
-  /** A leaf of the graph (the dedup's input's input); never run. */
-  private static final class FakeSource extends Transformation<RowData> {
-    FakeSource() {
-      super("Source[1]", ROW, 2);
-    }
-
-    @Override
-    protected List<Transformation<?>> getTransitivePredecessorsInternal() {
-      return List.of(this);
-    }
-
-    @Override
-    public List<Transformation<?>> getInputs() {
-      return List.of();
-    }
-  }
 }
