@@ -521,24 +521,11 @@ class CompactAttributionOperatorTest {
       expected.add(joined(early.get(i), lateClicks.get(i)));
     }
     List<Harness> two = restored(atOne, 1, 2);
-    List<List<Object>> out = new ArrayList<>();
-    OperatorSubtaskState[] states = new OperatorSubtaskState[2];
-    try {
-      for (Harness h : two) {
-        assertEquals(T0 + 10 * MINUTE, h.attribution().nowMs());
-      }
-      route(two, conversions, lateClicks);
-      for (int i = 0; i < two.size(); i++) {
-        List<List<Object>> joined = two.get(i).joined();
-        assertTrue(joined.size() > 0, "subtask " + i + " matched nothing");
-        out.addAll(joined);
-        states[i] = two.get(i).snapshot(2, T0);
-      }
-    } finally {
-      for (Harness h : two) {
-        h.close();
-      }
+    for (Harness h : two) {
+      assertEquals(T0 + 10 * MINUTE, h.attribution().nowMs());
     }
+    List<List<Object>> out = new ArrayList<>();
+    OperatorSubtaskState[] states = joinEachAndClose(two, conversions, lateClicks, out);
     assertEquals(sorted(expected), sorted(out));
 
     // Back to 1 subtask: all clicks (the late ones too) are there for new conversions.
@@ -573,6 +560,29 @@ class CompactAttributionOperatorTest {
   }
 
   /** Feeds each row to the subtask its click_id's key group belongs to. */
+  /**
+   * Routes the rows to the subtasks that own them, adds each subtask's output to out (each must
+   * match something), snapshots and closes them all; returns their states.
+   */
+  private static OperatorSubtaskState[] joinEachAndClose(List<Harness> subtasks,
+      List<RowData> conversions, List<RowData> clicks, List<List<Object>> out) throws Exception {
+    OperatorSubtaskState[] states = new OperatorSubtaskState[subtasks.size()];
+    try {
+      route(subtasks, conversions, clicks);
+      for (int i = 0; i < subtasks.size(); i++) {
+        List<List<Object>> joined = subtasks.get(i).joined();
+        assertTrue(joined.size() > 0, "subtask " + i + " matched nothing");
+        out.addAll(joined);
+        states[i] = subtasks.get(i).snapshot(2, T0);
+      }
+    } finally {
+      for (Harness h : subtasks) {
+        h.close();
+      }
+    }
+    return states;
+  }
+
   private static void route(List<Harness> subtasks, List<RowData> conversions,
                             List<RowData> clicks) throws Exception {
     for (RowData row : conversions) {
@@ -636,20 +646,7 @@ class CompactAttributionOperatorTest {
     // At 2 subtasks, then back at 1: each click still has its label.
     List<Harness> two = restored(atOne, 1, 2);
     List<List<Object>> out = new ArrayList<>();
-    OperatorSubtaskState[] states = new OperatorSubtaskState[2];
-    try {
-      route(two, conversions, List.of());
-      for (int i = 0; i < two.size(); i++) {
-        List<List<Object>> joined = two.get(i).joined();
-        assertTrue(joined.size() > 0, "subtask " + i + " matched nothing");
-        out.addAll(joined);
-        states[i] = two.get(i).snapshot(2, T0);
-      }
-    } finally {
-      for (Harness h : two) {
-        h.close();
-      }
-    }
+    OperatorSubtaskState[] states = joinEachAndClose(two, conversions, List.of(), out);
     assertEquals(sorted(expected), sorted(out));
     List<Harness> one = restored(AbstractStreamOperatorTestHarness.repackageState(states), 2, 1);
     try (Harness h = one.get(0)) {
