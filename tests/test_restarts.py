@@ -30,6 +30,7 @@ from adclick.testing.traffic import settle_and_compare
 pytestmark = pytest.mark.integration
 
 RESENDS = 150
+LATE_CLICKS = 100
 
 
 def completed_checkpoints(checkpoint_dir):
@@ -139,6 +140,11 @@ def test_job_killed_and_started_again_keeps_every_count(tmp_path, kafka_bootstra
             wait_for(lambda: completed_checkpoints(checkpoints), 180, "a checkpoint", [job])
             job.popen.kill()  # SIGKILL: no savepoint, no clean shutdown
             job.popen.wait()
+            # A late delivery for a minute whose window had fired before the last checkpoint
+            # (it ended 20 s before the kill): read first after the restore, before any new
+            # watermark, it is late, and must be counted as such, not dropped by the window.
+            fired_end = (int(time.time() * 1000) - 20_000) // config.WINDOW_MS * config.WINDOW_MS
+            traffic.send_dated(LATE_CLICKS, fired_end - 3000)
             restarted = time.time()
             # Started at once: it waits for the killed run's JVM to end before it reads the
             # state.
@@ -152,7 +158,8 @@ def test_job_killed_and_started_again_keeps_every_count(tmp_path, kafka_bootstra
             traffic.stopping.set()
             traffic.join(60)
         outcome = settle_and_compare(traffic, api, [job, server])
-        print(f"\n{outcome.line('job SIGKILL + start', fresh)}; {traffic.resent} resends")
+        print(f"\n{outcome.line('job SIGKILL + start', fresh)}; {traffic.resent} resends,"
+              f" {LATE_CLICKS} late clicks")
         assert outcome.matches, outcome
     finally:
         job.stop()

@@ -55,6 +55,7 @@ class LiveTraffic(threading.Thread):
         self.serial = 0
         self.sent_payloads = []  # every unique record (topic, bytes), for resend()
         self.resent = 0
+        self.made = threading.Lock()  # the serial, the random draws and the truths are shared
 
     def click(self, user_agent=None):
         """A new click of now; a person of its own (user and private address), so that the
@@ -117,21 +118,39 @@ class LiveTraffic(threading.Thread):
         while not self.stopping.is_set():
             started = time.time()
             batch = []
-            for _ in range(max(1, int(self.rate * tick))):
-                click = self.click()
-                records = [(self.topic, json.dumps(click).encode())]
-                if self.funnel:
-                    records = self.funnel_of(click) + records
-                for record in records:
-                    batch.append(record)
-                    self.sent_payloads.append(record)
-                    if self.rng.random() < self.duplicates:
-                        batch.append(record)
-                minute = click["click_ts"] - click["click_ts"] % config.WINDOW_MS
-                self.truth[(minute, click["ad_id"], click["country"], click["device"])] += 1
+            with self.made:
+                for _ in range(max(1, int(self.rate * tick))):
+                    batch += self.counted(self.click())
             self.deliver(producer, batch)
             self.stopping.wait(max(0.0, tick - (time.time() - started)))
         producer.close()
+
+    def counted(self, click):
+        """click's records (its funnel's too, and some sent twice), counted in the truth."""
+        records = [(self.topic, json.dumps(click).encode())]
+        if self.funnel:
+            records = self.funnel_of(click) + records
+        batch = []
+        for record in records:
+            batch.append(record)
+            self.sent_payloads.append(record)
+            if self.rng.random() < self.duplicates:
+                batch.append(record)
+        minute = click["click_ts"] - click["click_ts"] % config.WINDOW_MS
+        self.truth[(minute, click["ad_id"], click["country"], click["device"])] += 1
+        return batch
+
+    def send_dated(self, count, ts):
+        """count new clicks (and their funnels) dated ts, epoch ms, counted in the truth: a
+        delivery as late as ts is old."""
+        with self.made:
+            batch = [record for _ in range(count)
+                     for record in self.counted(dict(self.click(), click_ts=ts))]
+        producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+        try:
+            self.deliver(producer, batch)
+        finally:
+            producer.close()
 
     def resend(self, count, newest=None):
         """Send `count` records sent earlier again, picked at random (not counted again) among

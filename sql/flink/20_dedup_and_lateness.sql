@@ -32,7 +32,9 @@ WHERE row_num = 1;
 
 -- Route each unique event by how late it is against the watermark seen here.
 -- The window operator downstream never has a higher watermark than this one, so an event
--- classed on_time is never dropped by the window: nothing is lost between the two.
+-- classed on_time is never dropped by the window: nothing is lost between the two. After a
+-- restore too: the window restores its watermark, and the dedup passes its own restored one
+-- on before any row (CompactDeduplicateOperator), so no row is classed against none.
 --   on_time   its minute has not fired yet: counted by the tumbling window
 --   late      its minute fired less than the allowed lateness ago: counted as a correction row
 --   too_late  beyond the allowed lateness: not counted, kept in the late-events topic

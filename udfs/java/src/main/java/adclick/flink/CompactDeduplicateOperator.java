@@ -2,7 +2,11 @@ package adclick.flink;
 
 import java.io.DataInputStream;
 import java.nio.ByteBuffer;
+import java.util.List;
 import java.util.Map;
+import org.apache.flink.api.common.state.ListState;
+import org.apache.flink.api.common.state.ListStateDescriptor;
+import org.apache.flink.api.common.typeutils.base.LongSerializer;
 import org.apache.flink.runtime.state.KeyGroupRangeAssignment;
 import org.apache.flink.runtime.state.KeyGroupStatePartitionStreamProvider;
 import org.apache.flink.runtime.state.StateInitializationContext;
@@ -42,6 +46,13 @@ import org.apache.flink.table.types.logical.RowType;
  * through the planner's keyBy. Rows and watermarks are
  * passed on unchanged, so the operator stands in for the planner's own in the same plan
  * (CompactDeduplicate.install).
+ *
+ * <p>One addition: the watermark passed on is checkpointed too, and after a restore it is
+ * passed on again before any row, and never a lower one. The job classes each row on time or
+ * late against the watermark right after this operator (CURRENT_WATERMARK), and the event-time
+ * window downstream restores the watermark it had (Flink's WindowAggOperator does): without
+ * this, the rows read between a restore and the first new watermark would be classed on time
+ * against no watermark at all, and the window would drop those of a minute it had fired.
  */
 public final class CompactDeduplicateOperator extends AbstractStreamOperator<RowData>
     implements OneInputStreamOperator<RowData, RowData> {
@@ -69,6 +80,10 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
   // Seconds: the clock as it was restored (the newest of the key groups'), and as it moved.
   private transient long restoredS;
   private transient long clockS;
+  // Milliseconds: the watermark passed on (checkpointed), and the one restored.
+  private transient ListState<Long> watermarkState;
+  private transient long restoredWatermark;
+  private transient long passedWatermark;
 
   /**
    * @param horizonS how long (seconds) an id is remembered after it was first seen
@@ -123,6 +138,22 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
     }
     restoredS = 0;
     clockS = 0;
+    watermarkState = context.getOperatorStateStore().getUnionListState(
+        new ListStateDescriptor<>("compact-deduplicate-watermark", LongSerializer.INSTANCE));
+    // The lowest of all subtasks' (a union: after rescaling, one subtask's rows came from any):
+    // never above what any window downstream restored, which read from all of them.
+    // A drained savepoint's end-of-time watermark is not carried: the upgrade procedure
+    // starts the next job from one without the windows' state, and it would class every
+    // event too late.
+    restoredWatermark = Long.MIN_VALUE;
+    if (context.isRestored()) {
+      long lowest = Long.MAX_VALUE;
+      for (Long watermark : watermarkState.get()) {
+        lowest = Math.min(lowest, watermark);
+      }
+      restoredWatermark = lowest == Long.MAX_VALUE ? Long.MIN_VALUE : lowest;
+    }
+    passedWatermark = Long.MIN_VALUE;
     segments.open(this, keyType);
     // A state written before the segments: raw keyed state, whole sets of stamps (not
     // expiries: kept for the longest horizon). Its ids go into the first checkpoint's segments.
@@ -195,7 +226,7 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
   }
 
   @Override
-  public void processElement(StreamRecord<RowData> element) {
+  public void processElement(StreamRecord<RowData> element) throws Exception {
     RowData key = (RowData) getCurrentKey();
     long hi = key.isNullAt(hiField) ? 0 : key.getLong(hiField);
     long lo = key.isNullAt(loField) ? 0 : key.getLong(loField);
@@ -214,6 +245,9 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
     long expiryS = Math.max(eventS, nowS) + horizonOf(key);
     if (setOf(group).add(hi, lo, expiryS, nowS)) {
       segments.add(group, expiryS, FingerprintSet.high(hi), FingerprintSet.rest(lo, expiryS));
+      if (passedWatermark < restoredWatermark) {
+        passWatermark(restoredWatermark);
+      }
       output.collect(element);
     }
   }
@@ -235,7 +269,15 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
     if (watermarkClock) {
       clockS = Math.max(clockS, Math.floorDiv(mark.getTimestamp(), 1000L));
     }
-    super.processWatermark(mark);
+    // After a restore the inputs start again from none: pass on only what moves it forward.
+    if (Math.max(mark.getTimestamp(), restoredWatermark) > passedWatermark) {
+      passWatermark(Math.max(mark.getTimestamp(), restoredWatermark));
+    }
+  }
+
+  private void passWatermark(long timestamp) throws Exception {
+    passedWatermark = timestamp;
+    super.processWatermark(new Watermark(timestamp));
   }
 
   /** The row's event time in seconds, or Long.MIN_VALUE if it has none. */
@@ -256,6 +298,7 @@ public final class CompactDeduplicateOperator extends AbstractStreamOperator<Row
   @Override
   public void snapshotState(StateSnapshotContext context) throws Exception {
     super.snapshotState(context);
+    watermarkState.update(List.of(Math.max(passedWatermark, restoredWatermark)));
     long nowS = nowS();
     byte[] clock = ByteBuffer.allocate(Long.BYTES).putLong(nowS).array();
     for (int group = 0; group < maxParallelism; group++) {

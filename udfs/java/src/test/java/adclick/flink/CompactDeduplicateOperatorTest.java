@@ -148,6 +148,71 @@ class CompactDeduplicateOperatorTest {
   }
 
   @Test
+  void aRestoredWatermarkIsPassedOnBeforeAnyRowAndNeverALowerOne() throws Exception {
+    // The window after the classifier restores its watermark: a row read after a restore must
+    // be classed against at least that one, not against none.
+    OperatorSubtaskState state;
+    try (var h = started(null)) {
+      h.processWatermark(new Watermark(T0 + 90_000));
+      state = h.snapshot(1, T0);
+    }
+    try (var h = started(state)) {
+      h.processWatermark(new Watermark(T0 + 1_000)); // an input that starts again from behind
+      RowData row = click("late", T0 + 30_000);
+      h.processElement(new StreamRecord<>(row, 7));
+      h.processWatermark(new Watermark(T0 + 50_000));
+      h.processWatermark(new Watermark(T0 + 95_000));
+      assertEquals(List.of(new Watermark(T0 + 90_000), new StreamRecord<>(row, 7),
+          new Watermark(T0 + 95_000)), new ArrayList<>(h.getOutput()));
+      // Checkpointed again before anything moved it: the restored one is kept.
+      state = h.snapshot(2, T0);
+    }
+    try (var h = started(state)) {
+      feed(h, click("next", T0 + 96_000));
+      assertEquals(new Watermark(T0 + 95_000), h.getOutput().peek());
+    }
+  }
+
+  @Test
+  void aDrainedSavepointsEndOfTimeWatermarkIsNotCarried() throws Exception {
+    OperatorSubtaskState state;
+    try (var h = started(null)) {
+      h.processWatermark(Watermark.MAX_WATERMARK); // what `flink stop --drain` sends
+      state = h.snapshot(1, T0);
+    }
+    try (var h = started(state)) {
+      RowData row = click("after-the-upgrade", T0);
+      h.processElement(new StreamRecord<>(row, 3));
+      h.processWatermark(new Watermark(T0));
+      assertEquals(List.of(new StreamRecord<>(row, 3), new Watermark(T0)),
+          new ArrayList<>(h.getOutput()));
+    }
+  }
+
+  @Test
+  void afterRescalingTheLowestRestoredWatermarkIsPassedOn() throws Exception {
+    OperatorSubtaskState[] states = new OperatorSubtaskState[2];
+    for (int i = 0; i < 2; i++) {
+      try (var h = harness(2, i)) {
+        h.setProcessingTime(T0);
+        h.initializeState((OperatorSubtaskState) null);
+        h.open();
+        h.processWatermark(new Watermark(T0 + (i + 1) * 60_000L));
+        states[i] = h.snapshot(1, T0);
+      }
+    }
+    OperatorSubtaskState both = AbstractStreamOperatorTestHarness.repackageState(states);
+    try (var h = harness(1, 0)) {
+      h.setProcessingTime(T0);
+      h.initializeState(AbstractStreamOperatorTestHarness.repartitionOperatorState(
+          both, MAX_PARALLELISM, 2, 1, 0));
+      h.open();
+      h.processWatermark(new Watermark(Long.MIN_VALUE + 1));
+      assertEquals(List.of(new Watermark(T0 + 60_000)), new ArrayList<>(h.getOutput()));
+    }
+  }
+
+  @Test
   void aRepeatIsDroppedHoweverManyIdsCameBetween() throws Exception {
     // The set is rebuilt many times as it grows (expired entries dropped, live ones kept), and
     // the watermark moves on: a repeat within the horizon is still found.
