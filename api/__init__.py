@@ -62,6 +62,7 @@ def create_app(test_config=None):
     from api import health
     from api import limits
     from api import metrics
+    from api import recalculations
     from api import sql
     from api import status
 
@@ -76,6 +77,7 @@ def create_app(test_config=None):
     app.register_blueprint(status.bp)
     app.register_blueprint(sql.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(recalculations.bp)
     app.register_blueprint(dashboard.bp)
     db.warm_up(app)
     return app

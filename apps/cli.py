@@ -13,6 +13,8 @@ def main(argv=None):
         "generate": ("apps.generate", "send click events to Kafka"),
         "sql": ("apps.sql", "run read-only SQL against the store"),
         "reconcile": ("apps.reconcile", "recount raw events and compare with the counts"),
+        "recalculate": ("apps.recalculate",
+                        "count closed minutes again from the raw store (a dry run's diff)"),
         "topics": ("adclick.topics", "create the Kafka topics"),
         "keys": ("apps.keys", "create, list, revoke and expire API keys"),
         "ads": ("apps.ads", "load which advertiser owns each ad"),

@@ -1,0 +1,109 @@
+"""Recalculations (admin keys only): run one over the store this process owns, and follow it.
+
+POST /v1/admin/recalculations {from, to, ads?, reason?, settings?, dry_run?} checks the request
+and the range (a 400 says what is wrong), starts the run in the background and answers 202
+with its id; GET /v1/admin/recalculations/<id> says how it goes (running, done with the diff,
+or failed with why), GET /v1/admin/recalculations lists the recent ones. One runs at a time in
+a process (a second gets a 409): each one is a Flink batch job, minutes of CPU.
+`adclick recalculate` (apps.recalculate) is the same from a terminal. adclick.recalculation
+does the work; only dry runs exist so far.
+"""
+
+import itertools
+import logging
+import threading
+from datetime import datetime
+from datetime import timezone
+
+from flask import Blueprint
+from flask import current_app
+from flask import jsonify
+from flask import request
+
+from adclick import recalculation
+from api import auth
+from api import db
+from api.errors import ApiError
+
+log = logging.getLogger(__name__)
+bp = Blueprint("recalculations", __name__, url_prefix="/v1/admin/recalculations")
+bp.before_request(auth.require("admin"))
+EXTENSION = "adclick.recalculations"
+KEPT = 20  # finished runs listed
+
+
+class Runs:
+    """This process's recalculations: the running one and the last KEPT finished."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._runs = {}
+        self._ids = itertools.count(1)
+
+    def start(self, client, database, request_, who):
+        with self._lock:
+            if any(run["status"] == "running" for run in self._runs.values()):
+                raise ApiError("a recalculation is running; wait for it to finish", 409)
+            run_id = f"r{next(self._ids)}"
+            run = {"id": run_id, "status": "running", "requested_by": who,
+                   "requested_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                   "from": recalculation.iso(request_.start),
+                   "to": recalculation.iso(request_.end), "ads": list(request_.ads),
+                   "reason": request_.reason, "dry_run": request_.dry_run}
+            self._runs[run_id] = run
+            finished = [key for key, value in self._runs.items() if value["status"] != "running"]
+            for key in finished[:-KEPT]:
+                del self._runs[key]
+        threading.Thread(target=self._run, args=(run, client, database, request_),
+                         name=f"recalculation-{run_id}", daemon=True).start()
+        return dict(run)
+
+    def _run(self, run, client, database, request_):
+        try:
+            result = recalculation.recalculate(client, database, request_)
+            update = {"status": "done", "result": result}
+        except recalculation.Refused as refused:
+            update = {"status": "refused", "error": str(refused)}
+        except Exception as error:  # the run's answer, not the server's end
+            log.exception("recalculation %s failed", run["id"])
+            update = {"status": "failed", "error": str(error)[-2000:]}
+        with self._lock:
+            run.update(update)
+
+    def get(self, run_id):
+        with self._lock:
+            run = self._runs.get(run_id)
+            return None if run is None else dict(run)
+
+    def list(self):
+        with self._lock:
+            return [{key: value for key, value in run.items() if key != "result"}
+                    for run in self._runs.values()]
+
+
+def _runs():
+    return current_app.extensions.setdefault(EXTENSION, Runs())
+
+
+@bp.post("")
+def start():
+    try:
+        request_ = recalculation.parse_request(request.get_json(force=True, silent=True))
+        recalculation.check_range(db.client(), db.database(), request_)
+    except recalculation.Refused as refused:
+        raise ApiError(str(refused)) from None
+    run = _runs().start(db.client(), db.database(), request_, auth.current().name)
+    return jsonify(run), 202
+
+
+@bp.get("")
+def list_runs():
+    return jsonify({"recalculations": _runs().list()})
+
+
+@bp.get("/<run_id>")
+def get(run_id):
+    run = _runs().get(run_id)
+    if run is None:
+        raise ApiError(f"no recalculation {run_id[:40]!r} in this process", 404)
+    return jsonify(run)
