@@ -10,8 +10,12 @@ batch has no time passing in it:
 - no watermark: `CURRENT_WATERMARK(event_time)` is null, so every event is on time, and the
   minute counts every unique event the raw store holds (the live job also counted the late
   ones, as corrections, and kept the too-late ones apart);
-- the invalid-traffic OVER window orders by the event time's BIGINT (batch mode cannot plan a
-  RANGE interval over a timestamp) over the same span;
+- the invalid-traffic labels come from the same aggregate over the same spans, but over the
+  ad's clicks of the same user (repeat_click) and of the same ip key (ip_frequency) rather
+  than over all the ad's clicks, ordered by the event time's BIGINT: batch mode adds up a
+  sliding frame anew at every row (a hot ad's 10 minutes at every click), and cannot plan a
+  RANGE interval over a timestamp. Each rule reads only those clicks, so the labels are the
+  same (BATCH_LABELS says how the two are joined);
 - the format's columns (the dedup key, the per-event traffic label) come from the same Java
   code as SQL functions, the events being read back from the store, not from Kafka; the first
   copy of a repeated id is the one of the earliest event time (the copies of a resend are the
@@ -55,15 +59,47 @@ def parse_args(argv=None):
     return settings
 
 
+# sql/flink/25_traffic_labels.sql's clicks_labeled in batch: the label from the aggregate over
+# the user's clicks of the ad if it says repeat_click, else from the one over the ip key's if
+# it says ip_frequency, else valid (the format's label, if any, first: both say it). The first
+# sees every click the repeat rule reads, the second every click the ip rule reads, and the
+# rules apply in that order; no late click revises a label here.
+BATCH_LABELS = """
+SELECT event, event_id, ad_id, event_ts_ms, user_id, ip, country, device, event_time,
+       watermark_ts, minute_start, timeliness,
+       COALESCE(format_label, CASE WHEN by_user[event_id] = 'repeat_click' THEN 'repeat_click'
+                                   WHEN by_ip[event_id] = 'ip_frequency' THEN 'ip_frequency'
+                                   ELSE 'valid' END) AS traffic,
+       CAST(NULL AS STRING) AS replaces
+FROM (
+  SELECT *, click_traffic_labels(
+           format_label, user_id, ip, event_ts_ms, event_id, CAST({repeat_ms} AS BIGINT),
+           CAST({ip_ms} AS BIGINT), {threshold}) OVER (
+           PARTITION BY ad_id, ip_key(ip) ORDER BY event_ts_ms
+           RANGE BETWEEN {ip_ms} PRECEDING AND CURRENT ROW) AS by_ip
+  FROM (
+    SELECT event, event_id, ad_id, event_ts_ms, user_id, ip, country, device, event_time,
+           watermark_ts, minute_start, timeliness, traffic AS format_label,
+           click_traffic_labels(
+             traffic, user_id, ip, event_ts_ms, event_id, CAST({repeat_ms} AS BIGINT),
+             CAST({ip_ms} AS BIGINT), {threshold}) OVER (
+             PARTITION BY ad_id, user_id ORDER BY event_ts_ms
+             RANGE BETWEEN {repeat_ms} PRECEDING AND CURRENT ROW) AS by_user
+    FROM events_timed
+    WHERE event = 'click' AND timeliness <> 'too_late'
+  )
+)"""
+
+
 def batch_statements(statements, args):
     """The job's statements as batch mode can plan them (the module's docstring says how they
-    differ); each change must apply exactly once, so a change to the SQL cannot slip past."""
-    swaps = [
-        (r"CURRENT_WATERMARK\(event_time\)", "CAST(NULL AS TIMESTAMP_LTZ(3))"),
-        (r"ORDER BY event_time\s+RANGE BETWEEN INTERVAL '\d+' SECOND\(3\) PRECEDING",
-         f"ORDER BY event_ts_ms RANGE BETWEEN {int(args.ip_frequency_window_s) * 1000}"
-         " PRECEDING"),
-    ]
+    differ); the watermark's substitution must apply exactly once, so a change to the SQL
+    cannot slip past."""
+    labels = BATCH_LABELS.format(repeat_ms=int(args.repeat_click_window_s) * 1000,
+                                 ip_ms=int(args.ip_frequency_window_s) * 1000,
+                                 threshold=int(args.ip_frequency_threshold))
+    statements = job.replace_views(statements, {"clicks_labeled": labels})
+    swaps = [(r"CURRENT_WATERMARK\(event_time\)", "CAST(NULL AS TIMESTAMP_LTZ(3))")]
     applied = [0] * len(swaps)
     for statement in statements:
         insert = re.match(r"INSERT INTO (\w+)_sink\s", statement)
@@ -138,6 +174,7 @@ def main(argv=None):
     conf.set("pipeline.jars", jar.as_uri())
     t_env.create_java_temporary_function("event_key", "adclick.flink.EventKeyFunction")
     t_env.create_java_temporary_function("event_traffic", "adclick.flink.TrafficLabelFunction")
+    t_env.create_java_temporary_function("ip_key", "adclick.flink.IpKeyFunction")
     t_env.create_java_temporary_function("click_traffic_labels",
                                          "adclick.flink.ClickTrafficLabels")
     t_env.create_java_temporary_function("traffic_rules", "adclick.flink.TrafficRulesVersion")
