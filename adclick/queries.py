@@ -121,7 +121,7 @@ _FUNNEL_ROWS = """
       AND (empty({ad_ids:Array(String)}) OR ad_id IN {ad_ids:Array(String)})
 """ + _FILTERS + _TRAFFIC + """
     UNION ALL
-    SELECT ad_id, toUInt64(0), toInt64(0), toUInt64(1)
+    SELECT ad_id, toInt64(0), toInt64(0), toUInt64(1)
     FROM {db:Identifier}.conversion_attributions FINAL
     WHERE minute >= toDateTime({start:UInt32}, 'UTC')
       AND minute < toDateTime({end:UInt32}, 'UTC')

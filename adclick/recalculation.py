@@ -8,16 +8,24 @@ each. `jobs/recalculation.py` runs the streaming job's statements over them in F
 mode, and what it computes for the range is set against what the store holds, per (minute,
 ad, metric): old, new and the difference, and the totals.
 
-This is the dry run: nothing is written. (Publishing the new numbers is not built yet.)
+A dry run stops there. A publish writes what turns the stored numbers into the batch's, once
+the live job can no longer change those minutes (PUBLISH_AFTER): per (minute, ad, country,
+device, label) the difference as a row of ad_click_counts, all in one INSERT, so a reader sees
+all of them or none; each changed attribution row again (the newest of a key is the one read),
+and those it replaces kept for the rollback; and a record in `recalculations` (when, who, why,
+the range, the settings, code and rule versions, old and new totals). A request run again finds
+nothing to change and writes no numbers. rollback() writes the publish's count rows negated and
+the attribution rows it replaced, and records that. The job's per-minute top lists
+(top_ads_minute, which no API ranks from) are compared but not written.
 
 The batch counts every unique event the raw store holds for a minute, on time or not: the live
 job's counts equal it for minutes that had no event too late to count; `jobs/recalculation.py`
 says what else differs.
 """
 
+import collections
 import json
 import math
-import re
 import subprocess
 import sys
 import tempfile
@@ -30,10 +38,14 @@ from datetime import timezone
 from pathlib import Path
 
 from adclick import config
+from adclick import invalid_traffic
+from adclick import rollup
 from adclick import store
+from adclick.contract import AD_ID
 
 ROOT = Path(__file__).resolve().parent.parent
-# (stream, label) -> metric; invalid ones are those of any reason.
+# What is compared per (minute, ad): valid clicks, impressions and attributed conversions,
+# the invalid ones (of any reason), and the ad's rank in the minute's top list.
 METRICS = ("clicks", "invalid_clicks", "impressions", "invalid_impressions", "conversions",
            "invalid_conversions", "rank")
 MAX_ADS = 10_000
@@ -47,7 +59,6 @@ SETTINGS = {
     "ip_frequency_threshold": 1_000_000,
     "attribution_window_s": 30 * 86400,
 }
-_AD_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 class Refused(Exception):
@@ -105,16 +116,15 @@ def parse_request(body):
         raise Refused(f"a range of at most {MAX_RANGE.days} days")
     ads = body.get("ads") or []
     if (not isinstance(ads, list) or len(ads) > MAX_ADS
-            or not all(isinstance(ad, str) and _AD_ID.match(ad) for ad in ads)):
-        raise Refused(f"'ads' must be a list of at most {MAX_ADS} ad ids")
+            or any(AD_ID.check(ad, None) for ad in ads)):
+        raise Refused(f"'ads' must be a list of at most {MAX_ADS} ad ids, each"
+                      f" {AD_ID.describe()}")
     reason = body.get("reason", "")
     if not isinstance(reason, str) or len(reason) > 500:
         raise Refused("'reason' must be a text of at most 500 characters")
     dry_run = body.get("dry_run", True)
     if not isinstance(dry_run, bool):
         raise Refused("'dry_run' must be true or false")
-    if not dry_run:
-        raise Refused("publishing a recalculation is not built yet: only dry runs")
     settings = body.get("settings") or {}
     if not isinstance(settings, dict):
         raise Refused("'settings' must be an object")
@@ -145,6 +155,12 @@ def check_range(client, db, request):
     if closed is None or _utc(closed) + timedelta(minutes=1) < request.end:
         raise Refused(f"minutes after {iso(closed) if closed else 'none'} are not closed yet:"
                       " only closed minutes can be recalculated")
+    if not request.dry_run and _utc(closed) + timedelta(minutes=1) - PUBLISH_AFTER < request.end:
+        raise Refused(f"the live job may still change minutes after"
+                      f" {iso(_utc(closed) + timedelta(minutes=1) - PUBLISH_AFTER)} (late"
+                      f" corrections for {config.ALLOWED_LATENESS_SECONDS} s, attributions for"
+                      f" {config.CONVERSION_WAIT_SECONDS} s after a minute closes): publish"
+                      " only older ones, or make a dry run")
     if first_raw is None or _utc(first_raw) > request.start:
         held = f"from {iso(first_raw)} on" if first_raw else "no clicks"
         raise Refused(f"the raw store holds {held}: it no longer holds (or never held) the"
@@ -261,70 +277,126 @@ def _read_lines(folder):
                     yield json.loads(line)
 
 
-def new_cells(out, request):
-    """The batch's numbers for the range: {(minute ISO, ad, metric): value}."""
-    cells = {}
+ATTRIBUTION_COLUMNS = ["minute", "ad_id", "country", "device", "traffic", "conversion_id",
+                       "click_id", "type", "value_micros", "conversion_ts", "click_ts",
+                       "outcome"]
+COUNT_COLUMNS = ["minute", "ad_id", "country", "device", "traffic", "clicks", "impressions",
+                 "late", "click_id", "src_partition", "src_offset"]
+# A published difference's rows: a partition no Kafka topic has, an offset of the
+# recalculation's own (its id times 2^32 plus the row's number).
+RECALCULATED_PARTITION = 2**32 - 1
+ID_SHIFT = 2**32
+# Rows one publish may add to ad_click_counts: one INSERT of at most one block, which readers
+# see all at once (ClickHouse's max_insert_block_size is 1,048,576).
+MAX_PUBLISH_ROWS = 1_000_000
+# A minute may be published once nothing live can still change it: the job's allowed lateness
+# (corrections) and conversion wait (attributions) have passed since it closed.
+PUBLISH_AFTER = timedelta(seconds=config.ALLOWED_LATENESS_SECONDS
+                          + config.CONVERSION_WAIT_SECONDS + 60)
+AWAY = "recalculated_away"  # an attribution row a recalculation took back
 
-    def add(minute, ad, metric, value):
-        if _in_range(minute, request) and (not request.ads or ad in request.ads):
-            key = (iso(_parse_sink_time(minute)), ad, metric)
-            cells[key] = cells.get(key, 0) + value
 
+@dataclass
+class Numbers:
+    """A range's numbers, as fine as the store keeps them."""
+
+    # (minute, ad, country, device, label) -> [clicks, impressions]
+    counts: dict
+    # conversion_id -> its attribution rows (dicts of ATTRIBUTION_COLUMNS)
+    attributions: dict
+    # (minute, ad) -> rank in the minute's top list; None when the request names ads
+    ranks: dict
+
+    def cells(self):
+        """{(minute ISO, ad, metric): value} of the numbers, per METRICS."""
+        cells = collections.Counter()
+        for (minute, ad, _country, _device, label), (clicks, impressions) in self.counts.items():
+            invalid = "" if label == "valid" else "invalid_"
+            cells[(iso(minute), ad, invalid + "clicks")] += clicks
+            cells[(iso(minute), ad, invalid + "impressions")] += impressions
+        for rows in self.attributions.values():
+            for row in rows:
+                if row["outcome"] == "attributed":
+                    invalid = "" if row["traffic"] == "valid" else "invalid_"
+                    cells[(iso(row["minute"]), row["ad_id"], invalid + "conversions")] += 1
+        for (minute, ad), rank in (self.ranks or {}).items():
+            cells[(iso(minute), ad, "rank")] = rank
+        return {key: value for key, value in cells.items() if value}
+
+
+def batch_numbers(out, request):
+    """The batch's numbers for the range (and ads)."""
+    def wanted(minute, ad):
+        return request.start <= minute < request.end and (not request.ads or ad in request.ads)
+
+    counts = collections.defaultdict(lambda: [0, 0])
     for row in _read_lines(out / "counts"):
-        invalid = "" if row["traffic"] == "valid" else "invalid_"
-        add(row["minute"], row["ad_id"], invalid + "clicks", row["clicks"])
-        add(row["minute"], row["ad_id"], invalid + "impressions", row["impressions"])
+        minute = _parse_sink_time(row["minute"])
+        if wanted(minute, row["ad_id"]):
+            key = (minute, row["ad_id"], row["country"], row["device"], row["traffic"])
+            counts[key][0] += row["clicks"]
+            counts[key][1] += row["impressions"]
+    attributions = collections.defaultdict(list)
     for row in _read_lines(out / "attributions"):
-        if row["outcome"] == "attributed":
-            invalid = "" if row["traffic"] == "valid" else "invalid_"
-            add(row["minute"], row["ad_id"], invalid + "conversions", 1)
+        row["minute"] = _parse_sink_time(row["minute"])
+        if wanted(row["minute"], row["ad_id"]):
+            for name in ("conversion_ts", "click_ts"):
+                row[name] = (datetime.fromtimestamp(row[name] // 1000, timezone.utc)
+                             + timedelta(milliseconds=row[name] % 1000))
+            attributions[row["conversion_id"]].append(
+                {name: row[name] for name in ATTRIBUTION_COLUMNS})
+    ranks = None
     if not request.ads:  # a top list ranks every ad of the minute
-        for row in _read_lines(out / "top"):
-            add(row["minute"], row["ad_id"], "rank", row["rank"])
-    return cells
+        ranks = {(_parse_sink_time(row["minute"]), row["ad_id"]): row["rank"]
+                 for row in _read_lines(out / "top")
+                 if wanted(_parse_sink_time(row["minute"]), row["ad_id"])}
+    return Numbers({key: value for key, value in counts.items() if any(value)},
+                   dict(attributions), ranks)
 
 
 STORED_COUNTS = """
-SELECT minute, ad_id, sumIf(clicks, traffic = 'valid'), sumIf(clicks, traffic != 'valid'),
-       sumIf(impressions, traffic = 'valid'), sumIf(impressions, traffic != 'valid')
+SELECT minute, ad_id, country, device, traffic, sum(clicks), sum(impressions)
 FROM {db:Identifier}.ad_click_counts FINAL
 WHERE minute >= {start:DateTime} AND minute < {end:DateTime}""" + ADS_FILTER + """
-GROUP BY minute, ad_id
+GROUP BY minute, ad_id, country, device, traffic
 """
-STORED_CONVERSIONS = """
-SELECT minute, ad_id, countIf(traffic = 'valid'), countIf(traffic != 'valid')
+STORED_ATTRIBUTIONS = """
+SELECT minute, ad_id, country, device, traffic, conversion_id, click_id, toString(type),
+       value_micros, conversion_ts, click_ts, toString(outcome)
 FROM {db:Identifier}.conversion_attributions FINAL
-WHERE outcome = 'attributed' AND minute >= {start:DateTime} AND minute < {end:DateTime}
-""" + ADS_FILTER + """
-GROUP BY minute, ad_id
-"""
+WHERE minute >= {start:DateTime} AND minute < {end:DateTime}""" + ADS_FILTER
 STORED_TOP = """
 SELECT minute, ad_id, rank FROM {db:Identifier}.top_ads_minute FINAL
 WHERE minute >= {start:DateTime} AND minute < {end:DateTime}
 """
 
 
-def stored_cells(client, db, request):
-    """What the store holds for the range, in new_cells' shape."""
+def stored_numbers(client, db, request):
+    """What the store holds for the range (and ads)."""
     parameters = {"db": store.check_identifier(db), "start": request.start,
                   "end": request.end, "ads": list(request.ads)}
-    cells = {}
-    for minute, ad, *values in client.query(STORED_COUNTS, parameters=parameters).result_rows:
-        for metric, value in zip(METRICS[:4], values):
-            cells[(iso(minute), ad, metric)] = int(value)
-    for minute, ad, *values in client.query(STORED_CONVERSIONS,
-                                            parameters=parameters).result_rows:
-        for metric, value in zip(METRICS[4:6], values):
-            cells[(iso(minute), ad, metric)] = int(value)
+    counts = {(_utc(minute), ad, country, device, label): [int(clicks), int(impressions)]
+              for minute, ad, country, device, label, clicks, impressions
+              in client.query(STORED_COUNTS, parameters=parameters).result_rows
+              if clicks or impressions}
+    attributions = collections.defaultdict(list)
+    for row in client.query(STORED_ATTRIBUTIONS, parameters=parameters).result_rows:
+        row = dict(zip(ATTRIBUTION_COLUMNS, row))
+        for name in ("minute", "conversion_ts", "click_ts"):
+            row[name] = _utc(row[name])
+        if row["outcome"] != AWAY:
+            attributions[row["conversion_id"]].append(row)
+    ranks = None
     if not request.ads:
-        for minute, ad, rank in client.query(STORED_TOP, parameters=parameters).result_rows:
-            cells[(iso(minute), ad, "rank")] = int(rank)
-    return {key: value for key, value in cells.items() if value}
+        ranks = {(_utc(minute), ad): int(rank) for minute, ad, rank
+                 in client.query(STORED_TOP, parameters=parameters).result_rows}
+    return Numbers(counts, dict(attributions), ranks)
 
 
 def diff(old, new):
     """The cells whose value changed (a missing cell is 0: for rank, not in the top list),
     and every metric's totals (rank has none)."""
+    old, new = old.cells(), new.cells()
     changed = []
     for key in sorted(set(old) | set(new)):
         before, after = old.get(key, 0), new.get(key, 0)
@@ -340,8 +412,9 @@ def diff(old, new):
     return changed, totals
 
 
-def recalculate(client, db, request, timeout_s=1800, work_dir=None):
-    """Run the request (a dry run): its diff, totals and what was read, as a JSON-able dict."""
+def recalculate(client, db, request, who="", timeout_s=1800, work_dir=None):
+    """Run the request: its diff, totals and what was read, as a JSON-able dict; a publish
+    also writes the differences and its record (publish())."""
     check_range(client, db, request)
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="adclick-recalculation-", dir=work_dir) as tmp:
@@ -349,17 +422,178 @@ def recalculate(client, db, request, timeout_s=1800, work_dir=None):
         exported = export(client, db, request, folder)
         exported_s = time.monotonic() - began
         run_batch(folder, request, timeout_s)
-        new = new_cells(folder / "out", request)
-    old = stored_cells(client, db, request)
+        new = batch_numbers(folder / "out", request)
+    old = stored_numbers(client, db, request)
     changed, totals = diff(old, new)
-    return {
+    result = {
         "from": iso(request.start), "to": iso(request.end), "ads": list(request.ads),
         "reason": request.reason, "dry_run": request.dry_run,
         "settings": request.settings_or_defaults(), "exported": exported,
         "changed": changed, "totals": totals,
-        "seconds": {"export": round(exported_s, 1),
-                    "total": round(time.monotonic() - began, 1)},
+        "seconds": {"export": round(exported_s, 1)},
     }
+    if not request.dry_run:
+        result["published"] = publish(client, db, request, old, new, who, result)
+    result["seconds"]["total"] = round(time.monotonic() - began, 1)
+    return result
+
+
+def count_differences(old, new):
+    """{(minute, ad, country, device, label): [clicks, impressions]} that turn old into new."""
+    differences = {}
+    for key in set(old) | set(new):
+        before, after = old.get(key, [0, 0]), new.get(key, [0, 0])
+        delta = [after[0] - before[0], after[1] - before[1]]
+        if any(delta):
+            differences[key] = delta
+    return differences
+
+
+def attribution_changes(old, new):
+    """(rows replaced, rows to write) that turn old attributions into new: a conversion's new
+    row replaces the old of the same key (FINAL keeps the last written); an old row under
+    another key, or of a conversion the batch did not attribute, is written again as AWAY."""
+    before, after = [], []
+    for conversion_id in set(old) | set(new):
+        old_rows, new_rows = old.get(conversion_id, []), new.get(conversion_id, [])
+        if old_rows == new_rows:
+            continue
+        before += old_rows
+        after += new_rows
+        kept = {_attribution_key(row) for row in new_rows}
+        after += [dict(row, outcome=AWAY) for row in old_rows
+                  if _attribution_key(row) not in kept]
+    return before, after
+
+
+def _attribution_key(row):
+    """conversion_attributions' sorting key."""
+    return (row["minute"], row["ad_id"], row["country"], row["device"], row["conversion_id"])
+
+
+NEXT_ID = "SELECT max(id) + 1 FROM {db:Identifier}.recalculations"
+
+
+def publish(client, db, request, old, new, who, result):
+    """Write what turns the stored numbers of the range into the batch's: the count
+    differences in one INSERT, the attribution rows that change, and the record. One at a
+    time (the server runs one recalculation at a time)."""
+    db = store.check_identifier(db)
+    rid = int(client.query(NEXT_ID, parameters={"db": db}).result_rows[0][0] or 1)
+    differences = count_differences(old.counts, new.counts)
+    if len(differences) > MAX_PUBLISH_ROWS:
+        raise Refused(f"{len(differences)} count rows to publish: at most {MAX_PUBLISH_ROWS} in"
+                      " one; recalculate a shorter range")
+    before, after = attribution_changes(old.attributions, new.attributions)
+    _keep_attributions(client, db, rid, before, after)
+    _write_counts(client, db, rid, differences)
+    if after:
+        client.insert("conversion_attributions",
+                      [[row[name] for name in ATTRIBUTION_COLUMNS] for row in after],
+                      column_names=ATTRIBUTION_COLUMNS, database=db)
+    settings = request.settings_or_defaults()
+    _record(client, db, rid, "publish", 0, request, who, settings, result["totals"],
+            len(result["changed"]), len(differences))
+    return {"id": rid, "count_rows": len(differences), "attribution_rows": len(after)}
+
+
+def _keep_attributions(client, db, rid, before, after):
+    rows = [[rid, side] + [row[name] for name in ATTRIBUTION_COLUMNS]
+            for side, part in (("before", before), ("after", after)) for row in part]
+    if rows:
+        client.insert("recalculated_attributions", rows, database=db,
+                      column_names=["recalculation", "side", *ATTRIBUTION_COLUMNS])
+
+
+def _write_counts(client, db, rid, differences):
+    """The differences as count rows, in one INSERT (hours marked changed first, so the hourly
+    rollup is not used for them until it is computed again)."""
+    if not differences:
+        return
+    rollup.mark_changed(client, db, {rollup.hour_of(int(key[0].timestamp()))
+                                     for key in differences})
+    rows = [[*key, clicks, impressions, 0, "", RECALCULATED_PARTITION, rid * ID_SHIFT + i]
+            for i, (key, (clicks, impressions)) in enumerate(sorted(differences.items()))]
+    client.insert("ad_click_counts", rows, column_names=COUNT_COLUMNS, database=db,
+                  settings={"max_insert_block_size": len(rows) + 1})
+
+
+def _record(client, db, rid, kind, rolls_back, request, who, settings, totals, changed, rows):
+    client.insert("recalculations", [[
+        rid, kind, rolls_back, datetime.now(timezone.utc), who, request.reason, request.start,
+        request.end, list(request.ads), json.dumps(settings, sort_keys=True), code_version(),
+        invalid_traffic.rules_version(settings["repeat_click_window_s"] * 1000,
+                                      settings["ip_frequency_window_s"] * 1000,
+                                      settings["ip_frequency_threshold"]),
+        json.dumps(totals, sort_keys=True), changed, rows]], database=db, column_names=[
+        "id", "kind", "rolls_back", "published_at", "requested_by", "reason", "range_from",
+        "range_to", "ads", "settings", "code_version", "traffic_rules", "totals",
+        "changed_cells", "count_rows"])
+
+
+PUBLISHED = """
+SELECT kind, rolls_back, range_from, range_to, ads, reason, settings, totals
+FROM {db:Identifier}.recalculations WHERE id = {id:UInt32} OR rolls_back = {id:UInt32}
+"""
+PUBLISHED_COUNTS = """
+SELECT minute, ad_id, country, device, traffic, clicks, impressions
+FROM {db:Identifier}.ad_click_counts FINAL
+WHERE src_partition = {partition:UInt32} AND intDiv(src_offset, {shift:UInt64}) = {id:UInt64}
+"""
+KEPT_ATTRIBUTIONS = """
+SELECT side, minute, ad_id, country, device, traffic, conversion_id, click_id, toString(type),
+       value_micros, conversion_ts, click_ts, toString(outcome)
+FROM {db:Identifier}.recalculated_attributions WHERE recalculation = {id:UInt32}
+"""
+
+
+def rollback(client, db, rid, who="", reason=""):
+    """Undo publish rid: its count rows negated (one INSERT), the attribution rows it replaced
+    written again, those it added under other keys taken back; recorded as a rollback."""
+    db = store.check_identifier(db)
+    records = client.query(PUBLISHED, parameters={"db": db, "id": rid}).result_rows
+    publish_ = [row for row in records if row[0] == "publish"]
+    if not publish_ or publish_[0][1] != 0:
+        raise Refused(f"no published recalculation {rid}")
+    if any(row[0] == "rollback" for row in records):
+        raise Refused(f"recalculation {rid} is rolled back already")
+    _kind, _, start, end, ads, published_reason, settings, totals = publish_[0]
+    new_id = int(client.query(NEXT_ID, parameters={"db": db}).result_rows[0][0] or 1)
+    differences = {tuple([_utc(row[0]), *row[1:5]]): [-int(row[5]), -int(row[6])]
+                   for row in client.query(PUBLISHED_COUNTS, parameters={
+                       "db": db, "partition": RECALCULATED_PARTITION, "shift": ID_SHIFT,
+                       "id": rid}).result_rows}
+    kept = collections.defaultdict(list)
+    for side, *row in client.query(KEPT_ATTRIBUTIONS, parameters={"db": db, "id": rid}
+                                   ).result_rows:
+        kept[side].append(dict(zip(ATTRIBUTION_COLUMNS, row)))
+    restored = {_attribution_key(row) for row in kept["before"]}
+    rows = kept["before"] + [dict(row, outcome=AWAY) for row in kept["after"]
+                             if _attribution_key(row) not in restored]
+    _write_counts(client, db, new_id, differences)
+    if rows:
+        client.insert("conversion_attributions",
+                      [[row[name] for name in ATTRIBUTION_COLUMNS] for row in rows],
+                      column_names=ATTRIBUTION_COLUMNS, database=db)
+    undone = {metric: {"old": value["new"], "new": value["old"], "delta": -value["delta"]}
+              for metric, value in json.loads(totals).items()}
+    request = Request(_utc(start), _utc(end), tuple(ads),
+                      reason or f"rollback of {rid} ({published_reason})", False,
+                      json.loads(settings))
+    _record(client, db, new_id, "rollback", rid, request, who, json.loads(settings), undone, 0,
+            len(differences))
+    return {"id": new_id, "rolls_back": rid, "count_rows": len(differences),
+            "attribution_rows": len(rows)}
+
+
+def code_version():
+    """The commit the code runs from, if it is a git checkout."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return done.stdout.strip() if done.returncode == 0 else "unknown"
 
 
 def _minutes(start, end):
@@ -381,6 +615,3 @@ def _parse_sink_time(text):
     """A sink's TIMESTAMP_LTZ as Flink's JSON writes it ("2026-01-01 00:01:00Z")."""
     return datetime.fromisoformat(text.replace(" ", "T").replace("Z", "+00:00"))
 
-
-def _in_range(text, request):
-    return request.start <= _parse_sink_time(text) < request.end

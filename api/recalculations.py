@@ -4,11 +4,14 @@ POST /v1/admin/recalculations {from, to, ads?, reason?, settings?, dry_run?} che
 and the range (a 400 says what is wrong), starts the run in the background and answers 202
 with its id; GET /v1/admin/recalculations/<id> says how it goes (running, done with the diff,
 or failed with why), GET /v1/admin/recalculations lists the recent ones. One runs at a time in
-a process (a second gets a 409): each one is a Flink batch job, minutes of CPU.
+a process (a second gets a 409): each one is a Flink batch job, minutes of CPU. POST
+/v1/admin/recalculations/rollback {id} undoes a published one (its id in the result's
+`published`, and in the store's `recalculations` table, the audit record).
 `adclick recalculate` (apps.recalculate) is the same from a terminal. adclick.recalculation
-does the work; only dry runs exist so far.
+does the work.
 """
 
+import contextlib
 import itertools
 import logging
 import threading
@@ -39,11 +42,27 @@ class Runs:
         self._lock = threading.Lock()
         self._runs = {}
         self._ids = itertools.count(1)
+        self._rolling_back = False
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        """Held while no recalculation runs (a rollback's), else a 409."""
+        with self._lock:
+            self._check_idle()
+            self._rolling_back = True
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._rolling_back = False
+
+    def _check_idle(self):
+        if self._rolling_back or any(run["status"] == "running" for run in self._runs.values()):
+            raise ApiError("a recalculation or rollback is running; wait for it to finish", 409)
 
     def start(self, client, database, request_, who):
         with self._lock:
-            if any(run["status"] == "running" for run in self._runs.values()):
-                raise ApiError("a recalculation is running; wait for it to finish", 409)
+            self._check_idle()
             run_id = f"r{next(self._ids)}"
             run = {"id": run_id, "status": "running", "requested_by": who,
                    "requested_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -60,7 +79,8 @@ class Runs:
 
     def _run(self, run, client, database, request_):
         try:
-            result = recalculation.recalculate(client, database, request_)
+            result = recalculation.recalculate(client, database, request_,
+                                               who=run["requested_by"])
             update = {"status": "done", "result": result}
         except recalculation.Refused as refused:
             update = {"status": "refused", "error": str(refused)}
@@ -94,6 +114,25 @@ def start():
         raise ApiError(str(refused)) from None
     run = _runs().start(db.client(), db.database(), request_, auth.current().name)
     return jsonify(run), 202
+
+
+@bp.post("/rollback")
+def rollback():
+    """Undo a published recalculation {id}: at once, recorded as a rollback."""
+    body = request.get_json(force=True, silent=True)
+    if not isinstance(body, dict) or "id" not in body or set(body) - {"id", "reason"} \
+            or isinstance(body["id"], bool) or not isinstance(body["id"], int) \
+            or body["id"] < 1 or not isinstance(body.get("reason", ""), str) \
+            or len(body.get("reason", "")) > 500:
+        raise ApiError("the body must be {\"id\": <a published recalculation's id>,"
+                       " \"reason\": <text, at most 500 characters>}")
+    with _runs().exclusive():
+        try:
+            done = recalculation.rollback(db.client(), db.database(), body["id"],
+                                          auth.current().name, body.get("reason", ""))
+        except recalculation.Refused as refused:
+            raise ApiError(str(refused)) from None
+    return jsonify(done)
 
 
 @bp.get("")

@@ -10,6 +10,7 @@ does not hold, is refused.
 """
 
 import collections
+import json
 import random
 import threading
 import time
@@ -17,6 +18,7 @@ from datetime import datetime
 from datetime import timedelta
 from datetime import timezone
 
+import clickhouse_connect
 import pytest
 import yaml
 
@@ -39,6 +41,8 @@ ADS = ["ad-a", "ad-b", "ad-c", "ad-d"]
 BOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
 DATABASE = "recalculation_test"
 ALL = {"from": T0.isoformat(), "to": (T0 + MINUTES * MINUTE).isoformat()}
+# Minutes are closed up to here: far enough for the range to be published.
+CLOSED_UNTIL = T0 + 3 * timedelta(hours=1)
 
 
 def ms(moment):
@@ -46,8 +50,9 @@ def ms(moment):
 
 
 class Events:
-    """The raw events (each click with 2 impressions, a third of them with a conversion) and
-    what the live job counts of them under a threshold of the ip rule."""
+    """The raw events (each click with 2 impressions, a third of them with a conversion; some
+    clicks by a crawler, some repeated by their person, some from one busy address) and what
+    the live job counts of them under a threshold of the ip rule."""
 
     def __init__(self, seed=5):
         rng = random.Random(seed)
@@ -63,6 +68,9 @@ class Events:
                      "device": rng.choice(["mobile", "desktop"]),
                      "user_agent": BOT if serial % 17 == 0 else None}
             self.clicks.append(click)
+            if serial % 25 == 1:  # the same person again 3 s later: repeat_click
+                self.clicks.append(dict(click, click_id=f"c{serial}-again",
+                                        click_ts=at + 3000, ip=f"10.2.0.{serial % 256}"))
             for i in range(2):
                 self.impressions.append({
                     "impression_id": f"c{serial}-i{i}", "ad_id": ad,
@@ -183,7 +191,7 @@ def stored(chdb_url, events):  # noqa: F811  (the fixture imported above)
         top += [[minute, rank, ad, valid[ad], m] for rank, ad in enumerate(ranked, start=1)]
     client.insert("top_ads_minute", top, database=DATABASE,
                   column_names=["minute", "rank", "ad_id", "clicks", "src_offset"])
-    client.insert("minutes_closed", [[T0 + m * MINUTE, "", 0, m] for m in range(MINUTES + 3)],
+    client.insert("minutes_closed", [[CLOSED_UNTIL - MINUTE, "", 0, 0]],
                   database=DATABASE,
                   column_names=["minute", "traffic_rules", "src_partition", "src_offset"])
     return client
@@ -199,24 +207,68 @@ def dry_run(client, **fields):
     return recalculation.recalculate(client, DATABASE, request)
 
 
+COUNT_KEY_COLUMNS = ["minute", "ad_id", "country", "device", "traffic", "clicks",
+                     "impressions", "late", "click_id", "src_partition", "src_offset"]
+RANGE = {"from": iso(T0 + MINUTE), "to": iso(T0 + 5 * MINUTE)}  # minutes 1 to 4
+
+
+def rows_outside(client, table):
+    """Every row of table outside RANGE, as stored (not FINAL: byte for byte)."""
+    return client.query(f"SELECT * FROM {DATABASE}.{table} WHERE minute < {{a:DateTime}} OR"
+                        f" minute >= {{b:DateTime}} ORDER BY ALL",
+                        parameters={"a": T0 + MINUTE, "b": T0 + 5 * MINUTE}).result_rows
+
+
+def valid_clicks_in_range(client):
+    return client.query(f"SELECT sum(clicks) FROM {DATABASE}.ad_click_counts FINAL WHERE"
+                        f" traffic = 'valid' AND minute >= {{a:DateTime}} AND"
+                        f" minute < {{b:DateTime}}",
+                        parameters={"a": T0 + MINUTE, "b": T0 + 5 * MINUTE}).result_rows[0][0]
+
+
 @pytest.mark.integration
-def test_a_dry_run_finds_exactly_the_corrupted_cells_and_the_batch_equals_the_truth(
-        stored, events):
-    truth = events.cells(config.IP_FREQUENCY_THRESHOLD)
-    assert any(metric.startswith("invalid_") for (_m, _a, metric) in truth)  # the rules bite
+def test_a_publish_corrects_exactly_the_corrupted_cells_at_once_and_rolls_back(
+        stored, events, chdb_url):  # noqa: F811
+    """Two cells corrupted in the range (5 clicks too many; an attribution lost) and one
+    outside it. The publish's diff is exactly those two (so the batch equals the truth in
+    every other cell, labels, impressions, conversions and ranks included); afterwards every
+    cell of the range equals the truth, every row outside it is as it was (the corruption
+    there too), and a reader polling all the while saw the old total or the new, never
+    another. The same request again changes nothing; a rollback brings the corruption back."""
+    threshold = config.IP_FREQUENCY_THRESHOLD
+    truth = events.cells(threshold, T0 + MINUTE, T0 + 5 * MINUTE)
+    labels = set(events.labels(threshold).values())
+    assert labels == {"valid", "bot_user_agent", "repeat_click", "ip_frequency"}  # all bite
     second, ad = T0 + 2 * MINUTE, "ad-b"
-    # 5 valid clicks too many in one cell; one attributed conversion of another lost.
-    stored.insert("ad_click_counts", [[second, ad, "KR", "mobile", "valid", 5, 0, 0, "", 9, 1]],
-                  database=DATABASE, column_names=[
-                      "minute", "ad_id", "country", "device", "traffic", "clicks",
-                      "impressions", "late", "click_id", "src_partition", "src_offset"])
-    lost = next(row for row in events.attributions(config.IP_FREQUENCY_THRESHOLD)
-                if row[0] < T0 + MINUTES * MINUTE)
+    stored.insert("ad_click_counts", [[second, ad, "KR", "mobile", "valid", 5, 0, 0, "", 9, 1],
+                                      [T0, ad, "KR", "mobile", "valid", 7, 0, 0, "", 9, 2]],
+                  database=DATABASE, column_names=COUNT_KEY_COLUMNS)
+    lost = next(row for row in events.attributions(threshold)
+                if T0 + MINUTE <= row[0] < T0 + 5 * MINUTE)
     stored.command(f"ALTER TABLE {DATABASE}.conversion_attributions DELETE WHERE"
                    f" conversion_id = '{lost[5]}'", settings={"mutations_sync": 2})
     lost_metric = ("" if lost[4] == "valid" else "invalid_") + "conversions"
+    outside = {table: rows_outside(stored, table)
+               for table in ("ad_click_counts", "conversion_attributions")}
+    corrupted = recalculation.stored_numbers(stored, DATABASE,
+                                             recalculation.parse_request(RANGE)).cells()
+    old_total = valid_clicks_in_range(stored)
+    seen, stop = set(), threading.Event()
+    reader = clickhouse_connect.get_client(dsn=chdb_url)  # a handle of its own
 
-    result = dry_run(stored, reason="a test corrupted two cells")
+    def poll():
+        while not stop.is_set():
+            seen.add(valid_clicks_in_range(reader))
+
+    polling = threading.Thread(target=poll)
+    polling.start()
+    try:
+        result = recalculation.recalculate(stored, DATABASE, recalculation.parse_request(
+            {**RANGE, "dry_run": False, "reason": "a test corrupted two cells"}), who="tester")
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        polling.join()
 
     key = (iso(second), ad, "clicks")
     lost_key = (iso(lost[0]), lost[1], lost_metric)
@@ -227,14 +279,35 @@ def test_a_dry_run_finds_exactly_the_corrupted_cells_and_the_batch_equals_the_tr
          "old": truth[lost_key] - 1, "new": truth[lost_key], "delta": 1},
     ], key=lambda cell: (cell["minute"], cell["ad_id"], cell["metric"]))
     assert result["totals"]["clicks"]["delta"] == -5
-    assert result["totals"][lost_metric]["delta"] == 1
-    assert result["totals"]["impressions"]["new"] == sum(
-        n for (_m, _a, metric), n in truth.items() if metric == "impressions")
-    assert result["exported"]["clicks"] >= len(events.clicks)  # the copies too
-    # Nothing was written: the corruption is still there.
-    assert stored.query(f"SELECT sum(clicks) FROM {DATABASE}.ad_click_counts FINAL WHERE"
-                        f" minute = {{m:DateTime}} AND ad_id = '{ad}' AND traffic = 'valid'",
-                        parameters={"m": second}).result_rows[0][0] == truth.get(key, 0) + 5
+    assert result["exported"]["clicks"] >= len(events.clicks) // 2  # the copies too
+    after = recalculation.stored_numbers(stored, DATABASE, recalculation.parse_request(RANGE))
+    assert {k: v for k, v in after.cells().items() if k[2] != "rank"} == truth
+    assert {table: rows_outside(stored, table) for table in outside} == outside
+    assert seen == {old_total, old_total - 5}
+    published = result["published"]
+    assert published == {"id": 1, "count_rows": 1, "attribution_rows": 1}
+    record = stored.query(f"SELECT kind, requested_by, reason, range_from, range_to,"
+                          f" code_version, traffic_rules, totals FROM {DATABASE}.recalculations"
+                          ).result_rows
+    assert [row[:5] for row in record] == [("publish", "tester", "a test corrupted two cells",
+                                            T0.replace(tzinfo=None) + MINUTE,
+                                            T0.replace(tzinfo=None) + 5 * MINUTE)]
+    assert record[0][5] and "ip_frequency >= 3" in record[0][6]
+    assert json.loads(record[0][7])["clicks"]["delta"] == -5
+
+    again = recalculation.recalculate(stored, DATABASE, recalculation.parse_request(
+        {**RANGE, "dry_run": False, "reason": "the same again"}))
+    assert again["changed"] == [] and again["published"]["count_rows"] == 0
+    assert again["published"]["attribution_rows"] == 0
+
+    undone = recalculation.rollback(stored, DATABASE, 1, "tester", "undo it")
+    assert undone == {"id": 3, "rolls_back": 1, "count_rows": 1, "attribution_rows": 1}
+    back = recalculation.stored_numbers(stored, DATABASE, recalculation.parse_request(RANGE))
+    assert back.cells() == corrupted
+    with pytest.raises(recalculation.Refused, match="rolled back already"):
+        recalculation.rollback(stored, DATABASE, 1)
+    with pytest.raises(recalculation.Refused, match="no published recalculation 3"):
+        recalculation.rollback(stored, DATABASE, 3)  # a rollback is not undone this way
 
 
 @pytest.mark.integration
@@ -251,10 +324,15 @@ def test_a_changed_rule_moves_exactly_the_cells_the_rule_says(stored, events):
          if old.get((m, ad, metric), 0) != new.get((m, ad, metric), 0)),
         key=lambda cell: (cell["minute"], cell["ad_id"], cell["metric"]))
 
+    before = rows_outside(stored, "ad_click_counts"), valid_clicks_in_range(stored)
     result = dry_run(stored, ads=ADS[:3] + ADS[3:], settings={"ip_frequency_threshold": 2})
 
     assert result["changed"] == expected
     assert result["settings"]["ip_frequency_threshold"] == 2
+    # A dry run writes nothing.
+    assert (rows_outside(stored, "ad_click_counts"), valid_clicks_in_range(stored)) == before
+    assert "published" not in result and stored.query(
+        f"SELECT count() FROM {DATABASE}.recalculations").result_rows[0][0] == 0
 
 
 def test_requests_are_checked_before_anything_runs():
@@ -270,7 +348,7 @@ def test_requests_are_checked_before_anything_runs():
     refused({**ALL, "settings": {"dedup": 1}}, "unknown setting")
     refused({**ALL, "settings": {"repeat_click_window_s": 700, "ip_frequency_window_s": 600}},
             "at most the ip")
-    refused({**ALL, "dry_run": False}, "not built yet")
+    refused({**ALL, "dry_run": "no"}, "true or false")
     refused({**ALL, "when": 1}, "unknown field")
     request = recalculation.parse_request({**ALL, "ads": ["b", "a", "b"]})
     assert (request.start, request.end, request.ads) == (T0, T0 + MINUTES * MINUTE, ("a", "b"))
@@ -278,11 +356,14 @@ def test_requests_are_checked_before_anything_runs():
 
 @pytest.mark.integration
 def test_a_range_not_closed_or_not_in_the_raw_store_is_refused(stored):
-    closed_until = T0 + (MINUTES + 3) * MINUTE
     with pytest.raises(recalculation.Refused, match="not closed yet"):
-        dry_run(stored, to=iso(closed_until + MINUTE))
+        dry_run(stored, to=iso(CLOSED_UNTIL + MINUTE))
     with pytest.raises(recalculation.Refused, match="no longer holds"):
         dry_run(stored, **{"from": iso(T0 - MINUTE)})
+    # Published only once the live job can no longer change the minutes.
+    recent = CLOSED_UNTIL - recalculation.PUBLISH_AFTER + MINUTE
+    with pytest.raises(recalculation.Refused, match="may still change"):
+        dry_run(stored, **{"from": iso(recent - MINUTE), "to": iso(recent), "dry_run": False})
 
 
 def test_the_admin_api_checks_a_request_then_runs_it_in_the_background(
@@ -299,9 +380,9 @@ def test_the_admin_api_checks_a_request_then_runs_it_in_the_background(
     as_admin = Api(app, admin, openapi)
     release = threading.Event()
 
-    def held(client, db, request):
+    def held(client, db, request, who):
         release.wait(30)
-        return {"changed": [], "totals": {}, "exported": {}, "settings": {}, "seen": db}
+        return {"changed": [], "totals": {}, "exported": {}, "settings": {}, "seen": (db, who)}
 
     monkeypatch.setattr(recalculation, "recalculate", held)
 
@@ -312,7 +393,7 @@ def test_the_admin_api_checks_a_request_then_runs_it_in_the_background(
         return response.status_code, response.get_json()
 
     assert post({**ALL, "to": "soon"}) == (400, {"error": "'to' is not an ISO 8601 time: 'soon'"})
-    status, body = post({**ALL, "to": iso(T0 + 20 * MINUTE)})
+    status, body = post({**ALL, "to": iso(CLOSED_UNTIL + MINUTE)})
     assert status == 400 and "not closed yet" in body["error"]
     assert post(ALL, key=reader)[0] == 403
     status, started = post({**ALL, "reason": "a test"})
@@ -326,9 +407,15 @@ def test_the_admin_api_checks_a_request_then_runs_it_in_the_background(
         if run["status"] != "running":
             break
         time.sleep(0.05)
-    assert run["status"] == "done" and run["result"]["seen"] == DATABASE
+    assert run["status"] == "done"
+    assert run["result"]["seen"] == [DATABASE, "recalculating-admin"]
     listed = as_admin.get("/v1/admin/recalculations").get_json()["recalculations"]
     assert [entry["id"] for entry in listed] == [started["id"]] and "result" not in listed[0]
+    for body, words in (({"id": "1"}, "the body must be"), ({"id": 99}, "no published")):
+        response = as_admin.client.post("/v1/admin/recalculations/rollback", json=body,
+                                        headers={"Authorization": f"Bearer {admin}"})
+        as_admin.check(response, "/v1/admin/recalculations/rollback", "post")
+        assert response.status_code == 400 and words in response.get_json()["error"]
     missing = as_admin.get("/v1/admin/recalculations/r999",
                            template="/v1/admin/recalculations/{run_id}")
     assert missing.status_code == 404

@@ -175,7 +175,8 @@ def test_job_killed_and_started_again_keeps_every_count(tmp_path, kafka_bootstra
              "--to", iso(minutes[-1] + config.WINDOW_MS), "--dry-run", "--format", "json",
              "--api-url", api.base, "--api-key", api.key, "--reason", "batch against live"],
             cwd=REPO, capture_output=True, text=True, timeout=600)
-        assert recalculated.returncode == 0, recalculated.stdout[-3000:] + recalculated.stderr
+        # Exit 3: a dry run found cells that differ (the top lists).
+        assert recalculated.returncode == 3, recalculated.stdout[-3000:] + recalculated.stderr
         result = json.loads(recalculated.stdout)
         assert result["totals"]["clicks"]["new"] > 0
         assert {cell["metric"] for cell in result["changed"]} == {"rank"}, result["changed"]
