@@ -77,6 +77,8 @@ def parse_args(argv=None):
     p.add_argument("--skip-load-curve", action="store_true")
     p.add_argument("--skip-skew", action="store_true")
     p.add_argument("--skip-rocksdb", action="store_true")
+    p.add_argument("--skip-recalculation", action="store_true",
+                   help="do not time the recalculation of an hour (bench/recalculation.py)")
     p.add_argument("--repeats", type=int, default=3,
                    help="rounds of the bounded runs (plain SQL and the adclick stages, "
                         "alternating); each figure is the median round's, min and max beside")
@@ -557,6 +559,16 @@ def main(argv=None):
         log(f"freshness: API 1 p50 {f['api1_p50_s']} s, p99 {f['api1_p99_s']} s over "
             f"{f['minutes_observed']} minutes")
 
+    def recalculation():
+        # An hour of the freshness run's traffic, counted again from a raw store of its own
+        # (its own process: an embedded store's path is one per process).
+        done = subprocess.run(
+            [PYTHON, "-m", "bench.recalculation", "--rate", str(args.freshness_rate)],
+            cwd=REPO, capture_output=True, text=True, timeout=3600, check=True)
+        result = report["recalculation"] = json.loads(done.stdout.strip().splitlines()[-1])
+        log(f"recalculation of an hour at {result['rate_clicks_per_s']:,} clicks/s: "
+            f"{result['total_s']} s ({result['us_per_event']} us per event)")
+
     def load_curve():
         curve_prefix = run_prefix + "c-"
         created.extend(config.Topics.with_prefix(curve_prefix).values())
@@ -579,6 +591,8 @@ def main(argv=None):
             phases.run("freshness", freshness)
         if not args.skip_load_curve and "kafka" not in phases.failed:
             phases.run("load_curve", load_curve)
+        if not args.skip_recalculation:
+            phases.run("recalculation", recalculation)
         report["peak_rss_mib"] = sampler.peaks_mib()
         if report.get("adclick"):
             report["state"] = state_estimate(report["adclick"])
