@@ -5,8 +5,7 @@
 DIR/clicks, DIR/impressions, DIR/conversions hold JSON lines of the raw store's events (each
 contract's fields, and the Kafka record's src_partition and src_offset), as
 adclick.recalculation exports them. The statements are the streaming job's own, sql/flink/*.sql,
-with the same parameters (the flags), planned in batch mode; three things differ, because a
-batch has no time passing in it:
+with the same parameters (the flags), planned in batch mode; three things differ:
 - no watermark: `CURRENT_WATERMARK(event_time)` is null, so every event is on time, and the
   minute counts every unique event the raw store holds (the live job also counted the late
   ones, as corrections, and kept the too-late ones apart);
