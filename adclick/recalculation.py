@@ -38,6 +38,7 @@ from datetime import timezone
 from pathlib import Path
 
 from adclick import config
+from adclick import ingest
 from adclick import invalid_traffic
 from adclick import rollup
 from adclick import store
@@ -209,7 +210,6 @@ def export(client, db, request, folder):
     lookback = lookback_minutes(settings)
     first = request.start - timedelta(minutes=lookback)
     base = {"db": store.check_identifier(db), "ads": list(request.ads)}
-    counts = {}
     with _Lines(folder / "clicks") as clicks, _Lines(folder / "impressions") as impressions, \
             _Lines(folder / "conversions") as conversions:
         for minute in _minutes(first, request.end):
@@ -226,9 +226,8 @@ def export(client, db, request, folder):
         clicks.write(client.query(NAMED_CLICKS.replace("{fields}", CLICK_FIELDS), parameters={
             "db": base["db"], "start": request.start, "end": request.end, "oldest": oldest,
             "first": first, "lookback": lookback}))
-        counts = {"clicks": clicks.count, "impressions": impressions.count,
-                  "conversions": conversions.count}
-    return counts
+    return {"clicks": clicks.count, "impressions": impressions.count,
+            "conversions": conversions.count}
 
 
 class _Lines:
@@ -277,11 +276,9 @@ def _read_lines(folder):
                     yield json.loads(line)
 
 
-ATTRIBUTION_COLUMNS = ["minute", "ad_id", "country", "device", "traffic", "conversion_id",
-                       "click_id", "type", "value_micros", "conversion_ts", "click_ts",
-                       "outcome"]
-COUNT_COLUMNS = ["minute", "ad_id", "country", "device", "traffic", "clicks", "impressions",
-                 "late", "click_id", "src_partition", "src_offset"]
+# The columns the loader writes (adclick.ingest), which a publish writes too.
+ATTRIBUTION_COLUMNS = ingest.COLUMNS["conversion_attributions"]
+COUNT_COLUMNS = ingest.COLUMNS["ad_click_counts"]
 # A published difference's rows: a partition no Kafka topic has, an offset of the
 # recalculation's own (its id times 2^32 plus the row's number).
 RECALCULATED_PARTITION = 2**32 - 1
@@ -331,25 +328,24 @@ def batch_numbers(out, request):
 
     counts = collections.defaultdict(lambda: [0, 0])
     for row in _read_lines(out / "counts"):
-        minute = _parse_sink_time(row["minute"])
+        minute = ingest.parse_time(row["minute"])
         if wanted(minute, row["ad_id"]):
             key = (minute, row["ad_id"], row["country"], row["device"], row["traffic"])
             counts[key][0] += row["clicks"]
             counts[key][1] += row["impressions"]
     attributions = collections.defaultdict(list)
     for row in _read_lines(out / "attributions"):
-        row["minute"] = _parse_sink_time(row["minute"])
+        row["minute"] = ingest.parse_time(row["minute"])
         if wanted(row["minute"], row["ad_id"]):
             for name in ("conversion_ts", "click_ts"):
-                row[name] = (datetime.fromtimestamp(row[name] // 1000, timezone.utc)
-                             + timedelta(milliseconds=row[name] % 1000))
+                row[name] = ingest.from_millis(row[name])
             attributions[row["conversion_id"]].append(
                 {name: row[name] for name in ATTRIBUTION_COLUMNS})
     ranks = None
     if not request.ads:  # a top list ranks every ad of the minute
-        ranks = {(_parse_sink_time(row["minute"]), row["ad_id"]): row["rank"]
+        ranks = {(ingest.parse_time(row["minute"]), row["ad_id"]): row["rank"]
                  for row in _read_lines(out / "top")
-                 if wanted(_parse_sink_time(row["minute"]), row["ad_id"])}
+                 if wanted(ingest.parse_time(row["minute"]), row["ad_id"])}
     return Numbers({key: value for key, value in counts.items() if any(value)},
                    dict(attributions), ranks)
 
@@ -609,9 +605,4 @@ def _utc(moment):
 
 def iso(moment):
     return _utc(moment).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_sink_time(text):
-    """A sink's TIMESTAMP_LTZ as Flink's JSON writes it ("2026-01-01 00:01:00Z")."""
-    return datetime.fromisoformat(text.replace(" ", "T").replace("Z", "+00:00"))
 

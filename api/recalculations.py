@@ -26,6 +26,7 @@ from flask import request
 from adclick import recalculation
 from api import auth
 from api import db
+from api import params
 from api.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class Runs:
             self._check_idle()
             run_id = f"r{next(self._ids)}"
             run = {"id": run_id, "status": "running", "requested_by": who,
-                   "requested_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                   "requested_at": params.iso(datetime.now(timezone.utc)),
                    "from": recalculation.iso(request_.start),
                    "to": recalculation.iso(request_.end), "ads": list(request_.ads),
                    "reason": request_.reason, "dry_run": request_.dry_run}
@@ -119,17 +120,17 @@ def start():
 @bp.post("/rollback")
 def rollback():
     """Undo a published recalculation {id}: at once, recorded as a rollback."""
-    body = request.get_json(force=True, silent=True)
-    if not isinstance(body, dict) or "id" not in body or set(body) - {"id", "reason"} \
-            or isinstance(body["id"], bool) or not isinstance(body["id"], int) \
-            or body["id"] < 1 or not isinstance(body.get("reason", ""), str) \
-            or len(body.get("reason", "")) > 500:
-        raise ApiError("the body must be {\"id\": <a published recalculation's id>,"
-                       " \"reason\": <text, at most 500 characters>}")
+    example = '{"id": <a published recalculation\'s id>, "reason": <text, at most 500 characters>}'
+    body = params.json_object(request.get_json(force=True, silent=True), ("id", "reason"),
+                              ("id",), example)
+    reason = body.get("reason", "")
+    if isinstance(body["id"], bool) or not isinstance(body["id"], int) or body["id"] < 1 \
+            or not isinstance(reason, str) or len(reason) > 500:
+        raise ApiError(f"the body must be {example}")
     with _runs().exclusive():
         try:
             done = recalculation.rollback(db.client(), db.database(), body["id"],
-                                          auth.current().name, body.get("reason", ""))
+                                          auth.current().name, reason)
         except recalculation.Refused as refused:
             raise ApiError(str(refused)) from None
     return jsonify(done)
