@@ -28,23 +28,11 @@ CREATE TABLE IF NOT EXISTS {db}.recalculations
 ENGINE = MergeTree
 ORDER BY id;
 
--- The attribution rows a publish replaced (before) and wrote (after), for its rollback.
+-- The attribution rows a publish replaced (before) and wrote (after), for its rollback: rows of
+-- conversion_attributions, with the recalculation and the side.
 CREATE TABLE IF NOT EXISTS {db}.recalculated_attributions
-(
-    recalculation UInt32,
-    side          LowCardinality(String),  -- before, after
-    minute        DateTime('UTC'),
-    ad_id         String,
-    country       LowCardinality(String),
-    device        LowCardinality(String),
-    traffic       LowCardinality(String),
-    conversion_id String,
-    click_id      String,
-    type          LowCardinality(String),
-    value_micros  Nullable(UInt64),
-    conversion_ts DateTime64(3, 'UTC'),
-    click_ts      DateTime64(3, 'UTC'),
-    outcome       LowCardinality(String)
-)
 ENGINE = MergeTree
-ORDER BY (recalculation, side, conversion_id);
+ORDER BY (recalculation, side, conversion_id)
+EMPTY AS
+SELECT toUInt32(0) AS recalculation, toLowCardinality('') AS side, *
+FROM {db}.conversion_attributions;
