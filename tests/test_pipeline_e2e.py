@@ -144,16 +144,20 @@ class Truth:
         self.click_rows = {}  # click_id -> the click
         self.conversions = {}  # conversion_id -> the conversion (the first sent)
 
-    def labels(self):
-        """{click_id: label} of every counted click, from all of them."""
-        return invalid_traffic.click_labels(Click(**row) for row in self.click_rows.values())
+    def labels(self, rows=None):
+        """{click_id: label} of every counted click (of rows, by default all of them)."""
+        rows = self.click_rows if rows is None else rows
+        return invalid_traffic.click_labels(Click(**row) for row in rows.values())
 
     def labelled(self):
         """Counts of the clicks by (minute, ad, country, device, label)."""
-        labels = self.labels()
+        # One copy, labelled and counted: the keepalive thread may add a click meanwhile (a
+        # check made without the lock once met a click its labels had not seen).
+        rows = dict(self.click_rows)
+        labels = self.labels(rows)
         return collections.Counter(
             (row["click_ts"] - row["click_ts"] % MINUTE_MS, row["ad_id"], row["country"],
-             row["device"], labels[click_id]) for click_id, row in self.click_rows.items())
+             row["device"], labels[click_id]) for click_id, row in rows.items())
 
     def add(self, click):
         minute = click["click_ts"] - click["click_ts"] % MINUTE_MS
