@@ -40,8 +40,11 @@ START = datetime(2026, 11, 23, 0, 0, tzinfo=timezone.utc)
 
 # One hour of rows per statement: the ad of row n is skewed towards low numbers (u**3), so a
 # few ads are hot and all 100,000 still appear over the day, each with a country and device.
+# Every row is valid traffic (the column's default).
 LOAD_HOUR = """
 INSERT INTO {db:Identifier}.ad_click_counts
+    (minute, ad_id, country, device, clicks, impressions, late, click_id, src_partition,
+     src_offset)
 SELECT
     toDateTime({start:UInt32} + intDiv(number, {per_minute:UInt32}) * 60, 'UTC') AS minute,
     concat('ad-', leftPad(toString(1 + toUInt32(pow((intHash64(number) % 1000003) / 1000003, 3)
