@@ -8,15 +8,16 @@ each. `jobs/recalculation.py` runs the streaming job's statements over them in F
 mode, and what it computes for the range is set against what the store holds, per (minute,
 ad, metric): old, new and the difference, and the totals.
 
-A dry run stops there. A publish writes what turns the stored numbers into the batch's, once
-the live job can no longer change those minutes (PUBLISH_AFTER): per (minute, ad, country,
-device, label) the difference as a row of ad_click_counts, all in one INSERT, so a reader sees
-all of them or none; each changed attribution row again (the newest of a key is the one read),
-and those it replaces kept for the rollback; and a record in `recalculations` (when, who, why,
-the range, the settings, code and rule versions, old and new totals). A request run again finds
-nothing to change and writes no numbers. rollback() writes the publish's count rows negated and
-the attribution rows it replaced, and records that. The job's per-minute top lists
-(top_ads_minute, which no API ranks from) are compared but not written.
+A dry run stops there. A publish, once the live job can no longer change those minutes
+(PUBLISH_AFTER), records that it began, writes what turns the stored numbers into the batch's
+and then records itself (when, who, why, the range, the settings, code and rule versions, old
+and new totals), which puts those rows in force (adclick.published): per (minute, ad, country,
+device, label) the difference as a row of ad_click_counts, and each changed conversion's rows
+taken back and put in their place. A reader sees all of it or none, in every table at once. A
+request run again finds nothing to change and writes no numbers. rollback() takes a publish
+out of force with one record. The job's per-minute top lists (top_ads_minute) are published
+the same way, a changed minute's whole list (published_top_ads_minute), unless the request
+named ads.
 
 The batch counts every unique event the raw store holds for a minute, on time or not: the live
 job's counts equal it for minutes that had no event too late to count; `jobs/recalculation.py`
@@ -40,6 +41,7 @@ from pathlib import Path
 from adclick import config
 from adclick import ingest
 from adclick import invalid_traffic
+from adclick import published
 from adclick import rollup
 from adclick import store
 from adclick.contract import AD_ID
@@ -279,18 +281,13 @@ def _read_lines(folder):
 # The columns the loader writes (adclick.ingest), which a publish writes too.
 ATTRIBUTION_COLUMNS = ingest.COLUMNS["conversion_attributions"]
 COUNT_COLUMNS = ingest.COLUMNS["ad_click_counts"]
-# A published difference's rows: a partition no Kafka topic has, an offset of the
-# recalculation's own (its id times 2^32 plus the row's number).
-RECALCULATED_PARTITION = 2**32 - 1
-ID_SHIFT = 2**32
-# Rows one publish may add to ad_click_counts: one INSERT of at most one block, which readers
-# see all at once (ClickHouse's max_insert_block_size is 1,048,576).
-MAX_PUBLISH_ROWS = 1_000_000
 # A minute may be published once nothing live can still change it: the job's allowed lateness
 # (corrections) and conversion wait (attributions) have passed since it closed.
 PUBLISH_AFTER = timedelta(seconds=config.ALLOWED_LATENESS_SECONDS
                           + config.CONVERSION_WAIT_SECONDS + 60)
-AWAY = "recalculated_away"  # an attribution row a recalculation took back
+# An attribution row a recalculation recorded before sql/clickhouse/010_*.sql took back, in
+# place: it is not an attribution.
+AWAY = "recalculated_away"
 
 
 @dataclass
@@ -301,7 +298,7 @@ class Numbers:
     counts: dict
     # conversion_id -> its attribution rows (dicts of ATTRIBUTION_COLUMNS)
     attributions: dict
-    # (minute, ad) -> rank in the minute's top list; None when the request names ads
+    # (minute, ad) -> (rank, clicks) in the minute's top list; None when the request names ads
     ranks: dict
 
     def cells(self):
@@ -316,7 +313,7 @@ class Numbers:
                 if row["outcome"] == "attributed":
                     invalid = "" if row["traffic"] == "valid" else "invalid_"
                     cells[(iso(row["minute"]), row["ad_id"], invalid + "conversions")] += 1
-        for (minute, ad), rank in (self.ranks or {}).items():
+        for (minute, ad), (rank, _clicks) in (self.ranks or {}).items():
             cells[(iso(minute), ad, "rank")] = rank
         return {key: value for key, value in cells.items() if value}
 
@@ -343,7 +340,7 @@ def batch_numbers(out, request):
                 {name: row[name] for name in ATTRIBUTION_COLUMNS})
     ranks = None
     if not request.ads:  # a top list ranks every ad of the minute
-        ranks = {(ingest.parse_time(row["minute"]), row["ad_id"]): row["rank"]
+        ranks = {(ingest.parse_time(row["minute"]), row["ad_id"]): (row["rank"], row["clicks"])
                  for row in _read_lines(out / "top")
                  if wanted(ingest.parse_time(row["minute"]), row["ad_id"])}
     return Numbers({key: value for key, value in counts.items() if any(value)},
@@ -353,16 +350,17 @@ def batch_numbers(out, request):
 STORED_COUNTS = """
 SELECT minute, ad_id, country, device, traffic, sum(clicks), sum(impressions)
 FROM {db:Identifier}.ad_click_counts FINAL
-WHERE minute >= {start:DateTime} AND minute < {end:DateTime}""" + ADS_FILTER + """
+WHERE minute >= {start:DateTime} AND minute < {end:DateTime}""" + ADS_FILTER \
+    + published.COUNTS + """
 GROUP BY minute, ad_id, country, device, traffic
 """
 STORED_ATTRIBUTIONS = """
 SELECT minute, ad_id, country, device, traffic, conversion_id, click_id, toString(type),
        value_micros, conversion_ts, click_ts, toString(outcome)
-FROM {db:Identifier}.conversion_attributions FINAL
+FROM {db:Identifier}.published_attributions
 WHERE minute >= {start:DateTime} AND minute < {end:DateTime}""" + ADS_FILTER
 STORED_TOP = """
-SELECT minute, ad_id, rank FROM {db:Identifier}.top_ads_minute FINAL
+SELECT minute, ad_id, rank, clicks FROM {db:Identifier}.published_top_ads_minute
 WHERE minute >= {start:DateTime} AND minute < {end:DateTime}
 """
 
@@ -384,7 +382,7 @@ def stored_numbers(client, db, request):
             attributions[row["conversion_id"]].append(row)
     ranks = None
     if not request.ads:
-        ranks = {(_utc(minute), ad): int(rank) for minute, ad, rank
+        ranks = {(_utc(minute), ad): (int(rank), int(clicks)) for minute, ad, rank, clicks
                  in client.query(STORED_TOP, parameters=parameters).result_rows}
     return Numbers(counts, dict(attributions), ranks)
 
@@ -446,54 +444,59 @@ def count_differences(old, new):
 
 
 def attribution_changes(old, new):
-    """(rows replaced, rows to write) that turn old attributions into new: a conversion's new
-    row replaces the old of the same key (FINAL keeps the last written); an old row under
-    another key, or of a conversion the batch did not attribute, is written again as AWAY."""
+    """(rows taken back, rows put in their place) that turn old attributions into new: all
+    the rows of each conversion whose rows differ."""
     before, after = [], []
     for conversion_id in set(old) | set(new):
         old_rows, new_rows = old.get(conversion_id, []), new.get(conversion_id, [])
-        if old_rows == new_rows:
-            continue
-        before += old_rows
-        after += new_rows
-        kept = {_attribution_key(row) for row in new_rows}
-        after += [dict(row, outcome=AWAY) for row in old_rows
-                  if _attribution_key(row) not in kept]
+        if old_rows != new_rows:
+            before += old_rows
+            after += new_rows
     return before, after
 
 
-def _attribution_key(row):
-    """conversion_attributions' sorting key."""
-    return (row["minute"], row["ad_id"], row["country"], row["device"], row["conversion_id"])
-
-
+# A recalculation's id: one more than any recorded, a publish recording that it began before
+# it writes a row, so that the rows of one that failed are never another's.
 NEXT_ID = "SELECT max(id) + 1 FROM {db:Identifier}.recalculations"
 
 
 def publish(client, db, request, old, new, who, result):
-    """Write what turns the stored numbers of the range into the batch's: the count
-    differences in one INSERT, the attribution rows that change, and the record. One at a
-    time (the server runs one recalculation at a time)."""
+    """Write what turns the stored numbers of the range into the batch's, then the record
+    that puts them in force (adclick.published): readers see none of it before the record and
+    all of it after. One at a time (the server runs one recalculation at a time)."""
     db = store.check_identifier(db)
     rid = int(client.query(NEXT_ID, parameters={"db": db}).result_rows[0][0] or 1)
-    differences = count_differences(old.counts, new.counts)
-    if len(differences) > MAX_PUBLISH_ROWS:
-        raise Refused(f"{len(differences)} count rows to publish: at most {MAX_PUBLISH_ROWS} in"
-                      " one; recalculate a shorter range")
-    before, after = attribution_changes(old.attributions, new.attributions)
-    _keep_attributions(client, db, rid, before, after)
-    _write_counts(client, db, rid, differences)
-    if after:
-        client.insert("conversion_attributions",
-                      [[row[name] for name in ATTRIBUTION_COLUMNS] for row in after],
-                      column_names=ATTRIBUTION_COLUMNS, database=db)
     settings = request.settings_or_defaults()
+    _record(client, db, rid, "begun", 0, request, who, settings, {}, 0, 0)
+    differences = count_differences(old.counts, new.counts)
+    before, after = attribution_changes(old.attributions, new.attributions)
+    hours = _hours(differences)
+    rollup.mark_changed(client, db, hours)
+    _write_counts(client, db, rid, differences)
+    _write_attributions(client, db, rid, before, after)
+    top_minutes = _write_top_lists(client, db, rid, old.ranks, new.ranks)
     _record(client, db, rid, "publish", 0, request, who, settings, result["totals"],
             len(result["changed"]), len(differences))
-    return {"id": rid, "count_rows": len(differences), "attribution_rows": len(after)}
+    # Again: an hour's rollup computed between the first mark and the record left the rows out.
+    rollup.mark_changed(client, db, hours)
+    return {"id": rid, "count_rows": len(differences),
+            "attribution_rows": len(before) + len(after), "top_lists": top_minutes}
 
 
-def _keep_attributions(client, db, rid, before, after):
+def _hours(differences):
+    """The hours (Unix seconds) of the count rows' minutes: their hourly rollup changes."""
+    return {rollup.hour_of(int(key[0].timestamp())) for key in differences}
+
+
+def _write_counts(client, db, rid, differences):
+    if differences:
+        client.insert("ad_click_counts", [
+            [*key, clicks, impressions, 0, "", published.partition_of(rid), i]
+            for i, (key, (clicks, impressions)) in enumerate(sorted(differences.items()))],
+            column_names=COUNT_COLUMNS, database=db)
+
+
+def _write_attributions(client, db, rid, before, after):
     rows = [[rid, side] + [row[name] for name in ATTRIBUTION_COLUMNS]
             for side, part in (("before", before), ("after", after)) for row in part]
     if rows:
@@ -501,17 +504,25 @@ def _keep_attributions(client, db, rid, before, after):
                       column_names=["recalculation", "side", *ATTRIBUTION_COLUMNS])
 
 
-def _write_counts(client, db, rid, differences):
-    """The differences as count rows, in one INSERT (hours marked changed first, so the hourly
-    rollup is not used for them until it is computed again)."""
-    if not differences:
-        return
-    rollup.mark_changed(client, db, {rollup.hour_of(int(key[0].timestamp()))
-                                     for key in differences})
-    rows = [[*key, clicks, impressions, 0, "", RECALCULATED_PARTITION, rid * ID_SHIFT + i]
-            for i, (key, (clicks, impressions)) in enumerate(sorted(differences.items()))]
-    client.insert("ad_click_counts", rows, column_names=COUNT_COLUMNS, database=db,
-                  settings={"max_insert_block_size": len(rows) + 1})
+def _write_top_lists(client, db, rid, old, new):
+    """The new top list of each minute whose list changed (none when the request named ads:
+    a list ranks every ad); a minute left with no list gets a rank 0 row, which says so.
+    Returns how many minutes."""
+    if old is None or new is None:
+        return 0
+    lists = {}
+    for ranks, side in ((old, 0), (new, 1)):
+        for (minute, ad), (rank, clicks) in ranks.items():
+            lists.setdefault(minute, ({}, {}))[side][rank] = (ad, clicks)
+    rows = []
+    for minute, (before, after) in sorted(lists.items()):
+        if before != after:
+            rows += [[rid, minute, rank, ad, clicks]
+                     for rank, (ad, clicks) in sorted(after.items())] or [[rid, minute, 0, "", 0]]
+    if rows:
+        client.insert("recalculated_top_ads", rows, database=db,
+                      column_names=["recalculation", "minute", "rank", "ad_id", "clicks"])
+    return len({row[1] for row in rows})
 
 
 def _record(client, db, rid, kind, rolls_back, request, who, settings, totals, changed, rows):
@@ -521,65 +532,70 @@ def _record(client, db, rid, kind, rolls_back, request, who, settings, totals, c
         invalid_traffic.rules_version(settings["repeat_click_window_s"] * 1000,
                                       settings["ip_frequency_window_s"] * 1000,
                                       settings["ip_frequency_threshold"]),
-        json.dumps(totals, sort_keys=True), changed, rows]], database=db, column_names=[
+        json.dumps(totals, sort_keys=True), changed, rows, 0]], database=db, column_names=[
         "id", "kind", "rolls_back", "published_at", "requested_by", "reason", "range_from",
         "range_to", "ads", "settings", "code_version", "traffic_rules", "totals",
-        "changed_cells", "count_rows"])
+        "changed_cells", "count_rows", "in_place"])
 
 
-PUBLISHED = """
-SELECT kind, rolls_back, range_from, range_to, ads, reason, settings, totals
-FROM {db:Identifier}.recalculations WHERE id = {id:UInt32} OR rolls_back = {id:UInt32}
+RECORDS = """
+SELECT id, kind, rolls_back, range_from, range_to, ads, reason, settings, totals, in_place
+FROM {db:Identifier}.recalculations WHERE kind IN ('publish', 'rollback')
 """
-PUBLISHED_COUNTS = """
-SELECT minute, ad_id, country, device, traffic, clicks, impressions
-FROM {db:Identifier}.ad_click_counts FINAL
-WHERE src_partition = {partition:UInt32} AND intDiv(src_offset, {shift:UInt64}) = {id:UInt64}
-"""
-KEPT_ATTRIBUTIONS = """
-SELECT side, minute, ad_id, country, device, traffic, conversion_id, click_id, toString(type),
-       value_micros, conversion_ts, click_ts, toString(outcome)
-FROM {db:Identifier}.recalculated_attributions WHERE recalculation = {id:UInt32}
+PUBLISHED_ROWS = """
+SELECT
+    (SELECT count() FROM {db:Identifier}.ad_click_counts
+     WHERE src_partition = {partition:UInt32}),
+    (SELECT count() FROM {db:Identifier}.recalculated_attributions
+     WHERE recalculation = {id:UInt32})
 """
 
 
 def rollback(client, db, rid, who="", reason=""):
-    """Undo publish rid: its count rows negated (one INSERT), the attribution rows it replaced
-    written again, those it added under other keys taken back; recorded as a rollback."""
+    """Take publish rid out of force: one record (adclick.published), its rows stay for the
+    audit. Refused while a later publish in force changed the same minutes and ads: its
+    differences were taken from rid's numbers, so that one is rolled back first."""
     db = store.check_identifier(db)
-    records = client.query(PUBLISHED, parameters={"db": db, "id": rid}).result_rows
-    publish_ = [row for row in records if row[0] == "publish"]
-    if not publish_ or publish_[0][1] != 0:
+    records = client.query(RECORDS, parameters={"db": db}).result_rows
+    rolled_back = {row[2] for row in records if row[1] == "rollback"}
+    publishes = {row[0]: row for row in records if row[1] == "publish"}
+    if rid not in publishes:
         raise Refused(f"no published recalculation {rid}")
-    if any(row[0] == "rollback" for row in records):
+    if rid in rolled_back:
         raise Refused(f"recalculation {rid} is rolled back already")
-    _kind, _, start, end, ads, published_reason, settings, totals = publish_[0]
+    _id, _kind, _, start, end, ads, published_reason, settings, totals, in_place = publishes[rid]
+    if in_place:
+        raise Refused(f"recalculation {rid} was written in place, before this release: it"
+                      " cannot be rolled back by it")
+
+    def rows_of(some_id):
+        counts, attributions = client.query(PUBLISHED_ROWS, parameters={
+            "db": db, "partition": published.partition_of(some_id), "id": some_id}).result_rows[0]
+        return int(counts), int(attributions)
+
+    for later, row in sorted(publishes.items()):
+        overlaps = row[3] < end and start < row[4] and (not ads or not row[5]
+                                                        or set(ads) & set(row[5]))
+        if later > rid and later not in rolled_back and overlaps and any(rows_of(later)):
+            raise Refused(f"recalculation {later} changed the same minutes and ads after"
+                          f" {rid}: roll it back first")
+    count_rows, attribution_rows = rows_of(rid)
     new_id = int(client.query(NEXT_ID, parameters={"db": db}).result_rows[0][0] or 1)
-    differences = {tuple([_utc(row[0]), *row[1:5]]): [-int(row[5]), -int(row[6])]
-                   for row in client.query(PUBLISHED_COUNTS, parameters={
-                       "db": db, "partition": RECALCULATED_PARTITION, "shift": ID_SHIFT,
-                       "id": rid}).result_rows}
-    kept = collections.defaultdict(list)
-    for side, *row in client.query(KEPT_ATTRIBUTIONS, parameters={"db": db, "id": rid}
-                                   ).result_rows:
-        kept[side].append(dict(zip(ATTRIBUTION_COLUMNS, row)))
-    restored = {_attribution_key(row) for row in kept["before"]}
-    rows = kept["before"] + [dict(row, outcome=AWAY) for row in kept["after"]
-                             if _attribution_key(row) not in restored]
-    _write_counts(client, db, new_id, differences)
-    if rows:
-        client.insert("conversion_attributions",
-                      [[row[name] for name in ATTRIBUTION_COLUMNS] for row in rows],
-                      column_names=ATTRIBUTION_COLUMNS, database=db)
     undone = {metric: {"old": value["new"], "new": value["old"], "delta": -value["delta"]}
               for metric, value in json.loads(totals).items()}
     request = Request(_utc(start), _utc(end), tuple(ads),
                       reason or f"rollback of {rid} ({published_reason})", False,
                       json.loads(settings))
+    hours = {rollup.hour_of(int(row[0].timestamp())) for row in client.query(
+        "SELECT DISTINCT minute FROM {db:Identifier}.ad_click_counts"
+        " WHERE src_partition = {partition:UInt32}",
+        parameters={"db": db, "partition": published.partition_of(rid)}).result_rows}
+    rollup.mark_changed(client, db, hours)
     _record(client, db, new_id, "rollback", rid, request, who, json.loads(settings), undone, 0,
-            len(differences))
-    return {"id": new_id, "rolls_back": rid, "count_rows": len(differences),
-            "attribution_rows": len(rows)}
+            count_rows)
+    rollup.mark_changed(client, db, hours)
+    return {"id": new_id, "rolls_back": rid, "count_rows": count_rows,
+            "attribution_rows": attribution_rows}
 
 
 def code_version():

@@ -9,9 +9,12 @@ change (adclick.queries.ROLLED_HOURS). Both times come from ClickHouse's clock.
 
 One writer at a time is assumed, as the loader is: a mark, its rows and the computations are
 made in order by one thread. (A second loader process that marked an hour and then took more
-than QUIET_S to store its rows could slip rows past a computation.)
+than QUIET_S to store its rows could slip rows past a computation.) A recalculation's rows
+count from its record on (adclick.published), and a computation counts only those in force:
+a publish or rollback marks its hours before and again after its record.
 """
 
+from adclick import published
 from adclick import store
 
 QUIET_S = 120  # an hour is computed once no row of it has come for this long
@@ -41,6 +44,7 @@ SELECT toDateTime({hour:UInt32}, 'UTC') AS hour, ad_id, traffic, sum(clicks), su
 FROM {db:Identifier}.ad_click_counts FINAL
 WHERE minute >= toDateTime({hour:UInt32}, 'UTC')
   AND minute < toDateTime({hour:UInt32} + 3600, 'UTC')
+""" + published.COUNTS + """
 GROUP BY ad_id, traffic
 """
 

@@ -44,7 +44,9 @@ DATA_TABLES = frozenset({
     "conversions", "conversion_attributions", "unattributed_conversions", "raw_clicks",
     "raw_impressions", "raw_conversions", "ad_counts_hourly", "ad_counts_hourly_state", "ads",
     "minutes_closed",
-    "loader_rejects", "recalculations", "recalculated_attributions",
+    "loader_rejects", "recalculations", "recalculated_attributions", "recalculated_top_ads",
+    "recalculations_in_force", "published_click_counts", "published_attributions",
+    "published_top_ads_minute",
 })
 PRIVATE_TABLES = frozenset({
     "api_keys", "api_key_usage", "raw_clicks_input", "raw_impressions_input",

@@ -13,6 +13,8 @@ For each stream, from the raw events the loader stored straight from the input t
 The job counts each click and impression under one traffic label (valid, or the reason it is
 not billed): "counted" is all of them, so a cell agrees only if valid + invalid = all; the
 report also says how many were invalid, by reason. Prints a report; exits 1 on any mismatch.
+What the job counted is read as published (published_click_counts, published_attributions):
+a recalculation in force has corrected it.
 
 Only minutes that can no longer change are checked: up to the latest complete minute minus the
 allowed lateness (late corrections may still arrive for younger minutes).
@@ -39,7 +41,7 @@ FROM (
     GROUP BY minute, ad_id
     UNION ALL
     SELECT minute, ad_id, 0, sum({event}s), 0
-    FROM {{db}}.ad_click_counts FINAL WHERE minute >= {{start}} AND minute < {{end}}
+    FROM {{db}}.published_click_counts WHERE minute >= {{start}} AND minute < {{end}}
     GROUP BY minute, ad_id
     UNION ALL
     SELECT minute, ad_id, 0, 0, uniqExact({event}_id)
@@ -85,7 +87,7 @@ FROM (
     GROUP BY minute, ad_id
     UNION ALL
     SELECT minute, ad_id, 0, count(), 0
-    FROM {db}.conversion_attributions FINAL
+    FROM {db}.published_attributions
     WHERE outcome = 'attributed' AND minute >= {start} AND minute < {end}
     GROUP BY minute, ad_id
 )
@@ -113,7 +115,7 @@ FROM ({cells}) WHERE raw_unique != counted + too_late ORDER BY minute, ad_id LIM
 # The counted clicks and impressions by label, for the report.
 BY_LABEL = """
 SELECT traffic, sum(clicks), sum(impressions)
-FROM {db}.ad_click_counts FINAL WHERE minute >= {start} AND minute < {end}
+FROM {db}.published_click_counts WHERE minute >= {start} AND minute < {end}
 GROUP BY traffic ORDER BY traffic
 """
 

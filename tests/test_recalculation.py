@@ -25,6 +25,8 @@ import yaml
 from adclick import access
 from adclick import config
 from adclick import invalid_traffic
+from adclick import published
+from adclick import queries
 from adclick import recalculation
 from adclick import store
 from adclick.contract import CLICK
@@ -219,95 +221,179 @@ def rows_outside(client, table):
                         parameters={"a": T0 + MINUTE, "b": T0 + 5 * MINUTE}).result_rows
 
 
-def valid_clicks_in_range(client):
-    return client.query(f"SELECT sum(clicks) FROM {DATABASE}.ad_click_counts FINAL WHERE"
+def valid_clicks_in_range(client, as_published=True):
+    """The range's valid clicks as published (published_click_counts), or every row's."""
+    table = "published_click_counts" if as_published else "ad_click_counts FINAL"
+    return client.query(f"SELECT sum(clicks) FROM {DATABASE}.{table} WHERE"
                         f" traffic = 'valid' AND minute >= {{a:DateTime}} AND"
                         f" minute < {{b:DateTime}}",
                         parameters={"a": T0 + MINUTE, "b": T0 + 5 * MINUTE}).result_rows[0][0]
 
 
+def ad_metrics(client, ad):
+    """ad's valid (impressions, clicks, conversions) over RANGE, as the metrics endpoint reads
+    them: one statement over the counts and the attributions."""
+    return queries.ad_metrics(client, DATABASE, ad, T0 + MINUTE, T0 + 5 * MINUTE)
+
+
+def corrupt_clicks(client, minute, ad, clicks, offset):
+    client.insert("ad_click_counts", [[minute, ad, "KR", "mobile", "valid", clicks, 0, 0, "", 9,
+                                       offset]], database=DATABASE, column_names=COUNT_KEY_COLUMNS)
+
+
+def publish(client, reason):
+    return recalculation.recalculate(client, DATABASE, recalculation.parse_request(
+        {**RANGE, "dry_run": False, "reason": reason}), who="tester")
+
+
 @pytest.mark.integration
 def test_a_publish_corrects_exactly_the_corrupted_cells_at_once_and_rolls_back(
         stored, events, chdb_url):  # noqa: F811
-    """Two cells corrupted in the range (5 clicks too many; an attribution lost) and one
-    outside it. The publish's diff is exactly those two (so the batch equals the truth in
-    every other cell, labels, impressions, conversions and ranks included); afterwards every
-    cell of the range equals the truth, every row outside it is as it was (the corruption
-    there too), and a reader polling all the while saw the old total or the new, never
-    another. The same request again changes nothing; a rollback brings the corruption back."""
+    """Cells corrupted in the range (5 clicks too many; an attribution lost, another labelled
+    invalid; a minute's top list) and one outside it. The publish's diff is exactly those (so
+    the batch equals the truth in every other cell, labels, impressions, conversions and
+    ranks included); afterwards every cell of the range equals the truth, every row outside
+    it is as it was (the corruption there too), and a reader of an ad's clicks and
+    conversions, polling all the while, saw the old pair or the new, never a mix. The same
+    request again changes nothing; a rollback brings the corruption back, at once too."""
     threshold = config.IP_FREQUENCY_THRESHOLD
     truth = events.cells(threshold, T0 + MINUTE, T0 + 5 * MINUTE)
     labels = set(events.labels(threshold).values())
     assert labels == {"valid", "bot_user_agent", "repeat_click", "ip_frequency"}  # all bite
-    second, ad = T0 + 2 * MINUTE, "ad-b"
-    stored.insert("ad_click_counts", [[second, ad, "KR", "mobile", "valid", 5, 0, 0, "", 9, 1],
-                                      [T0, ad, "KR", "mobile", "valid", 7, 0, 0, "", 9, 2]],
-                  database=DATABASE, column_names=COUNT_KEY_COLUMNS)
+    pristine = recalculation.stored_numbers(stored, DATABASE, recalculation.parse_request(RANGE))
+    second, third, ad = T0 + 2 * MINUTE, T0 + 3 * MINUTE, "ad-b"
+    corrupt_clicks(stored, second, ad, 5, 1)
+    corrupt_clicks(stored, T0, ad, 7, 2)
     lost = next(row for row in events.attributions(threshold)
-                if T0 + MINUTE <= row[0] < T0 + 5 * MINUTE)
+                if T0 + MINUTE <= row[0] < T0 + 5 * MINUTE and row[1] == ad and row[4] == "valid")
     stored.command(f"ALTER TABLE {DATABASE}.conversion_attributions DELETE WHERE"
                    f" conversion_id = '{lost[5]}'", settings={"mutations_sync": 2})
-    lost_metric = ("" if lost[4] == "valid" else "invalid_") + "conversions"
+    relabelled = next(row for row in events.attributions(threshold)
+                      if T0 + MINUTE <= row[0] < T0 + 5 * MINUTE and row[1] != ad
+                      and row[4] == "valid")
+    stored.command(f"ALTER TABLE {DATABASE}.conversion_attributions UPDATE traffic ="
+                   f" 'bot_user_agent' WHERE conversion_id = '{relabelled[5]}'",
+                   settings={"mutations_sync": 2})
+    first_of_third = next(key[1] for key, (rank, _clicks) in pristine.ranks.items()
+                          if key[0] == third and rank == 1)
+    stored.insert("top_ads_minute", [[third, 1, "ad-zz", 999, 10**6]], database=DATABASE,
+                  column_names=["minute", "rank", "ad_id", "clicks", "src_offset"])
     outside = {table: rows_outside(stored, table)
-               for table in ("ad_click_counts", "conversion_attributions")}
+               for table in ("ad_click_counts", "conversion_attributions", "top_ads_minute")}
     corrupted = recalculation.stored_numbers(stored, DATABASE,
                                              recalculation.parse_request(RANGE)).cells()
-    old_total = valid_clicks_in_range(stored)
-    seen, stop = set(), threading.Event()
+    old = ad_metrics(stored, ad)
+    seen, stop = collections.Counter(), threading.Event()
     reader = clickhouse_connect.get_client(dsn=chdb_url)  # a handle of its own
 
     def poll():
         while not stop.is_set():
-            seen.add(valid_clicks_in_range(reader))
+            seen[ad_metrics(reader, ad)] += 1
 
     polling = threading.Thread(target=poll)
     polling.start()
     try:
-        result = recalculation.recalculate(stored, DATABASE, recalculation.parse_request(
-            {**RANGE, "dry_run": False, "reason": "a test corrupted two cells"}), who="tester")
+        result = publish(stored, "a test corrupted four cells")
+        after = recalculation.stored_numbers(stored, DATABASE, recalculation.parse_request(RANGE))
+        after_outside = {table: rows_outside(stored, table) for table in outside}
+        time.sleep(0.5)
+        again = publish(stored, "the same again")
+        undone = recalculation.rollback(stored, DATABASE, 1, "tester", "undo it")
         time.sleep(0.5)
     finally:
         stop.set()
         polling.join()
 
     key = (iso(second), ad, "clicks")
-    lost_key = (iso(lost[0]), lost[1], lost_metric)
+    lost_key = (iso(lost[0]), ad, "conversions")
+    valid_key = (iso(relabelled[0]), relabelled[1], "conversions")
+    invalid_key = (iso(relabelled[0]), relabelled[1], "invalid_conversions")
     assert result["changed"] == sorted([
         {"minute": key[0], "ad_id": ad, "metric": "clicks", "old": truth.get(key, 0) + 5,
          "new": truth.get(key, 0), "delta": -5},
-        {"minute": lost_key[0], "ad_id": lost_key[1], "metric": lost_metric,
+        {"minute": lost_key[0], "ad_id": ad, "metric": "conversions",
          "old": truth[lost_key] - 1, "new": truth[lost_key], "delta": 1},
+        {"minute": valid_key[0], "ad_id": valid_key[1], "metric": "conversions",
+         "old": truth[valid_key] - 1, "new": truth[valid_key], "delta": 1},
+        {"minute": invalid_key[0], "ad_id": invalid_key[1], "metric": "invalid_conversions",
+         "old": truth.get(invalid_key, 0) + 1, "new": truth.get(invalid_key, 0), "delta": -1},
+        {"minute": iso(third), "ad_id": "ad-zz", "metric": "rank", "old": 1, "new": 0,
+         "delta": -1},
+        {"minute": iso(third), "ad_id": first_of_third, "metric": "rank", "old": 0, "new": 1,
+         "delta": 1},
     ], key=lambda cell: (cell["minute"], cell["ad_id"], cell["metric"]))
     assert result["totals"]["clicks"]["delta"] == -5
     assert result["exported"]["clicks"] >= len(events.clicks) // 2  # the copies too
-    after = recalculation.stored_numbers(stored, DATABASE, recalculation.parse_request(RANGE))
+    # Rows: the lost attribution's, and the relabelled one's taken back and put right.
+    assert result["published"] == {"id": 1, "count_rows": 1, "attribution_rows": 3,
+                                   "top_lists": 1}
+    # Published, every cell is the truth's, top lists too, and nothing outside has changed.
     assert {k: v for k, v in after.cells().items() if k[2] != "rank"} == truth
-    assert {table: rows_outside(stored, table) for table in outside} == outside
-    assert seen == {old_total, old_total - 5}
-    published = result["published"]
-    assert published == {"id": 1, "count_rows": 1, "attribution_rows": 1}
-    record = stored.query(f"SELECT kind, requested_by, reason, range_from, range_to,"
+    assert after.ranks == pristine.ranks
+    assert after_outside == outside
+    new = (old[0], old[1] - 5, old[2] + 1)
+    # Old before the publish and after the rollback, new between: never a mix, never another.
+    assert set(seen) == {old, new}, seen
+    record = stored.query(f"SELECT id, kind, requested_by, reason, range_from, range_to,"
                           f" code_version, traffic_rules, totals FROM {DATABASE}.recalculations"
-                          ).result_rows
-    assert [row[:5] for row in record] == [("publish", "tester", "a test corrupted two cells",
-                                            T0.replace(tzinfo=None) + MINUTE,
-                                            T0.replace(tzinfo=None) + 5 * MINUTE)]
-    assert record[0][5] and "ip_frequency >= 3" in record[0][6]
-    assert json.loads(record[0][7])["clicks"]["delta"] == -5
+                          f" ORDER BY id, kind").result_rows
+    assert [row[:6] for row in record[:2]] == [
+        (1, kind, "tester", "a test corrupted four cells", T0.replace(tzinfo=None) + MINUTE,
+         T0.replace(tzinfo=None) + 5 * MINUTE) for kind in ("begun", "publish")]
+    assert record[1][6] and "ip_frequency >= 3" in record[1][7]
+    assert json.loads(record[1][8])["clicks"]["delta"] == -5
 
-    again = recalculation.recalculate(stored, DATABASE, recalculation.parse_request(
-        {**RANGE, "dry_run": False, "reason": "the same again"}))
-    assert again["changed"] == [] and again["published"]["count_rows"] == 0
-    assert again["published"]["attribution_rows"] == 0
-
-    undone = recalculation.rollback(stored, DATABASE, 1, "tester", "undo it")
-    assert undone == {"id": 3, "rolls_back": 1, "count_rows": 1, "attribution_rows": 1}
+    assert again["changed"] == [] and again["published"] == {
+        "id": 2, "count_rows": 0, "attribution_rows": 0, "top_lists": 0}
+    assert undone == {"id": 3, "rolls_back": 1, "count_rows": 1, "attribution_rows": 3}
+    assert [row[:2] for row in record[2:]] == [(2, "begun"), (2, "publish"), (3, "rollback")]
     back = recalculation.stored_numbers(stored, DATABASE, recalculation.parse_request(RANGE))
     assert back.cells() == corrupted
     with pytest.raises(recalculation.Refused, match="rolled back already"):
         recalculation.rollback(stored, DATABASE, 1)
     with pytest.raises(recalculation.Refused, match="no published recalculation 3"):
         recalculation.rollback(stored, DATABASE, 3)  # a rollback is not undone this way
+
+
+@pytest.mark.integration
+def test_a_publish_that_fails_before_its_record_counts_nothing(stored, monkeypatch):
+    """Its rows stay out of every read, and the next publish, with an id of its own, corrects
+    the numbers exactly. An earlier publish is rolled back only after a later one over the
+    same minutes and ads."""
+    ad, minute = "ad-c", T0 + 2 * MINUTE
+    old = ad_metrics(stored, ad)
+    corrupt_clicks(stored, minute, ad, 3, 1)
+    assert publish(stored, "three too many")["published"]["id"] == 1
+    assert ad_metrics(stored, ad) == old
+    corrupt_clicks(stored, minute, ad, 2, 2)
+    corrupted = (old[0], old[1] + 2, old[2])
+    record = recalculation._record
+
+    def fail_at_publish(client, db, rid, kind, *args):
+        if kind == "publish":
+            raise RuntimeError("the store went away")
+        record(client, db, rid, kind, *args)
+
+    monkeypatch.setattr(recalculation, "_record", fail_at_publish)
+    with pytest.raises(RuntimeError, match="went away"):
+        publish(stored, "fails")
+    monkeypatch.undo()
+    written = stored.query(f"SELECT count() FROM {DATABASE}.ad_click_counts WHERE src_partition"
+                           f" = {published.partition_of(2)}").result_rows[0][0]
+    assert written == 1  # but not counted:
+    assert ad_metrics(stored, ad) == corrupted
+    assert valid_clicks_in_range(stored) == valid_clicks_in_range(stored, as_published=False) + 2
+    result = publish(stored, "two too many")
+    assert result["published"]["id"] == 3
+    assert [(cell["ad_id"], cell["metric"], cell["delta"]) for cell in result["changed"]] == [
+        (ad, "clicks", -2)]
+    assert ad_metrics(stored, ad) == old
+    with pytest.raises(recalculation.Refused, match="recalculation 3 changed the same minutes"):
+        recalculation.rollback(stored, DATABASE, 1)
+    assert recalculation.rollback(stored, DATABASE, 3)["rolls_back"] == 3
+    assert ad_metrics(stored, ad) == corrupted
+    recalculation.rollback(stored, DATABASE, 1)
+    assert ad_metrics(stored, ad) == (old[0], old[1] + 5, old[2])
 
 
 @pytest.mark.integration

@@ -87,6 +87,16 @@ def test_an_older_store_is_brought_to_this_layout(chdb_url):  # noqa: F811
                    " ('2026-12-01 10:00:00', 'oversized', 'eA==', 1, 7)")
     client.command("INSERT INTO schema_upgrade.ad_click_counts VALUES"
                    " ('2026-12-01 10:00:00', 'ad-1', 'KR', 'mobile', 3, 0, '', 0, 1)")
+    # And a store with a recalculation published and rolled back in place, before they were
+    # put in force by their records: its count rows (+2, then -2) count as they did.
+    client.command("""CREATE TABLE schema_upgrade.recalculations (id UInt32,
+        kind LowCardinality(String), rolls_back UInt32) ENGINE = MergeTree ORDER BY id""")
+    client.command("INSERT INTO schema_upgrade.recalculations VALUES (1, 'publish', 0),"
+                   " (2, 'rollback', 1)")
+    client.command("INSERT INTO schema_upgrade.ad_click_counts VALUES"
+                   " ('2026-12-01 10:00:00', 'ad-1', 'KR', 'mobile', 2, 0, '', 4294967295,"
+                   " 4294967296), ('2026-12-01 10:00:00', 'ad-1', 'KR', 'mobile', -2, 0, '',"
+                   " 4294967295, 8589934592)")
     for _ in range(2):  # and again at the next start: nothing changes
         store.apply_schema(client, "schema_upgrade")
     client.command("INSERT INTO schema_upgrade.dead_letters VALUES"
@@ -95,8 +105,19 @@ def test_an_older_store_is_brought_to_this_layout(chdb_url):  # noqa: F811
                                " schema_upgrade.dead_letters FINAL").result_rows) == \
         [("click", "oversized", 7), ("impression", "bad_ad_id", 7)]
     # Counted before the labels, every click was billed: the old rows read as valid.
-    assert client.query("SELECT traffic, clicks, impressions FROM schema_upgrade.ad_click_counts"
+    assert client.query("SELECT traffic, sum(clicks), sum(impressions) FROM"
+                        " schema_upgrade.ad_click_counts GROUP BY traffic"
                         ).result_rows == [("valid", 3, 0)]
+    assert client.query("SELECT id, in_place FROM schema_upgrade.recalculations ORDER BY id"
+                        ).result_rows == [(1, 1), (2, 1)]
+    assert client.query("SELECT count(), sum(clicks) FROM schema_upgrade.published_click_counts"
+                        ).result_rows == [(3, 3)]
+    # Its attribution rows were written in place too: they are not applied again.
+    client.command("INSERT INTO schema_upgrade.recalculated_attributions (recalculation, side,"
+                   " minute, ad_id, conversion_id, outcome) VALUES"
+                   " (1, 'after', '2026-12-01 10:00:00', 'ad-1', 'c-1', 'attributed')")
+    assert client.query("SELECT count() FROM schema_upgrade.published_attributions"
+                        ).result_rows == [(0,)]
     assert client.query("SELECT toString(hour), ad_id, traffic, clicks, impressions,"
                         " toString(computed_at) FROM schema_upgrade.ad_counts_hourly"
                         ).result_rows == \

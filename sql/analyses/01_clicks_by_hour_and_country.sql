@@ -5,13 +5,14 @@
 -- The ad is the most clicked one over that day unless you replace the scalar subquery in
 -- target_ad with a literal such as 'ad-000042'. "Last 24 hours" ends at the newest minute in
 -- the store rather than now(), so the analysis also works on a replayed or historical store.
--- FINAL collapses rows the loader replayed; late = 1 rows are corrections and are counted.
+-- published_click_counts: FINAL collapses rows the loader replayed, late = 1 rows are
+-- corrections and are counted, and a recalculation counts while it is in force.
 -- Billable clicks only (traffic = 'valid'); drop that condition to see invalid traffic too.
 WITH
     (SELECT max(minute) FROM ad_click_counts) AS latest,
     (
         SELECT ad_id
-        FROM ad_click_counts FINAL
+        FROM published_click_counts
         WHERE minute > latest - INTERVAL 24 HOUR AND traffic = 'valid'
         GROUP BY ad_id
         ORDER BY sum(clicks) DESC, ad_id
@@ -23,7 +24,7 @@ SELECT
     country,
     sum(clicks) AS total_clicks,
     sumIf(clicks, late = 1) AS of_which_late_corrections
-FROM ad_click_counts FINAL
+FROM published_click_counts
 WHERE ad_id = target_ad
   AND minute > latest - INTERVAL 24 HOUR
   AND traffic = 'valid'

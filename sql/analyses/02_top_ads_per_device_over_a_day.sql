@@ -13,7 +13,7 @@ SELECT
     ad_id,
     sum(clicks) AS ad_clicks,
     round(100 * ad_clicks / sum(ad_clicks) OVER (PARTITION BY device), 2) AS pct_of_device
-FROM ad_click_counts FINAL
+FROM published_click_counts
 WHERE minute >= toDateTime(day, 'UTC')
   AND minute < toDateTime(day + 1, 'UTC')
   AND traffic = 'valid'

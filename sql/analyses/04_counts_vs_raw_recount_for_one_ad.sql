@@ -9,7 +9,7 @@
 -- missing = raw_unique - counted - too_late is 0 in a healthy minute. The youngest minutes can
 -- differ while late corrections may still arrive (up to the allowed lateness).
 WITH (
-    SELECT ad_id FROM ad_click_counts FINAL
+    SELECT ad_id FROM published_click_counts
     GROUP BY ad_id ORDER BY sum(clicks) DESC, ad_id LIMIT 1
 ) AS target_ad
 SELECT
@@ -21,7 +21,7 @@ SELECT
 FROM
 (
     SELECT minute, sum(clicks) AS c, 0 AS r, 0 AS t
-    FROM ad_click_counts FINAL
+    FROM published_click_counts
     WHERE ad_id = target_ad
     GROUP BY minute
     UNION ALL

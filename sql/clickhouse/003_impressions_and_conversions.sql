@@ -58,22 +58,8 @@ ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMMDD(minute)
 ORDER BY (minute, ad_id, country, device, conversion_id);
 
--- The conversions that do not count, with the reason: the outcome of the click they met
--- (before_click, outside_window), or no_counted_click when no counted click met them within
--- the job's conversion wait (an unknown click_id, a click that was too late or invalid, or one
--- that has not come yet).
-CREATE VIEW IF NOT EXISTS {db}.unattributed_conversions AS
-SELECT c.minute AS minute, c.conversion_id AS conversion_id, c.click_id AS click_id,
-       c.type AS type, c.value_micros AS value_micros, c.conversion_ts AS conversion_ts,
-       if(a.outcome = '', 'no_counted_click', a.outcome) AS reason
-FROM {db}.conversions AS c FINAL
-LEFT JOIN
-(
-    SELECT conversion_id, argMax(outcome, outcome = 'attributed') AS outcome
-    FROM {db}.conversion_attributions FINAL
-    GROUP BY conversion_id
-) AS a ON a.conversion_id = c.conversion_id
-WHERE a.outcome != 'attributed';
+-- The conversions that do not count, with the reason: the view unattributed_conversions
+-- (sql/clickhouse/010_*.sql, over the attributions as published).
 
 -- Every valid raw impression and conversion as it arrived (duplicates included, one row per
 -- Kafka record), like raw_clicks: for ad-hoc SQL and for reconciliation, which recounts
