@@ -1,11 +1,11 @@
 -- Recalculations (adclick/recalculation.py): closed minutes counted again from the raw store.
 -- A published one adds, per (minute, ad, country, device, label), the difference between its
--- numbers and the stored ones as a row of ad_click_counts (src_partition 4294967295, which no
--- Kafka partition has; src_offset its id * 2^32 + the row's number), in one INSERT: readers
--- see all of it or none. So impressions are signed too.
+-- numbers and the stored ones as a row of ad_click_counts, counted once its record is in
+-- force (010_*.sql; those recorded before it used src_partition 4294967295 and counted at
+-- once). So impressions are signed too.
 ALTER TABLE {db}.ad_click_counts MODIFY COLUMN impressions Int64;
 
--- One row per publish and per rollback: when, who, why, what range and ads, the settings, the
+-- One row per publish (and one when it began) and per rollback: when, who, why, what range and ads, the settings, the
 -- code and rule versions it ran with, and the old and new totals (JSON, per metric).
 CREATE TABLE IF NOT EXISTS {db}.recalculations
 (
