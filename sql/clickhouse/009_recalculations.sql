@@ -5,8 +5,9 @@
 -- once). So impressions are signed too.
 ALTER TABLE {db}.ad_click_counts MODIFY COLUMN impressions Int64;
 
--- One row per publish (and one when it began) and per rollback: when, who, why, what range and ads, the settings, the
--- code and rule versions it ran with, and the old and new totals (JSON, per metric).
+-- One row per publish (and one when it began) and per rollback: when, who, why, what range
+-- and ads, the settings, the code and rule versions it ran with, and the old and new totals
+-- (JSON, per metric).
 CREATE TABLE IF NOT EXISTS {db}.recalculations
 (
     id            UInt32,
