@@ -542,12 +542,12 @@ RECORDS = """
 SELECT id, kind, rolls_back, range_from, range_to, ads, reason, settings, totals, in_place
 FROM {db:Identifier}.recalculations WHERE kind IN ('publish', 'rollback')
 """
+# A publish's rows: the minutes of its count rows, how many, and how many attribution rows.
 PUBLISHED_ROWS = """
-SELECT
-    (SELECT count() FROM {db:Identifier}.ad_click_counts
-     WHERE src_partition = {partition:UInt32}),
-    (SELECT count() FROM {db:Identifier}.recalculated_attributions
-     WHERE recalculation = {id:UInt32})
+SELECT groupUniqArray(toUnixTimestamp(minute)), count(),
+       (SELECT count() FROM {db:Identifier}.recalculated_attributions
+        WHERE recalculation = {id:UInt32})
+FROM {db:Identifier}.ad_click_counts WHERE src_partition = {partition:UInt32}
 """
 
 
@@ -569,27 +569,24 @@ def rollback(client, db, rid, who="", reason=""):
                       " cannot be rolled back by it")
 
     def rows_of(some_id):
-        counts, attributions = client.query(PUBLISHED_ROWS, parameters={
+        minutes, counts, attributions = client.query(PUBLISHED_ROWS, parameters={
             "db": db, "partition": published.partition_of(some_id), "id": some_id}).result_rows[0]
-        return int(counts), int(attributions)
+        return minutes, int(counts), int(attributions)
 
     for later, row in sorted(publishes.items()):
         overlaps = row[3] < end and start < row[4] and (not ads or not row[5]
                                                         or set(ads) & set(row[5]))
-        if later > rid and later not in rolled_back and overlaps and any(rows_of(later)):
+        if later > rid and later not in rolled_back and overlaps and any(rows_of(later)[1:]):
             raise Refused(f"recalculation {later} changed the same minutes and ads after"
                           f" {rid}: roll it back first")
-    count_rows, attribution_rows = rows_of(rid)
+    minutes, count_rows, attribution_rows = rows_of(rid)
     new_id = int(client.query(NEXT_ID, parameters={"db": db}).result_rows[0][0] or 1)
     undone = {metric: {"old": value["new"], "new": value["old"], "delta": -value["delta"]}
               for metric, value in json.loads(totals).items()}
     request = Request(_utc(start), _utc(end), tuple(ads),
                       reason or f"rollback of {rid} ({published_reason})", False,
                       json.loads(settings))
-    hours = {rollup.hour_of(int(row[0].timestamp())) for row in client.query(
-        "SELECT DISTINCT minute FROM {db:Identifier}.ad_click_counts"
-        " WHERE src_partition = {partition:UInt32}",
-        parameters={"db": db, "partition": published.partition_of(rid)}).result_rows}
+    hours = {rollup.hour_of(minute) for minute in minutes}
     rollup.mark_changed(client, db, hours)
     _record(client, db, new_id, "rollback", rid, request, who, json.loads(settings), undone, 0,
             count_rows)
