@@ -166,6 +166,9 @@ def summary(ax, r):
     curve = r.get("load_curve") or {}
     if curve:
         add("live load curve: held", curve.get("highest_rate_held"), " clicks/s")
+    mix = r.get("load_curve_mix") or {}
+    if mix:
+        add("  demo mix (20 impr./click): held", mix.get("highest_rate_held"), " events/s")
     rocks = r.get("state_rocksdb") or {}
     if rocks.get("median_uploaded_per_new_click"):
         add("RocksDB upload per new click", rocks["median_uploaded_per_new_click"],

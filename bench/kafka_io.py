@@ -234,19 +234,24 @@ def bulk_fill(bootstrap, topic, partitions, payloads, count, start_ts, span_ms, 
 
 
 class PacedProducer:
-    """Clicks with real-time click_ts at a rate that may change each minute, through the Java
-    producer: every TICK_S a thread writes the tick's share of rate_at(minute) clicks, timed
-    within the tick. Keeps the ground truth per minute: all clicks, and the hot ad's."""
+    """Events with real-time event times at a rate that may change each minute, through the
+    Java producer: every TICK_S a thread writes the tick's share of rate_at(minute) events,
+    timed within the tick. chunks(count, start_ts, span_ms, base) encodes them
+    (Payloads.chunks, or conversion_chunks_paced). With hot (per template of the payloads,
+    whether it is the hot ad's) it keeps the ground truth per minute: all events, and the hot
+    ad's. encode_cpu_s is the thread's own CPU (the generator's share the Java process's CPU
+    does not show)."""
 
     TICK_S = 0.1
 
-    def __init__(self, bootstrap, topic, partitions, payloads, rate_at, work_dir, hot_ad):
-        self.payloads = payloads
+    def __init__(self, bootstrap, topic, partitions, chunks, rate_at, work_dir, hot=None):
+        self.chunks = chunks
         self.rate_at = rate_at
-        self.hot = [ad == hot_ad for _, _, ad in payloads.pool]
+        self.hot = hot
         self.sent = 0
-        self.truth = {}  # minute (epoch ms) -> [clicks, hot ad clicks]
+        self.truth = {}  # minute (epoch ms) -> [events, hot ad events]
         self.behind_ticks = 0  # ticks written late (the producer side falling behind)
+        self.encode_cpu_s = 0.0
         self.proc = start_java_producer(bootstrap, topic, partitions, work_dir)
         self.pid = self.proc.pid
         self.stopping = threading.Event()
@@ -259,7 +264,7 @@ class PacedProducer:
     def _run(self):
         tick_ms = round(self.TICK_S * 1000)
         next_tick = (time.time() * 1000 // tick_ms + 1) * tick_ms
-        size = len(self.hot)
+        size = len(self.hot) if self.hot else 0
         carry = 0.0
         while not self.stopping.is_set():
             wait = next_tick / 1000 - time.time()
@@ -267,18 +272,21 @@ class PacedProducer:
                 time.sleep(wait)
             elif wait < -self.TICK_S:
                 self.behind_ticks += 1
+            cpu_before = time.thread_time()
             minute = int(next_tick // 60_000 * 60_000)
             share = self.rate_at(minute) * self.TICK_S + carry
             count = int(share)
             carry = share - count
             if count:
-                for data in self.payloads.chunks(count, int(next_tick), tick_ms, base=self.sent):
+                for data in self.chunks(count, int(next_tick), tick_ms, base=self.sent):
                     self.proc.stdin.write(data)
                 self.proc.stdin.flush()
                 truth = self.truth.setdefault(minute, [0, 0])
                 truth[0] += count
-                truth[1] += sum(self.hot[(self.sent + i) % size] for i in range(count))
+                if size:
+                    truth[1] += sum(self.hot[(self.sent + i) % size] for i in range(count))
                 self.sent += count
+            self.encode_cpu_s += time.thread_time() - cpu_before
             next_tick += tick_ms
 
     def stop(self):
@@ -289,6 +297,22 @@ class PacedProducer:
         out = self.proc.stdout.read().decode()
         self.proc.wait()
         return json.loads(out.strip().splitlines()[-1])
+
+
+def conversion_chunks_paced(run_id, per_click, click_lead):
+    """chunks() for the conversions of a live mix: conversion n names click n / per_click -
+    click_lead (so, at a steady mix, a click sent some seconds before it: attributed), dated
+    when it is sent."""
+    def chunks(count, start_ts, span_ms, base=0):
+        lines = []
+        for i in range(count):
+            n = base + i
+            click = max(0, int(n / per_click) - click_lead)
+            lines.append(f'{{"conversion_id":"{run_id}-c{n}","click_id":"{run_id}-{click}",'
+                         f'"conversion_ts":{start_ts + i * span_ms // count},'
+                         f'"type":"purchase","value_micros":1990000}}')
+        yield ("\n".join(lines) + "\n").encode()
+    return chunks
 
 
 def kafka_python_produce_rate(bootstrap, topic, payloads, count, start_ts):

@@ -496,21 +496,33 @@ def hottest_ad(payloads):
     return max(counts, key=counts.get)
 
 
+# What each load curve sends per click: clicks only, or the demo's mix (apps/demo.py: 20
+# impressions per click, one click in 20 converting).
+CLICKS_ONLY = {"clicks": 1.0}
+DEMO_MIX = {"clicks": 1.0, "impressions": 20.0, "conversions": 0.05}
+# A live conversion names the click sent this many clicks before it (kafka_io).
+CONVERSION_CLICK_LEAD = 20_000
+
+
 def load_curve(work, bootstrap, prefix, sampler, rates, step_minutes=3, fresh_limit_s=15.0,
-               watermark_delay_s=5):
+               watermark_delay_s=5, mix=None):
     """The whole stack as the README runs it (`adclick serve` with the raw store on, embedded
-    ClickHouse; the job on RocksDB, as `make demo` runs it), under live clicks at rising rates,
-    step_minutes whole minutes each, from the Java producer paced in real time. Per step: API 1
-    freshness of each minute, the raw store's lag, the CPU of each process per click. Stops
+    ClickHouse; the job on RocksDB, as `make demo` runs it), under live events at rising rates
+    (events/s of all types; mix, CLICKS_ONLY by default, is each type's share per click),
+    step_minutes whole minutes each, from Java producers paced in real time. Per step: API 1
+    freshness of each minute, the raw store's lag, the CPU of each process per event. Stops
     after the first step that does not hold (a minute not fresh within fresh_limit_s, or a
     raw-store lag still growing)."""
+    mix = mix or CLICKS_ONLY
+    per_click = sum(mix.values())
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     topics = create_topics(bootstrap, prefix)
-    payloads = kafka_io.Payloads(run_id=prefix.rstrip("-"), seed=5)
+    run_id = prefix.rstrip("-")
+    payloads = kafka_io.Payloads(run_id=run_id, seed=5)
     hot_ad = hottest_ad(payloads)
-    server = job = producer = None
-    parts = ("server", "flink_job", "producer")
+    server = job = None
+    producers = {}  # event type -> PacedProducer
     steps = []
     try:
         server, api = start_server(work, bootstrap, prefix, work / "store")
@@ -533,84 +545,116 @@ def load_curve(work, bootstrap, prefix, sampler, rates, step_minutes=3, fresh_li
                 return 0
             return next((rate for begins, rate in reversed(plan) if minute >= begins), rates[0])
 
-        producer = kafka_io.PacedProducer(bootstrap, topics["clicks"], config.PARTITIONS,
-                                          payloads, rate_at, work, hot_ad).start()
-        sampler.watch("curve.producer", producer.pid)
-        log(f"load curve: steps {rates} clicks/s, {step_minutes} min each, from "
-            f"{iso(start)}")
+        sources = {
+            "clicks": (payloads.chunks, [ad == hot_ad for _, _, ad in payloads.pool]),
+            "impressions": (kafka_io.Payloads(run_id=run_id, seed=6, event="impression").chunks,
+                            None),
+            "conversions": (kafka_io.conversion_chunks_paced(
+                run_id, mix["clicks"] / mix.get("conversions", 1), CONVERSION_CLICK_LEAD), None),
+        }
+        for event, share in mix.items():
+            chunks, hot = sources[event]
+            producers[event] = kafka_io.PacedProducer(
+                bootstrap, topics[event], config.PARTITIONS, chunks,
+                lambda minute, share=share: rate_at(minute) * share / per_click, work, hot)
+        for event, producer in producers.items():
+            producer.start()
+            sampler.watch(f"curve.producers.{event}", producer.pid)
+        clicks_producer = producers["clicks"]
+        log(f"load curve: steps {rates} events/s (per click: {mix}), {step_minutes} min each, "
+            f"from {iso(start)}")
         fresh = {}  # minute -> seconds after its end when API 1 first gave the truth
-        lags = []  # (t, raw-store lag of the clicks topic)
-        marks = {}  # step boundary -> (CPU seconds of each part, clicks sent) then
+        lags = []  # (t, raw-store lag summed over the input topics)
+        marks = {}  # step boundary -> (CPU seconds of each part, events sent) then
         broker_watched = "kafka_broker" in sampler.cpu
 
         def cpu_now():
-            names = [f"curve.{part}" for part in parts]
-            names += ["kafka_broker"] if broker_watched else []
-            return {name.split(".")[-1]: sampler.cpu_seconds(name)["total"] for name in names}
+            cpu = {part: sampler.cpu_seconds(f"curve.{part}")["total"]
+                   for part in ("server", "flink_job")}
+            # The producers: their JVMs and the Python threads encoding their payloads.
+            cpu["producers"] = sum(
+                sampler.cpu_seconds(f"curve.producers.{event}")["total"] + producer.encode_cpu_s
+                for event, producer in producers.items())
+            if broker_watched:
+                cpu["kafka_broker"] = sampler.cpu_seconds("kafka_broker")["total"]
+            return cpu
+
+        def sent_now():
+            # Events sent, and ticks written late per producer (a producer falling behind).
+            return (sum(producer.sent for producer in producers.values()),
+                    {event: producer.behind_ticks for event, producer in producers.items()})
 
         boundaries = [begins for begins, _ in plan] + [curve_end]
 
         def mark_boundaries():
-            # CPU and clicks sent at each step boundary passed, for per-step CPU per click.
+            # CPU and events sent at each step boundary passed, for per-step CPU per event.
             for boundary in boundaries:
                 if boundary not in marks and time.time() * 1000 >= boundary:
-                    marks[boundary] = (cpu_now(), producer.sent)
+                    marks[boundary] = (cpu_now(), sent_now())
 
         for begins, rate in plan:
             ends = begins + step_minutes * MINUTE_MS
             while time.time() * 1000 < begins:
                 time.sleep(0.2)
             mark_boundaries()
-            log(f"load curve: {rate:,} clicks/s")
+            log(f"load curve: {rate:,} events/s")
             # Poll until the step's minutes are fresh or clearly not (limit + a margin).
             while time.time() * 1000 < ends + (fresh_limit_s + 10) * 1000:
                 now = time.time()
                 mark_boundaries()
                 job.assert_running()
                 server.assert_running()
-                lag = api.get("/v1/status")[1]["loader"]["lag"].get(topics["clicks"])
-                lags.append((now, lag))
+                lag = api.get("/v1/status")[1]["loader"]["lag"]
+                known = [lag.get(topics[event]) for event in producers]
+                lags.append((now, None if None in known else sum(known)))
                 for minute in range(begins - MINUTE_MS, ends, MINUTE_MS):
                     if minute in fresh or minute + MINUTE_MS > now * 1000 - 1000:
                         continue
-                    truth = producer.truth.get(minute, [0, 0])[1]
+                    truth = clicks_producer.truth.get(minute, [0, 0])[1]
                     if api.ad_count(hot_ad, minute, minute + MINUTE_MS) == truth:
                         fresh[minute] = round(time.time() - (minute + MINUTE_MS) / 1000, 2)
                 if ends in marks and all(m in fresh for m in range(begins, ends, MINUTE_MS)):
                     break
                 time.sleep(max(0.0, 0.5 - (time.time() - now)))
             if ends not in marks:  # a step that did not hold: its end came while polling
-                marks[ends] = (cpu_now(), producer.sent)
-            (cpu_begin, sent_begin), (cpu_end, sent_end) = marks[begins], marks[ends]
+                marks[ends] = (cpu_now(), sent_now())
+            (cpu_begin, (sent_begin, behind_begin)) = marks[begins]
+            (cpu_end, (sent_end, behind_end)) = marks[ends]
             minutes = list(range(begins, ends, MINUTE_MS))
             fresh_s = [fresh.get(m) for m in minutes]
             step_lags = [lag for t, lag in lags
                          if begins / 1000 <= t <= ends / 1000 + fresh_limit_s and lag is not None]
             sent = sent_end - sent_begin
-            clicks = sum(producer.truth.get(m, [0])[0] for m in minutes)
+            events = {event: sum(producer.truth.get(m, [0])[0] for m in minutes)
+                      for event, producer in producers.items()}
             held_fresh = all(f is not None and f <= fresh_limit_s for f in fresh_s)
-            # Bounded: at the step's end, no more than 5 s of its clicks waiting.
+            # Bounded: at the step's end, no more than 5 s of its events waiting.
             end_lags = [lag for t, lag in lags if ends / 1000 - 5 <= t <= ends / 1000 + 5
                         and lag is not None]
             end_lag = end_lags[-1] if end_lags else None
             held_lag = end_lag is not None and end_lag <= rate * 5
             step_s = step_minutes * 60
             step = {
-                "rate_target": rate, "clicks": clicks, "rate_achieved": round(clicks / step_s),
+                "rate_target": rate, "events": events,
+                "clicks": events["clicks"],
+                "rate_achieved": round(sum(events.values()) / step_s),
                 "api1_fresh_s": fresh_s,
                 "api1_p50_s": _round(percentile([f for f in fresh_s if f is not None], 50)),
                 "api1_p99_s": _round(percentile([f for f in fresh_s if f is not None], 99)),
                 "raw_lag_max": max(step_lags) if step_lags else None,
                 "raw_lag_end": end_lag,
                 "cpu_s": {name: round(cpu_end[name] - cpu_begin[name], 1) for name in cpu_end},
-                "cpu_us_per_click": {
+                "cpu_us_per_event": {
                     name: round((cpu_end[name] - cpu_begin[name]) / sent * 1e6, 1)
                     for name in cpu_end} if sent else None,
                 "machine_busy": round(sum(cpu_end[n] - cpu_begin[n] for n in cpu_end)
                                       / step_s / (os.cpu_count() or 1), 3),
-                "producer_behind_ticks": producer.behind_ticks,
+                "producer_behind_ticks": {event: behind_end[event] - behind_begin[event]
+                                          for event in producers},
                 "held": held_fresh and held_lag,
             }
+            if mix == CLICKS_ONLY:  # the name earlier reports used
+                step["cpu_us_per_click"] = step["cpu_us_per_event"]
             steps.append(step)
             log(f"load curve: {rate:,}/s achieved {step['rate_achieved']:,}/s, API 1 fresh "
                 f"{fresh_s} s, raw lag max {step['raw_lag_max']}, end {end_lag}, "
@@ -618,29 +662,32 @@ def load_curve(work, bootstrap, prefix, sampler, rates, step_minutes=3, fresh_li
             if not step["held"]:
                 break
     finally:
-        if producer is not None:
+        for producer in producers.values():
             producer.stop()
         for child in (job, server):
             if child is not None:
                 child.stop()
-        for part in parts:
-            sampler.unwatch(f"curve.{part}")
+        for name in ("server", "flink_job", *(f"producers.{e}" for e in producers)):
+            sampler.unwatch(f"curve.{name}")
     held = [step["rate_target"] for step in steps if step["held"]]
     return {
-        "steps": steps, "hot_ad": hot_ad, "step_minutes": step_minutes,
+        "steps": steps, "hot_ad": hot_ad, "step_minutes": step_minutes, "mix": mix,
         "fresh_limit_s": fresh_limit_s, "watermark_delay_s": watermark_delay_s,
         "highest_rate_held": max(held) if held else None,
-        "method": "one stack as `make demo` runs it (`adclick serve` with raw clicks on, "
+        "method": "one stack as `make demo` runs it (`adclick serve` with the raw store on, "
                   "embedded ClickHouse; the job with its defaults and RocksDB state) fed by "
-                  "the Java producer paced every 0.1 s with real-time click_ts (Python "
-                  "encodes the payloads); steps of whole minutes at "
+                  "one Java producer per input topic, paced every 0.1 s with real-time event "
+                  "times (Python encodes the payloads); rates are events/s of all types, "
+                  "`mix` each type's share per click (a conversion names a click sent "
+                  f"{CONVERSION_CLICK_LEAD:,} clicks before it); steps of whole minutes at "
                   "rising rates after a warm-up minute. A minute is fresh at the first API 1 "
-                  "poll (every 0.5 s) equal to the producer's truth for the hottest ad; "
-                  "seconds after the minute's end. Raw lag: the loader's lag on the clicks "
-                  "topic (/v1/status) sampled each poll. CPU per click: CPU seconds of each "
-                  "process tree over the step / clicks sent in it. A step holds if every minute "
-                  "is fresh within fresh_limit_s and the lag at its end is at most 5 s of "
-                  "clicks; the curve stops after the first step that does not.",
+                  "poll (every 0.5 s) equal to the producer's truth for the hottest ad's clicks; "
+                  "seconds after the minute's end. Raw lag: the loader's lag summed over the "
+                  "input topics (/v1/status), sampled each poll. CPU per event: CPU seconds of "
+                  "each process tree over the step / events sent in it; `producers` counts the "
+                  "Java producers and the Python threads encoding for them. A step holds if "
+                  "every minute is fresh within fresh_limit_s and the lag at its end is at most "
+                  "5 s of events; the curve stops after the first step that does not.",
     }
 
 

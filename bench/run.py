@@ -75,6 +75,10 @@ def parse_args(argv=None):
                    help="the load curve's steps, clicks/s (comma-separated, rising)")
     p.add_argument("--load-step-minutes", type=int, default=3)
     p.add_argument("--skip-load-curve", action="store_true")
+    p.add_argument("--mix-rates", default="10000,20000,50000,100000",
+                   help="the demo mix's load curve's steps, events/s of all types (20 "
+                        "impressions per click, one click in 20 converting)")
+    p.add_argument("--skip-mix-curve", action="store_true")
     p.add_argument("--skip-skew", action="store_true")
     p.add_argument("--skip-rocksdb", action="store_true")
     p.add_argument("--skip-recalculation", action="store_true",
@@ -577,6 +581,15 @@ def main(argv=None):
             [int(rate) for rate in args.load_rates.split(",")], args.load_step_minutes)
         log(f"load curve: highest rate held {curve['highest_rate_held']}")
 
+    def load_curve_mix():
+        curve_prefix = run_prefix + "m-"
+        created.extend(config.Topics.with_prefix(curve_prefix).values())
+        curve = report["load_curve_mix"] = pipeline.load_curve(
+            work / "load-curve-mix", broker.bootstrap, curve_prefix, sampler,
+            [int(rate) for rate in args.mix_rates.split(",")], args.load_step_minutes,
+            mix=pipeline.DEMO_MIX)
+        log(f"load curve, demo mix: highest rate held {curve['highest_rate_held']} events/s")
+
     try:
         if phases.run("kafka", start_kafka) and phases.run("fill", fill):
             phases.run("kafka_consumer", consumer)
@@ -591,6 +604,8 @@ def main(argv=None):
             phases.run("freshness", freshness)
         if not args.skip_load_curve and "kafka" not in phases.failed:
             phases.run("load_curve", load_curve)
+        if not args.skip_mix_curve and "kafka" not in phases.failed:
+            phases.run("load_curve_mix", load_curve_mix)
         if not args.skip_recalculation:
             phases.run("recalculation", recalculation)
         report["peak_rss_mib"] = sampler.peaks_mib()
