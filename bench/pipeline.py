@@ -504,6 +504,18 @@ DEMO_MIX = {"clicks": 1.0, "impressions": 20.0, "conversions": 0.05}
 CONVERSION_CLICK_LEAD = 20_000
 
 
+def paced_source(event, run_id, clicks, hot_ad, mix):
+    """(chunks, hot) of a live producer of one event type (kafka_io.PacedProducer)."""
+    if event == "clicks":
+        return clicks.chunks, [ad == hot_ad for _, _, ad in clicks.pool]
+    if event == "impressions":
+        return kafka_io.Payloads(run_id=run_id, seed=6, event="impression").chunks, None
+    if event == "conversions":
+        return kafka_io.conversion_chunks_paced(
+            run_id, mix["clicks"] / mix["conversions"], CONVERSION_CLICK_LEAD), None
+    raise ValueError(f"no live producer for {event}")
+
+
 def load_curve(work, bootstrap, prefix, sampler, rates, step_minutes=3, fresh_limit_s=15.0,
                watermark_delay_s=5, mix=None):
     """The whole stack as the README runs it (`adclick serve` with the raw store on, embedded
@@ -545,15 +557,8 @@ def load_curve(work, bootstrap, prefix, sampler, rates, step_minutes=3, fresh_li
                 return 0
             return next((rate for begins, rate in reversed(plan) if minute >= begins), rates[0])
 
-        sources = {
-            "clicks": (payloads.chunks, [ad == hot_ad for _, _, ad in payloads.pool]),
-            "impressions": (kafka_io.Payloads(run_id=run_id, seed=6, event="impression").chunks,
-                            None),
-            "conversions": (kafka_io.conversion_chunks_paced(
-                run_id, mix["clicks"] / mix.get("conversions", 1), CONVERSION_CLICK_LEAD), None),
-        }
         for event, share in mix.items():
-            chunks, hot = sources[event]
+            chunks, hot = paced_source(event, run_id, payloads, hot_ad, mix)
             producers[event] = kafka_io.PacedProducer(
                 bootstrap, topics[event], config.PARTITIONS, chunks,
                 lambda minute, share=share: rate_at(minute) * share / per_click, work, hot)
@@ -565,7 +570,7 @@ def load_curve(work, bootstrap, prefix, sampler, rates, step_minutes=3, fresh_li
             f"from {iso(start)}")
         fresh = {}  # minute -> seconds after its end when API 1 first gave the truth
         lags = []  # (t, raw-store lag summed over the input topics)
-        marks = {}  # step boundary -> (CPU seconds of each part, events sent) then
+        marks = {}  # step boundary -> (CPU seconds of each part, sent_now()) then
         broker_watched = "kafka_broker" in sampler.cpu
 
         def cpu_now():
