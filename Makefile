@@ -89,7 +89,7 @@ submit: setup
 	scripts/submit-job.sh $(JOB_ARGS)
 
 test: setup lint browser java-test
-	$(PY) -m pytest -x -q $(PYTEST_ARGS)
+	$(PY) -m pytest -x -q --durations=25 $(PYTEST_ARGS)
 
 # The JVM code's unit tests (udfs/java/src/test): the compact dedup under Flink's operator test
 # harness (checkpoints, restores, rescaling, expiry).
