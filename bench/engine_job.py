@@ -206,6 +206,10 @@ def main(argv=None):
                    help="with --adclick-stages: also the whole job over these clicks (with "
                         "duplicates, late and too-late ones) and --mix-conversions-topic")
     p.add_argument("--mix-conversions-topic", default=None)
+    p.add_argument("--stage", action="append", default=None,
+                   help="with --adclick-stages: run only this stage (parse_only, "
+                        "without_dedup, whole_job, whole_job_impressions, whole_job_mix); "
+                        "repeatable. For a profile of one stage")
     p.add_argument("--repeats", type=int, default=1,
                    help="run the plain jobs and the adclick stages this many times, "
                         "alternating; each result is the run of median time, with every "
@@ -238,6 +242,11 @@ def main(argv=None):
         stages["whole_job_mix"] = lambda r: run_adclick_job(
             args, f"job-mix-{r}", measured={"clicks": args.mix_clicks_topic,
                                             "conversions": args.mix_conversions_topic})
+    if args.stage:
+        unknown = set(args.stage) - set(stages)
+        if unknown:
+            p.error(f"unknown or unavailable --stage: {', '.join(sorted(unknown))}")
+        stages = {name: run for name, run in stages.items() if name in args.stage}
     runs = {}
     for r in range(args.repeats):  # alternating: each repeat runs every job once
         runs.setdefault("run", []).append(run_job(t_env, args, args.topic, f"full{r}"))
