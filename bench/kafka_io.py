@@ -292,7 +292,8 @@ class PacedProducer:
     def stop(self):
         """Stops sending, lets the producer flush, and returns its stats."""
         self.stopping.set()
-        self._thread.join()
+        if self._thread.ident is not None:  # started (a curve may fail before it starts all)
+            self._thread.join()
         self.proc.stdin.close()
         out = self.proc.stdout.read().decode()
         self.proc.wait()
