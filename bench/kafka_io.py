@@ -166,12 +166,17 @@ class Payloads:
         after it. Yields (lines, sent)."""
         run = self.run_id
         for first in range(0, count, chunk):
-            lines = [f'{{"conversion_id":"{run}-c{i}","click_id":"{run}-{i}",'
-                     f'"conversion_ts":{start_ts + i * span_ms // count + CONVERSION_AFTER_MS},'
-                     f'"type":"purchase","value_micros":1990000}}'
+            lines = [conversion_line(run, i, i,
+                                     start_ts + i * span_ms // count + CONVERSION_AFTER_MS)
                      for i in range(first, min(count, first + chunk))
                      if i % MIX_CONVERTING == 5]
             yield ("\n".join(lines) + "\n").encode(), len(lines)
+
+
+def conversion_line(run, n, click, ts):
+    """Conversion n of a run, of the run's click number click, at ts (epoch ms)."""
+    return (f'{{"conversion_id":"{run}-c{n}","click_id":"{run}-{click}","conversion_ts":{ts},'
+            f'"type":"purchase","value_micros":1990000}}')
 
 
 # The bounded mix's shares (one click in N) and delays (Payloads.mix_chunks).
@@ -309,9 +314,7 @@ def conversion_chunks_paced(run_id, per_click, click_lead):
         for i in range(count):
             n = base + i
             click = max(0, int(n / per_click) - click_lead)
-            lines.append(f'{{"conversion_id":"{run_id}-c{n}","click_id":"{run_id}-{click}",'
-                         f'"conversion_ts":{start_ts + i * span_ms // count},'
-                         f'"type":"purchase","value_micros":1990000}}')
+            lines.append(conversion_line(run_id, n, click, start_ts + i * span_ms // count))
         yield ("\n".join(lines) + "\n").encode()
     return chunks
 

@@ -641,7 +641,6 @@ def load_curve(work, bootstrap, prefix, sampler, rates, step_minutes=3, fresh_li
             step_s = step_minutes * 60
             step = {
                 "rate_target": rate, "events": events,
-                "clicks": events["clicks"],
                 "rate_achieved": round(sum(events.values()) / step_s),
                 "api1_fresh_s": fresh_s,
                 "api1_p50_s": _round(percentile([f for f in fresh_s if f is not None], 50)),
@@ -658,8 +657,6 @@ def load_curve(work, bootstrap, prefix, sampler, rates, step_minutes=3, fresh_li
                                           for event in producers},
                 "held": held_fresh and held_lag,
             }
-            if mix == CLICKS_ONLY:  # the name earlier reports used
-                step["cpu_us_per_click"] = step["cpu_us_per_event"]
             steps.append(step)
             log(f"load curve: {rate:,}/s achieved {step['rate_achieved']:,}/s, API 1 fresh "
                 f"{fresh_s} s, raw lag max {step['raw_lag_max']}, end {end_lag}, "
