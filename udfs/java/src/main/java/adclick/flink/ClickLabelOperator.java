@@ -2,20 +2,27 @@ package adclick.flink;
 
 import java.util.ArrayList;
 import java.util.HashMap;
+import java.util.HashSet;
 import java.util.LinkedHashMap;
+import java.util.LinkedHashSet;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
 import java.util.TreeMap;
+import java.util.stream.Collectors;
+import java.util.stream.Stream;
 import org.apache.flink.api.common.state.ListState;
 import org.apache.flink.api.common.state.ListStateDescriptor;
 import org.apache.flink.api.common.state.MapState;
 import org.apache.flink.api.common.state.MapStateDescriptor;
 import org.apache.flink.api.common.state.ValueState;
 import org.apache.flink.api.common.state.ValueStateDescriptor;
+import org.apache.flink.api.common.typeutils.base.BooleanSerializer;
 import org.apache.flink.api.common.typeutils.base.ListSerializer;
 import org.apache.flink.api.common.typeutils.base.LongSerializer;
 import org.apache.flink.runtime.state.VoidNamespace;
 import org.apache.flink.runtime.state.VoidNamespaceSerializer;
+import org.apache.flink.runtime.state.internal.InternalListState;
 import org.apache.flink.streaming.api.operators.AbstractStreamOperator;
 import org.apache.flink.streaming.api.operators.InternalTimer;
 import org.apache.flink.streaming.api.operators.InternalTimerService;
@@ -30,6 +37,9 @@ import org.apache.flink.table.data.StringData;
 import org.apache.flink.table.data.utils.JoinedRowData;
 import org.apache.flink.table.data.utils.ProjectedRowData;
 import org.apache.flink.table.runtime.typeutils.RowDataSerializer;
+import org.apache.flink.table.runtime.typeutils.StringDataSerializer;
+import org.apache.flink.table.types.logical.BigIntType;
+import org.apache.flink.table.types.logical.LogicalType;
 import org.apache.flink.table.types.logical.RowType;
 import org.apache.flink.table.types.logical.VarCharType;
 
@@ -44,17 +54,15 @@ import org.apache.flink.table.types.logical.VarCharType;
  * <ul>
  *   <li>A click whose minute is still open here (the watermark is before its last
  *       millisecond) waits (pending) until the watermark closes that minute; then the minute's
- *       clicks are sorted and labelled against the stored clicks and each other, stored, and
- *       emitted, before the watermark goes on (a downstream event-time window still counts them
- *       as on time).
- *   <li>A late click (its minute already closed here) is labelled at once against the stored
- *       clicks, stored and emitted; then every stored click after it that shares its user
- *       (less than R after it) or its ip key (less than W after it) is labelled again, and one
- *       whose label changed is emitted again as a revision: its row with the map {id: new
- *       label, "^replaces": old label} ('^' is no id character).
- *   <li>Stored clicks are dropped, a whole minute at a time, once the watermark is past their
- *       time by more than max(R, W) + the allowed lateness + a minute: a click that could still
- *       look back at them, or be revised by one, would be too late to count.
+ *       clicks are labelled against the stored clicks and each other, stored, and emitted,
+ *       before the watermark goes on (a downstream event-time window still counts them as on
+ *       time).
+ *   <li>A late click (its minute already closed here) is labelled at once the same way; then
+ *       every stored click after it whose label it changes is emitted again as a revision: its
+ *       row with the map {id: new label, "^replaces": old label} ('^' is no id character).
+ *   <li>Stored clicks are dropped once the watermark is past their minute by more than
+ *       max(R, W) + the allowed lateness + a minute: a click that could still look back at
+ *       them, or be revised by one, would be too late to count.
  * </ul>
  *
  * <p>Rows come out with the record timestamp a KeyedProcessOperator gives them, as the
@@ -62,15 +70,23 @@ import org.apache.flink.table.types.logical.VarCharType;
  * a minute closes (downstream operators read the rowtime from the row).
  *
  * <p>State (Flink's managed keyed state, per ad: checkpoints, restores and rescaling are
- * Flink's, on the heap backend or RocksDB): the pending clicks as their input rows (a list:
- * an append per click); the stored clicks per minute (a map from the minute to the list of its
- * clicks), each as its input row plus its current label, serialized as one binary row: per
- * click about 4 + 8 + 8 * (input columns + 1) bytes plus its strings longer than 7 bytes
- * rounded up to 8: about 200 bytes for the job's 11 columns with a 36-character id, a short
- * ad id, user id and IPv4 address (ClickLabelOperatorTest; the heap holds about as much, as
- * binary rows); and the oldest stored minute. Cost: a minute's clicks are written
- * once when it closes and a late click rewrites its minute and the minutes it revises; each
- * closing reads back max(R, W) of the ad's stored clicks.
+ * Flink's, on the heap backend or RocksDB). The rules read only the clicks that share a user
+ * (repeat_click) or an ip key (ip_frequency) with the click at hand, so the stored clicks are
+ * kept under those keys, and labelling a click reads and writes its user's and its ip key's
+ * clicks, never the ad's others:
+ * <ul>
+ *   <li>the pending clicks, as their input rows (a list: an append per click);
+ *   <li>per ip key, its stored clicks in the rules' order, each its input row plus its label
+ *       and ip key as one binary row: about 4 + 8 + 8 * (input columns + 2) bytes plus its
+ *       strings longer than 7 bytes rounded up to 8, about 230 bytes for the job's 11 columns
+ *       (ClickLabelOperatorTest);
+ *   <li>per user, its stored clicks' (time, id, ip key), in the rules' order (about 90 bytes);
+ *   <li>per stored minute (a namespace), the users and ip keys it has clicks of, which is how
+ *       the expiry finds them; the stored minutes, and the oldest.
+ * </ul>
+ * Before 2026-12-07 the stored clicks were one list per minute of the ad, and every minute's
+ * close read the ad's whole look-back (SCALING section 8); {@link #open} moves a restored
+ * state of that layout into this one.
  */
 public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
     implements OneInputStreamOperator<RowData, RowData>, Triggerable<Object, VoidNamespace> {
@@ -80,6 +96,14 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
   static final long MINUTE_MS = 60_000;
   /** The key of a revision's old label in its map; '^' cannot occur in an id. */
   public static final String REPLACES = "^replaces";
+  /** The state of the layout before 2026-12-07: the stored clicks as a list per minute. */
+  static final String PER_MINUTE_STATE = "click-label-stored";
+
+  /** What the user index keeps of a stored click: enough to order it and find its row. */
+  static final RowType REF_TYPE = RowType.of(
+      new LogicalType[] {new BigIntType(false), new VarCharType(VarCharType.MAX_LENGTH),
+          new VarCharType(false, VarCharType.MAX_LENGTH)},
+      new String[] {"ts", "id", "ip_key"});
 
   private final RowType inputType;
   private final int idField;
@@ -94,12 +118,20 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
   private transient TimestampedCollector<RowData> collector;
   private transient RowDataSerializer inputRows;
   private transient RowDataSerializer storedRows;
+  private transient RowDataSerializer refRows;
   private transient int[] inputFields;
   // Clicks whose minute is open here, as their input rows.
   private transient ListState<RowData> pending;
-  // Labelled clicks by minute: each its input row with its label as one more STRING column.
-  private transient MapState<Long, List<RowData>> stored;
-  // The oldest minute in stored: the cleanup reads the minutes only when that one expired.
+  // Labelled clicks per ip key: each its input row with its label and ip key as two more
+  // STRING columns, in the rules' order.
+  private transient MapState<StringData, List<RowData>> byIpKey;
+  // Labelled clicks per user, as REF_TYPE rows, in the rules' order.
+  private transient MapState<StringData, List<RowData>> byUser;
+  // The minutes with stored clicks; per minute (the namespace) their ip keys and users.
+  private transient MapState<Long, Boolean> storedMinutes;
+  private transient InternalListState<Object, Long, StringData> ipKeysOfMinute;
+  private transient InternalListState<Object, Long, StringData> usersOfMinute;
+  // The oldest stored minute: the cleanup reads the minutes only when that one expired.
   private transient ValueState<Long> oldestStored;
 
   /**
@@ -138,7 +170,7 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
 
   /**
    * The stored clicks' row: the input's columns, then the label and the ip key (computed once:
-   * a stored click is read back at every minute close within the rules' look-back).
+   * a stored click is read back by every click of its ip key within the rules' look-back).
    */
   static RowType storedType(RowType inputType) {
     List<RowType.RowField> fields = new ArrayList<>(inputType.getFields());
@@ -153,6 +185,7 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
   }
 
   @Override
+  @SuppressWarnings("unchecked")
   public void open() throws Exception {
     super.open();
     collector = new TimestampedCollector<>(output);
@@ -161,16 +194,69 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
     inputRows = new RowDataSerializer(inputType);
     RowType storedType = storedType(inputType);
     storedRows = new RowDataSerializer(storedType);
+    refRows = new RowDataSerializer(REF_TYPE);
     inputFields = new int[inputType.getFieldCount()];
     for (int i = 0; i < inputFields.length; i++) {
       inputFields[i] = i;
     }
     pending = getPartitionedState(new ListStateDescriptor<>("click-label-pending",
         new RowDataSerializer(inputType)));
-    stored = getPartitionedState(new MapStateDescriptor<>("click-label-stored",
-        LongSerializer.INSTANCE, new ListSerializer<>(new RowDataSerializer(storedType))));
+    byIpKey = getPartitionedState(new MapStateDescriptor<>("click-label-by-ip-key",
+        StringDataSerializer.INSTANCE, new ListSerializer<>(storedRows)));
+    byUser = getPartitionedState(new MapStateDescriptor<>("click-label-by-user",
+        StringDataSerializer.INSTANCE, new ListSerializer<>(refRows)));
+    storedMinutes = getPartitionedState(new MapStateDescriptor<>("click-label-minutes",
+        LongSerializer.INSTANCE, BooleanSerializer.INSTANCE));
+    ipKeysOfMinute = (InternalListState<Object, Long, StringData>) getOrCreateKeyedState(
+        LongSerializer.INSTANCE, new ListStateDescriptor<>("click-label-minute-ip-keys",
+            StringDataSerializer.INSTANCE));
+    usersOfMinute = (InternalListState<Object, Long, StringData>) getOrCreateKeyedState(
+        LongSerializer.INSTANCE, new ListStateDescriptor<>("click-label-minute-users",
+            StringDataSerializer.INSTANCE));
     oldestStored = getPartitionedState(new ValueStateDescriptor<>("click-label-oldest",
         LongSerializer.INSTANCE));
+    moveFromPerMinuteLayout();
+  }
+
+  /**
+   * A state restored from the layout before 2026-12-07 (a list of labelled clicks per minute)
+   * is moved into this one as it is, labels and all, and the old state emptied. Its stored
+   * rows are this layout's; its timers (the minutes' expiries) are this one's too.
+   */
+  private void moveFromPerMinuteLayout() throws Exception {
+    List<Object> keys;
+    try (Stream<Object> restored = getKeyedStateBackend().getKeys(PER_MINUTE_STATE,
+        VoidNamespace.INSTANCE)) {
+      keys = restored.collect(Collectors.toList());
+    }
+    if (keys.isEmpty()) {
+      return; // a new job, or one moved already: the old state is not even registered
+    }
+    MapState<Long, List<RowData>> perMinute = getPartitionedState(new MapStateDescriptor<>(
+        PER_MINUTE_STATE, LongSerializer.INSTANCE, new ListSerializer<>(storedRows)));
+    for (Object key : keys) {
+      setCurrentKey(key);
+      List<Entry> clicks = new ArrayList<>();
+      for (List<RowData> rows : perMinute.values()) {
+        for (RowData row : rows) {
+          clicks.add(storedEntry(row));
+        }
+      }
+      perMinute.clear();
+      clicks.sort(ClickRules.ORDER);
+      Map<StringData, List<RowData>> ipKeys = new LinkedHashMap<>();
+      Map<StringData, List<RowData>> users = new LinkedHashMap<>();
+      for (Entry click : clicks) {
+        ipKeys.computeIfAbsent(click.ipKeyData(), k -> new ArrayList<>()).add(click.stored);
+        if (click.user != null) {
+          users.computeIfAbsent((StringData) click.user, k -> new ArrayList<>())
+              .add(refRow(click));
+        }
+      }
+      byIpKey.putAll(ipKeys);
+      byUser.putAll(users);
+      index(clicks);
+    }
   }
 
   static long minuteOf(long ts) {
@@ -193,7 +279,7 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
     }
     long minute = minuteOf(row.getLong(tsField));
     if (timers.currentWatermark() >= minute + MINUTE_MS - 1) {
-      insertLate(fresh(row));
+      insert(new ArrayList<>(List.of(fresh(row))));
     } else {
       pending.add(inputRows.toBinaryRow(row).copy());
       timers.registerEventTimeTimer(VoidNamespace.INSTANCE, minute + MINUTE_MS - 1);
@@ -236,20 +322,29 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
   }
 
   /**
-   * A click, as the rules read it, with its row: a new one or a stored one with its label. Its
-   * strings are the binary row's own (StringData, compared by their bytes, never decoded).
+   * A click, as the rules read it: a new one (its input row), a stored one (its stored row and
+   * label) or a stored one's entry in its user's index (its REF_TYPE row). Its strings are the
+   * binary rows' own (StringData, compared by their bytes, never decoded).
    */
   private static final class Entry extends ClickRules.Click {
     final RowData input;   // a new click's input row (a copy), else null
-    final RowData stored;  // a stored click's stored row, else null
+    final RowData ref;     // a stored click's row in its user's index, else null
+    RowData stored;        // a stored click's stored row, else null
     StringData label;      // the stored label; a new click's once labelled
+    StringData replaced;   // a revised stored click's label before
+    boolean repeat;        // a new click's: its user's click before it is less than R before
 
     Entry(long ts, StringData id, StringData user, StringData ipKey, StringData traffic,
-          RowData input, RowData stored, StringData label) {
+          RowData input, RowData ref, RowData stored, StringData label) {
       super(ts, id, user, ipKey, traffic);
       this.input = input;
+      this.ref = ref;
       this.stored = stored;
       this.label = label;
+    }
+
+    boolean isNew() {
+      return input != null;
     }
 
     long minute() {
@@ -270,216 +365,186 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
     StringData ip = string(copy, ipField);
     return new Entry(copy.getLong(tsField), string(copy, idField), string(copy, userField),
         StringData.fromString(IpAddress.key(ip == null ? null : ip.toString())),
-        string(copy, trafficField), copy, null, null);
+        string(copy, trafficField), copy, null, null, null);
   }
 
   private Entry storedEntry(RowData row) {
     int label = inputFields.length;
     return new Entry(row.getLong(tsField), string(row, idField), string(row, userField),
-        string(row, label + 1), string(row, trafficField), null, row, string(row, label));
+        string(row, label + 1), string(row, trafficField), null, null, row, string(row, label));
+  }
+
+  private static Entry refEntry(StringData user, RowData ref) {
+    return new Entry(ref.getLong(0), string(ref, 1), user, ref.getString(2), null, null, ref,
+        null, null);
+  }
+
+  private RowData refRow(Entry click) {
+    return refRows.toBinaryRow(GenericRowData.of(click.ts, click.id, click.ipKey)).copy();
+  }
+
+  private RowData storedRow(RowData input, StringData label, StringData ipKey) {
+    return storedRows.toBinaryRow(new JoinedRowData(input, GenericRowData.of(label, ipKey)))
+        .copy();
+  }
+
+  /** rows (in the rules' order) as entries, with the new clicks (sorted) merged in. */
+  private static List<Entry> merged(List<RowData> rows,
+                                    java.util.function.Function<RowData, Entry> entry,
+                                    List<Entry> fresh) {
+    List<Entry> stored = new ArrayList<>(rows == null ? 0 : rows.size());
+    if (rows != null) {
+      for (RowData row : rows) {
+        stored.add(entry.apply(row));
+      }
+    }
+    List<Entry> all = new ArrayList<>(stored.size() + fresh.size());
+    int s = 0;
+    for (Entry click : fresh) {
+      while (s < stored.size() && ClickRules.ORDER.compare(stored.get(s), click) < 0) {
+        all.add(stored.get(s++));
+      }
+      all.add(click);
+    }
+    all.addAll(stored.subList(s, stored.size()));
+    return all;
+  }
+
+  private static Map<StringData, List<Entry>> groupBy(
+      List<Entry> clicks, java.util.function.Function<Entry, Object> key) {
+    Map<StringData, List<Entry>> groups = new LinkedHashMap<>();
+    for (Entry click : clicks) {
+      Object value = key.apply(click);
+      if (value != null) {
+        groups.computeIfAbsent((StringData) value, k -> new ArrayList<>()).add(click);
+      }
+    }
+    return groups;
   }
 
   /**
    * Labels new clicks against the stored ones and each other, stores them, emits them in the
    * rules' order, and emits a revision for each stored click after them whose label changed.
-   * Correct for any new clicks, whatever is stored (even stored clicks after them of an open
-   * minute, which a restored operator's watermark, back at its start, may make).
+   * Reads and writes only the new clicks' users and ip keys. Correct for any new clicks,
+   * whatever is stored (even stored clicks after them of an open minute, which a restored
+   * operator's watermark, back at its start, may make).
    */
   private void insert(List<Entry> fresh) throws Exception {
     fresh.sort(ClickRules.ORDER);
-    long lookback = rules.lookbackMs();
-    long firstMinute = minuteOf(fresh.get(0).ts - lookback);
-    long lastMinute = minuteOf(fresh.get(fresh.size() - 1).ts + lookback - 1);
-    // Each stored minute's list is in the rules' order (written so below) and the minutes are
-    // read in order, so the stored clicks come sorted and the new ones are merged in: no sort
-    // of the whole look-back at every minute close or late click.
-    List<Entry> storedEntries = new ArrayList<>();
-    boolean inOrder = true;
-    for (long minute = firstMinute; minute <= lastMinute; minute += MINUTE_MS) {
-      List<RowData> rows = stored.get(minute);
-      if (rows != null) {
-        for (RowData row : rows) {
-          Entry entry = storedEntry(row);
-          int last = storedEntries.size() - 1;
-          inOrder &= last < 0 || ClickRules.ORDER.compare(storedEntries.get(last), entry) <= 0;
-          storedEntries.add(entry);
+    // The users: a click is a repeat if its user's click just before it is less than R before.
+    // A new click changes that only for the click just after it; if that is a stored one, it
+    // becomes a repeat (its ip key's pass below revises it).
+    Map<StringData, Set<StringData>> nowRepeats = new HashMap<>(); // ip key -> stored ids
+    for (Map.Entry<StringData, List<Entry>> user : groupBy(fresh, c -> c.user).entrySet()) {
+      List<Entry> clicks = merged(byUser.get(user.getKey()), ref -> refEntry(user.getKey(), ref),
+          user.getValue());
+      List<RowData> refs = new ArrayList<>(clicks.size());
+      for (int i = 0; i < clicks.size(); i++) {
+        Entry click = clicks.get(i);
+        Entry before = i == 0 ? null : clicks.get(i - 1);
+        boolean repeat = before != null && rules.repeats(before.ts, click.ts);
+        if (click.isNew()) {
+          click.repeat = repeat;
+          refs.add(refRow(click));
+        } else {
+          if (repeat && before.isNew()) {
+            nowRepeats.computeIfAbsent(click.ipKeyData(), k -> new HashSet<>())
+                .add((StringData) click.id);
+          }
+          refs.add(click.ref);
         }
       }
+      byUser.put(user.getKey(), refs);
     }
-    if (!inOrder) {
-      storedEntries.sort(ClickRules.ORDER);  // only if a stored list was ever out of order
-    }
-    List<Entry> all = new ArrayList<>(storedEntries.size() + fresh.size());
-    int s = 0;
-    for (Entry entry : fresh) {
-      while (s < storedEntries.size() && ClickRules.ORDER.compare(storedEntries.get(s), entry) < 0) {
-        all.add(storedEntries.get(s++));
-      }
-      all.add(entry);
-    }
-    all.addAll(storedEntries.subList(s, storedEntries.size()));
-    int from = 0;
-    while (all.get(from).stored != null) {
-      from++;
-    }
-    String[] labels = rules.labels(all, from, all.size());
-    TreeMap<Long, Boolean> touched = new TreeMap<>();
-    for (int i = from; i < all.size(); i++) {
-      Entry entry = all.get(i);
-      StringData label = StringData.fromString(labels[i - from]);
-      if (entry.stored == null) {
-        entry.label = label;
-        emit(entry.input, (StringData) entry.id, label, null);
-        touched.put(entry.minute(), true);
-      } else if (!label.equals(entry.label)) {
-        emit(ProjectedRowData.from(inputFields).replaceRow(entry.stored), (StringData) entry.id,
-            label, entry.label);
-        entry.label = label;
-        touched.putIfAbsent(entry.minute(), false);
-      }
-    }
-    Map<Long, List<RowData>> rewritten = new HashMap<>();
-    for (Entry entry : all) {
-      long minute = entry.minute();
-      if (!touched.containsKey(minute)) {
-        continue;
-      }
-      RowData row = entry.stored;
-      if (row == null || !entry.label.equals(string(row, inputFields.length))) {
-        RowData input = entry.input != null ? entry.input
-            : ProjectedRowData.from(inputFields).replaceRow(entry.stored);
-        row = storedRows.toBinaryRow(new JoinedRowData(input,
-            GenericRowData.of(entry.label, entry.ipKeyData()))).copy();
-      }
-      rewritten.computeIfAbsent(minute, m -> new ArrayList<>()).add(row);
-    }
-    Long oldest = oldestStored.value();
-    for (Map.Entry<Long, Boolean> minute : touched.entrySet()) {
-      stored.put(minute.getKey(), rewritten.get(minute.getKey()));
-      if (minute.getValue()) { // new clicks there: the minute may be new
-        timers.registerEventTimeTimer(VoidNamespace.INSTANCE, expiryOf(minute.getKey()));
-        if (oldest == null || minute.getKey() < oldest) {
-          oldest = minute.getKey();
+    // The ip keys: each click's count of its ip key's clicks less than W before it. A stored
+    // click after a new one that was valid becomes ip_frequency if that count reaches K.
+    Map<StringData, List<Entry>> freshByIpKey = groupBy(fresh, c -> c.ipKey);
+    Set<StringData> ipKeys = new LinkedHashSet<>(freshByIpKey.keySet());
+    ipKeys.addAll(nowRepeats.keySet());
+    List<Entry> emitted = new ArrayList<>();
+    for (StringData ipKey : ipKeys) {
+      List<Entry> clicks = merged(byIpKey.get(ipKey), this::storedEntry,
+          freshByIpKey.getOrDefault(ipKey, List.of()));
+      Set<StringData> repeats = nowRepeats.getOrDefault(ipKey, Set.of());
+      boolean afterNew = false;
+      boolean changed = false;
+      int windowStart = 0;
+      List<RowData> rows = new ArrayList<>(clicks.size());
+      for (int i = 0; i < clicks.size(); i++) {
+        Entry click = clicks.get(i);
+        while (!rules.inIpWindow(clicks.get(windowStart).ts, click.ts)) {
+          windowStart++;
         }
+        int earlier = i - windowStart;
+        if (click.isNew()) {
+          afterNew = true;
+          changed = true;
+          click.label = StringData.fromString(rules.label(click.traffic, click.repeat, earlier));
+          click.stored = storedRow(click.input, click.label, ipKey);
+          emitted.add(click);
+        } else if (click.traffic == null && (afterNew || !repeats.isEmpty())) {
+          String old = click.label.toString();
+          String now = old;
+          if (repeats.contains((StringData) click.id)) {
+            now = ClickRules.REPEAT_CLICK;
+          } else if (afterNew && ClickRules.VALID.equals(old)) {
+            now = rules.label(null, false, earlier);
+          }
+          if (!now.equals(old)) {
+            changed = true;
+            click.replaced = click.label;
+            click.label = StringData.fromString(now);
+            click.stored = storedRow(ProjectedRowData.from(inputFields).replaceRow(click.stored),
+                click.label, ipKey);
+            emitted.add(click);
+          }
+        }
+        rows.add(click.stored);
+      }
+      if (changed) {
+        byIpKey.put(ipKey, rows);
       }
     }
-    oldestStored.update(oldest);
+    emitted.sort(ClickRules.ORDER);
+    for (Entry click : emitted) {
+      if (click.isNew()) {
+        emit(click.input, (StringData) click.id, click.label, null);
+      } else {
+        emit(ProjectedRowData.from(inputFields).replaceRow(click.stored),
+            (StringData) click.id, click.label, click.replaced);
+      }
+    }
+    index(fresh);
   }
 
-  /**
-   * A late click: labelled, stored and emitted, with a revision for each stored click after it
-   * whose label it changes. Only the stored clicks of its user or its ip key are read as
-   * clicks (the others are passed over by comparing two byte strings): its own label depends on
-   * them alone, and a later click's label changes only if it shares one of the two. (Reading
-   * every click of the look-back, up to 21 minutes of the ad, for each late click made a hot
-   * ad's late clicks cost its whole look-back each: 126 us a click in the bench's mix.)
-   */
-  private void insertLate(Entry late) throws Exception {
-    long lookback = rules.lookbackMs();
-    StringData user = (StringData) late.user;
-    StringData ipKey = late.ipKeyData();
-    int ipKeyField = inputFields.length + 1;
-    List<Entry> related = new ArrayList<>();
-    boolean inOrder = true;
-    for (long minute = minuteOf(late.ts - lookback);
-         minute <= minuteOf(late.ts + lookback - 1); minute += MINUTE_MS) {
-      List<RowData> rows = stored.get(minute);
-      if (rows == null) {
-        continue;
-      }
-      for (RowData row : rows) {
-        if (ipKey.equals(row.getString(ipKeyField))
-            || (user != null && user.equals(string(row, userField)))) {
-          Entry entry = storedEntry(row);
-          int last = related.size() - 1;
-          inOrder &= last < 0 || ClickRules.ORDER.compare(related.get(last), entry) <= 0;
-          related.add(entry);
-        }
-      }
+  /** Records new stored clicks' minutes, users and ip keys for their expiry. */
+  private void index(List<Entry> clicks) throws Exception {
+    Map<Long, List<Entry>> byMinute = new TreeMap<>();
+    for (Entry click : clicks) {
+      byMinute.computeIfAbsent(click.minute(), m -> new ArrayList<>()).add(click);
     }
-    if (!inOrder) {
-      related.sort(ClickRules.ORDER);
-    }
-    int at = 0;
-    while (at < related.size() && ClickRules.ORDER.compare(related.get(at), late) < 0) {
-      at++;
-    }
-    related.add(at, late);
-    late.label = StringData.fromString(rules.labels(related, at, at + 1)[0]);
-    emit(late.input, (StringData) late.id, late.label, null);
-    // The clicks after it: a repeat_click if it is their user's click less than R before them,
-    // else an ip_frequency click if it makes their ip key's count in W reach the threshold.
-    Map<StringData, StringData> revised = new HashMap<>();  // by id: the new label
-    TreeMap<Long, Boolean> touched = new TreeMap<>();
-    touched.put(late.minute(), true);
-    int ipFrom = 0;  // the oldest click of the ip key less than W before the current one
-    int ipCount = 0;  // the ip key's clicks in [ipFrom, i)
-    List<Entry> sameIp = new ArrayList<>();
-    for (int i = 0; i < related.size(); i++) {
-      Entry entry = related.get(i);
-      boolean ofTheKey = ipKey.equals(entry.ipKey);
-      if (i > at && entry.traffic == null) {
-        String old = entry.label.toString();
-        String now = old;
-        if (user != null && user.equals(entry.user) && entry.ts - late.ts < rules.repeatWindowMs) {
-          now = ClickRules.REPEAT_CLICK;
-        } else if (ofTheKey && ClickRules.VALID.equals(old)) {
-          while (ipFrom < sameIp.size() && entry.ts - sameIp.get(ipFrom).ts >= rules.ipWindowMs) {
-            ipFrom++;
-          }
-          ipCount = sameIp.size() - ipFrom;
-          if (ipCount >= rules.ipThreshold) {
-            now = ClickRules.IP_FREQUENCY;
-          }
-        }
-        if (!now.equals(old)) {
-          StringData label = StringData.fromString(now);
-          emit(ProjectedRowData.from(inputFields).replaceRow(entry.stored), (StringData) entry.id,
-              label, entry.label);
-          entry.label = label;
-          revised.put((StringData) entry.id, label);
-          touched.putIfAbsent(entry.minute(), false);
-        }
-      }
-      if (ofTheKey) {
-        sameIp.add(entry);
-      }
-    }
-    // Rewrite the minutes it touched: its own, with it in its place, and those of the revised.
-    RowData lateRow = storedRows.toBinaryRow(new JoinedRowData(late.input,
-        GenericRowData.of(late.label, ipKey))).copy();
-    for (long minute : touched.keySet()) {
-      List<RowData> rows = stored.get(minute);
-      List<RowData> rewritten = new ArrayList<>((rows == null ? 0 : rows.size()) + 1);
-      boolean placed = minute != late.minute();
-      if (rows != null) {
-        for (RowData row : rows) {
-          if (!placed && ClickRules.ORDER.compare(late, storedEntry(row)) < 0) {
-            rewritten.add(lateRow);
-            placed = true;
-          }
-          StringData label = revised.get(row.getString(idField));
-          rewritten.add(label == null ? row : storedRows.toBinaryRow(new JoinedRowData(
-              ProjectedRowData.from(inputFields).replaceRow(row),
-              GenericRowData.of(label, row.getString(ipKeyField)))).copy());
-        }
-      }
-      if (!placed) {
-        rewritten.add(lateRow);
-      }
-      stored.put(minute, rewritten);
-    }
-    timers.registerEventTimeTimer(VoidNamespace.INSTANCE, expiryOf(late.minute()));
     Long oldest = oldestStored.value();
-    if (oldest == null || late.minute() < oldest) {
-      oldestStored.update(late.minute());
+    for (Map.Entry<Long, List<Entry>> minute : byMinute.entrySet()) {
+      long m = minute.getKey();
+      if (!storedMinutes.contains(m)) {
+        storedMinutes.put(m, true);
+        timers.registerEventTimeTimer(VoidNamespace.INSTANCE, expiryOf(m));
+        if (oldest == null || m < oldest) {
+          oldest = m;
+        }
+      }
+      ipKeysOfMinute.setCurrentNamespace(m);
+      ipKeysOfMinute.addAll(new ArrayList<>(groupBy(minute.getValue(), c -> c.ipKey).keySet()));
+      usersOfMinute.setCurrentNamespace(m);
+      usersOfMinute.addAll(new ArrayList<>(groupBy(minute.getValue(), c -> c.user).keySet()));
     }
+    oldestStored.update(oldest);
   }
 
   /** The current key's stored minutes, in order (tests). */
   List<Long> storedMinutes() throws Exception {
     List<Long> minutes = new ArrayList<>();
-    for (Long minute : stored.keys()) {
+    for (Long minute : storedMinutes.keys()) {
       minutes.add(minute);
     }
     minutes.sort(null);
@@ -498,7 +563,7 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
   }
 
   /**
-   * Drops the stored minutes whose clicks no counted click can look back at any more, and
+   * Drops the stored clicks of the minutes no counted click can look back at any more, and
    * keeps a timer at the expiry of the oldest left (one is there already, unless the windows or
    * the lateness changed across a restore: then an idle ad's clicks would stay forever).
    */
@@ -508,9 +573,11 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
       return;
     }
     if (time >= expiryOf(oldest)) {
+      Set<StringData> ipKeys = new HashSet<>();
+      Set<StringData> users = new HashSet<>();
       List<Long> expired = new ArrayList<>();
       long next = Long.MAX_VALUE;
-      for (Long minute : stored.keys()) {
+      for (Long minute : storedMinutes.keys()) {
         if (time >= expiryOf(minute)) {
           expired.add(minute);
         } else {
@@ -518,8 +585,16 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
         }
       }
       for (Long minute : expired) {
-        stored.remove(minute);
+        ipKeysOfMinute.setCurrentNamespace(minute);
+        ipKeysOfMinute.get().forEach(ipKeys::add);
+        ipKeysOfMinute.clear();
+        usersOfMinute.setCurrentNamespace(minute);
+        usersOfMinute.get().forEach(users::add);
+        usersOfMinute.clear();
+        storedMinutes.remove(minute);
       }
+      drop(byIpKey, ipKeys, time, tsField);
+      drop(byUser, users, time, 0);
       if (next == Long.MAX_VALUE) {
         oldestStored.clear();
         return;
@@ -528,5 +603,27 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
       oldestStored.update(oldest);
     }
     timers.registerEventTimeTimer(VoidNamespace.INSTANCE, expiryOf(oldest));
+  }
+
+  /** Removes from these keys' lists the clicks (time in tsField) expired at time. */
+  private void drop(MapState<StringData, List<RowData>> clicks, Set<StringData> keys, long time,
+                    int tsField) throws Exception {
+    for (StringData key : keys) {
+      List<RowData> rows = clicks.get(key);
+      if (rows == null) {
+        continue;
+      }
+      List<RowData> kept = new ArrayList<>(rows.size());
+      for (RowData row : rows) {
+        if (time < expiryOf(minuteOf(row.getLong(tsField)))) {
+          kept.add(row);
+        }
+      }
+      if (kept.isEmpty()) {
+        clicks.remove(key);
+      } else if (kept.size() < rows.size()) {
+        clicks.put(key, kept);
+      }
+    }
   }
 }

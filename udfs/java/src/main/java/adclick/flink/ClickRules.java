@@ -119,11 +119,11 @@ public final class ClickRules implements Serializable {
     Map<Object, Integer> ips = new HashMap<>();    // in the ip window before i
     long first = sorted.get(from).ts;
     int userStart = from;
-    while (userStart > 0 && first - sorted.get(userStart - 1).ts < repeatWindowMs) {
+    while (userStart > 0 && repeats(sorted.get(userStart - 1).ts, first)) {
       userStart--;
     }
     int ipStart = from;
-    while (ipStart > 0 && first - sorted.get(ipStart - 1).ts < ipWindowMs) {
+    while (ipStart > 0 && inIpWindow(sorted.get(ipStart - 1).ts, first)) {
       ipStart--;
     }
     for (int j = userStart; j < from; j++) {
@@ -134,25 +134,44 @@ public final class ClickRules implements Serializable {
     }
     for (int i = from; i < to; i++) {
       Click click = sorted.get(i);
-      while (userStart < i && click.ts - sorted.get(userStart).ts >= repeatWindowMs) {
+      while (userStart < i && !repeats(sorted.get(userStart).ts, click.ts)) {
         add(users, sorted.get(userStart++).user, -1);
       }
-      while (ipStart < i && click.ts - sorted.get(ipStart).ts >= ipWindowMs) {
+      while (ipStart < i && !inIpWindow(sorted.get(ipStart).ts, click.ts)) {
         add(ips, sorted.get(ipStart++).ipKey, -1);
       }
-      if (click.traffic != null) {
-        labels[i - from] = click.traffic.toString();
-      } else if (click.user != null && users.containsKey(click.user)) {
-        labels[i - from] = REPEAT_CLICK;
-      } else if (ips.getOrDefault(click.ipKey, 0) >= ipThreshold) {
-        labels[i - from] = IP_FREQUENCY;
-      } else {
-        labels[i - from] = VALID;
-      }
+      labels[i - from] = label(click.traffic,
+          click.user != null && users.containsKey(click.user),
+          ips.getOrDefault(click.ipKey, 0));
       add(users, click.user, 1);
       add(ips, click.ipKey, 1);
     }
     return labels;
+  }
+
+  /**
+   * A click's label from what the rules read of the clicks before it: its stateless label
+   * (null for none), whether one of its user's is less than R before it, and how many of its
+   * ip key's are less than W before it. The order of the rules is here and nowhere else.
+   */
+  public String label(Object traffic, boolean repeat, int earlierOfIpKey) {
+    if (traffic != null) {
+      return traffic.toString();
+    }
+    if (repeat) {
+      return REPEAT_CLICK;
+    }
+    return earlierOfIpKey >= ipThreshold ? IP_FREQUENCY : VALID;
+  }
+
+  /** Whether a click at ts is a repeat of its user's click at earlierTs (ordered before it). */
+  public boolean repeats(long earlierTs, long ts) {
+    return ts - earlierTs < repeatWindowMs;
+  }
+
+  /** Whether a click at earlierTs (ordered before one at ts) counts in ts's ip window. */
+  public boolean inIpWindow(long earlierTs, long ts) {
+    return ts - earlierTs < ipWindowMs;
   }
 
   private static void add(Map<Object, Integer> counts, Object key, int delta) {

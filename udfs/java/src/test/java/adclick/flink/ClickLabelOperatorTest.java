@@ -24,7 +24,19 @@ import org.apache.flink.api.common.functions.MapFunction;
 import org.apache.flink.api.java.functions.KeySelector;
 import org.apache.flink.core.memory.DataOutputSerializer;
 import org.apache.flink.runtime.checkpoint.OperatorSubtaskState;
+import org.apache.flink.runtime.state.VoidNamespace;
+import org.apache.flink.runtime.state.VoidNamespaceSerializer;
+import org.apache.flink.state.rocksdb.EmbeddedRocksDBStateBackend;
+import org.apache.flink.state.rocksdb.RocksDBKeyedStateBackend;
+import org.apache.flink.api.common.state.MapState;
+import org.apache.flink.api.common.state.MapStateDescriptor;
+import org.apache.flink.api.common.state.ValueState;
+import org.apache.flink.api.common.state.ValueStateDescriptor;
+import org.apache.flink.api.common.typeutils.base.ListSerializer;
+import org.apache.flink.api.common.typeutils.base.LongSerializer;
+import org.apache.flink.streaming.api.operators.AbstractStreamOperator;
 import org.apache.flink.streaming.api.operators.KeyedProcessOperator;
+import org.apache.flink.streaming.api.operators.OneInputStreamOperator;
 import org.apache.flink.streaming.api.operators.SimpleOperatorFactory;
 import org.apache.flink.streaming.api.operators.StreamMap;
 import org.apache.flink.streaming.api.transformations.OneInputTransformation;
@@ -107,12 +119,24 @@ class ClickLabelOperatorTest {
       extends KeyedOneInputStreamOperatorTestHarness<RowData, RowData, RowData> {
 
     Harness() throws Exception {
+      this(false);
+    }
+
+    /** On the heap backend (the harness's), or on RocksDB: every state serialized. */
+    Harness(boolean rocksDb) throws Exception {
       super(operator(), AD, KEY_TYPE, MAX_PARALLELISM, 1, 0);
+      if (rocksDb) {
+        setStateBackend(new EmbeddedRocksDBStateBackend());
+      }
       setup(new RowDataSerializer(OUTPUT));
     }
 
     static Harness started(OperatorSubtaskState state) throws Exception {
-      Harness h = new Harness();
+      return started(state, false);
+    }
+
+    static Harness started(OperatorSubtaskState state, boolean rocksDb) throws Exception {
+      Harness h = new Harness(rocksDb);
       h.initializeState(state);
       h.open();
       return h;
@@ -126,6 +150,28 @@ class ClickLabelOperatorTest {
 
     void watermark(long ms) throws Exception {
       processWatermark(new Watermark(ms));
+    }
+
+    /**
+     * The keyed state left: on the heap its entries; on RocksDB the (key, namespace) pairs of
+     * each of the operator's states (its column families also hold the timers, whose deletes
+     * RocksDB's timer queue may not have written yet).
+     */
+    long stateEntries() {
+      if (getOperator().getKeyedStateBackend() instanceof RocksDBKeyedStateBackend) {
+        RocksDBKeyedStateBackend<?> rocksDb =
+            (RocksDBKeyedStateBackend<?>) getOperator().getKeyedStateBackend();
+        long entries = 0;
+        for (String state : List.of("click-label-pending", "click-label-by-ip-key",
+            "click-label-by-user", "click-label-minutes", "click-label-minute-ip-keys",
+            "click-label-minute-users", "click-label-oldest")) {
+          try (java.util.stream.Stream<?> keys = rocksDb.getKeysAndNamespaces(state)) {
+            entries += keys.count();
+          }
+        }
+        return entries;
+      }
+      return numKeyedStateEntries();
     }
 
     /** The labels of the rows emitted, in order, as (id, label) or (id, label, replaced). */
@@ -267,6 +313,84 @@ class ClickLabelOperatorTest {
     }
   }
 
+  /**
+   * Writes labelled clicks (stored rows) as the layout before 2026-12-07 kept them: a list per
+   * minute of the ad, and the oldest minute.
+   */
+  private static final class PerMinuteLayout extends AbstractStreamOperator<RowData>
+      implements OneInputStreamOperator<RowData, RowData> {
+    private static final RowDataSerializer STORED =
+        new RowDataSerializer(ClickLabelOperator.storedType(INPUT));
+    private transient MapState<Long, List<RowData>> stored;
+    private transient ValueState<Long> oldest;
+
+    @Override
+    public void open() throws Exception {
+      super.open();
+      stored = getPartitionedState(new MapStateDescriptor<>(
+          ClickLabelOperator.PER_MINUTE_STATE, LongSerializer.INSTANCE,
+          new ListSerializer<>(STORED)));
+      oldest = getPartitionedState(new ValueStateDescriptor<>("click-label-oldest",
+          LongSerializer.INSTANCE));
+    }
+
+    @Override
+    public void processElement(StreamRecord<RowData> element) throws Exception {
+      RowData row = STORED.toBinaryRow(element.getValue()).copy();
+      long minute = ClickLabelOperator.minuteOf(row.getLong(3));
+      List<RowData> rows = stored.contains(minute)
+          ? new ArrayList<>(stored.get(minute)) : new ArrayList<>();
+      rows.add(row);
+      stored.put(minute, rows);
+      if (oldest.value() == null || minute < oldest.value()) {
+        oldest.update(minute);
+      }
+    }
+  }
+
+  private static RowData storedRow(TestClick c, String label) {
+    return new JoinedRowData(row(c), GenericRowData.of(StringData.fromString(label),
+        StringData.fromString(IpAddress.key(c.ip))));
+  }
+
+  @Test
+  void aStateOfThePerMinuteLayoutIsMovedAndLabelsAsBefore() throws Exception {
+    for (boolean rocksDb : new boolean[] {false, true}) {
+      OperatorSubtaskState state;
+      try (KeyedOneInputStreamOperatorTestHarness<RowData, RowData, RowData> old =
+               new KeyedOneInputStreamOperatorTestHarness<>(new PerMinuteLayout(), AD, KEY_TYPE,
+                   MAX_PARALLELISM, 1, 0)) {
+        if (rocksDb) {
+          old.setStateBackend(new EmbeddedRocksDBStateBackend());
+        }
+        old.open();
+        for (RowData row : List.of(
+            storedRow(click("b", MINUTE + 2_000, "u1", "10.0.0.1"), "valid"),
+            storedRow(click("c", MINUTE + 3_000, "u2", "10.0.0.1"), "valid"),
+            storedRow(click("d", MINUTE + 4_000, "u3", "10.0.0.1"), "valid"))) {
+          old.processElement(new StreamRecord<>(row));
+        }
+        state = old.snapshot(1, 0);
+      }
+      try (Harness h = Harness.started(state, rocksDb)) {
+        ClickLabelOperator operator = (ClickLabelOperator) h.getOperator();
+        assertEquals(List.of(T0 + MINUTE), storedMinutes(h, "ad-1"), "moved");
+        h.watermark(T0 + 2 * MINUTE);
+        // As the late click did against the same clicks in the old layout (the test above).
+        h.feed(click("a", MINUTE - 5_000, "u1", "10.0.0.1"));
+        assertEquals(List.of(List.of("a", "valid"), List.of("b", "repeat_click", "valid"),
+            List.of("d", "ip_frequency", "valid")), h.emitted(), "rocksDb " + rocksDb);
+        operator.setCurrentKey(key(StringData.fromString("ad-1")));
+        MapState<Long, List<RowData>> old = operator.getPartitionedState(
+            VoidNamespace.INSTANCE, VoidNamespaceSerializer.INSTANCE, new MapStateDescriptor<>(ClickLabelOperator.PER_MINUTE_STATE,
+                LongSerializer.INSTANCE, new ListSerializer<>(PerMinuteLayout.STORED)));
+        assertTrue(old.isEmpty(), "the old layout's state is emptied");
+        h.watermark(Long.MAX_VALUE);
+        assertEquals(0L, h.stateEntries(), "the moved clicks expire");
+      }
+    }
+  }
+
   @Test
   void aRestoredOperatorLabelsAndRevisesAsBefore() throws Exception {
     OperatorSubtaskState state;
@@ -329,6 +453,12 @@ class ClickLabelOperatorTest {
    */
   private static List<List<String>> shuffledRun(List<TestClick> clicks, long seed,
                                                 int restoreAt) throws Exception {
+    return shuffledRun(clicks, seed, restoreAt, false);
+  }
+
+  private static List<List<String>> shuffledRun(List<TestClick> clicks, long seed,
+                                                int restoreAt, boolean rocksDb)
+      throws Exception {
     Random random = new Random(seed);
     Map<TestClick, Long> arrival = new HashMap<>();
     for (TestClick c : clicks) {
@@ -339,14 +469,14 @@ class ClickLabelOperatorTest {
     Collections.shuffle(arrivals, random);
     arrivals.sort(Comparator.comparingLong(arrival::get));
     List<List<String>> emitted = new ArrayList<>();
-    Harness h = Harness.started(null);
+    Harness h = Harness.started(null, rocksDb);
     long watermark = Long.MIN_VALUE;
     for (int i = 0; i < arrivals.size(); i++) {
       if (i == restoreAt) {
         OperatorSubtaskState state = h.snapshot(1, 0);
         emitted.addAll(h.emitted());
         h.close();
-        h = Harness.started(state);
+        h = Harness.started(state, rocksDb);
       }
       TestClick c = arrivals.get(i);
       if (arrival.get(c) - 2_000 > watermark) {
@@ -355,8 +485,9 @@ class ClickLabelOperatorTest {
       }
       h.feed(c);
     }
+    assertTrue(h.stateEntries() > 0);
     h.watermark(Long.MAX_VALUE);
-    assertEquals(0, h.numKeyedStateEntries());
+    assertEquals(0L, h.stateEntries());
     emitted.addAll(h.emitted());
     h.close();
     return emitted;
@@ -380,6 +511,17 @@ class ClickLabelOperatorTest {
       assertEquals(expected, finalLabels(restored), "restored, seed " + seed);
     }
     assertTrue(revised > 0, "late clicks revised some labels");
+  }
+
+  @Test
+  void onRocksDbTheLabelsAreTheSame() throws Exception {
+    for (long seed = 1; seed <= 2; seed++) {
+      List<TestClick> clicks = ClickTrafficLabelsTest.randomClicks(seed, 200);
+      Map<String, String> expected = ClickTrafficLabelsTest.expected(clicks);
+      List<List<String>> restored = shuffledRun(clicks, seed, clicks.size() / 2, true);
+      assertTrue(revisions(restored) > 0, "seed " + seed);
+      assertEquals(expected, finalLabels(restored), "seed " + seed);
+    }
   }
 
   private static List<Long> storedMinutes(Harness h, String ad) throws Exception {
@@ -417,7 +559,7 @@ class ClickLabelOperatorTest {
     }
   }
 
-  /** A stored click's bytes (in its minute's list, serialized: the heap's and RocksDB's). */
+  /** A stored click's bytes (in its ip key's list, serialized: the heap's and RocksDB's). */
   private static int storedBytes(TestClick c, String label) throws Exception {
     RowDataSerializer stored = new RowDataSerializer(ClickLabelOperator.storedType(INPUT));
     DataOutputSerializer out = new DataOutputSerializer(256);
@@ -437,6 +579,16 @@ class ClickLabelOperatorTest {
         "c2b6a2a4-6f1e-4d5a-9b1e-3f1f6c2a9d10", T0, "user-0000000000000001",
         "2001:db8:1234:5678:9abc:def0:1234:5678", "datacenter_ip"), "datacenter_ip");
     assertTrue(large <= 330, "a stored click with long ids: " + large + " bytes");
+  }
+
+  @Test
+  void aStoredClicksEntryInItsUsersIndexTakesAboutNinetyBytes() throws Exception {
+    RowDataSerializer refs = new RowDataSerializer(ClickLabelOperator.REF_TYPE);
+    DataOutputSerializer out = new DataOutputSerializer(128);
+    refs.serialize(GenericRowData.of(T0, StringData.fromString(
+        "c2b6a2a4-6f1e-4d5a-9b1e-3f1f6c2a9d10"), StringData.fromString("203.0.113.42")), out);
+    // length, header and null bits, 3 fixed slots, then the id and the ip key over 7 bytes
+    assertEquals(4 + 8 + 8 * 3 + 40 + 16, out.length());
   }
 
   // install: what it replaces, and what it refuses to.
