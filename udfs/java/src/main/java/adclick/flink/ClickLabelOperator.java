@@ -18,8 +18,12 @@ import org.apache.flink.api.common.state.MapStateDescriptor;
 import org.apache.flink.api.common.state.ValueState;
 import org.apache.flink.api.common.state.ValueStateDescriptor;
 import org.apache.flink.api.common.typeutils.base.BooleanSerializer;
+import org.apache.flink.api.common.typeutils.base.array.BytePrimitiveArraySerializer;
 import org.apache.flink.api.common.typeutils.base.ListSerializer;
 import org.apache.flink.api.common.typeutils.base.LongSerializer;
+import org.apache.flink.core.memory.DataOutputSerializer;
+import org.apache.flink.core.memory.MemorySegment;
+import org.apache.flink.core.memory.MemorySegmentFactory;
 import org.apache.flink.runtime.state.VoidNamespace;
 import org.apache.flink.runtime.state.VoidNamespaceSerializer;
 import org.apache.flink.runtime.state.internal.InternalListState;
@@ -34,10 +38,11 @@ import org.apache.flink.table.data.GenericMapData;
 import org.apache.flink.table.data.GenericRowData;
 import org.apache.flink.table.data.RowData;
 import org.apache.flink.table.data.StringData;
+import org.apache.flink.table.data.binary.BinaryRowData;
+import org.apache.flink.table.data.binary.BinarySegmentUtils;
 import org.apache.flink.table.data.utils.JoinedRowData;
 import org.apache.flink.table.data.utils.ProjectedRowData;
 import org.apache.flink.table.runtime.typeutils.RowDataSerializer;
-import org.apache.flink.table.runtime.typeutils.StringDataSerializer;
 import org.apache.flink.table.types.logical.BigIntType;
 import org.apache.flink.table.types.logical.LogicalType;
 import org.apache.flink.table.types.logical.RowType;
@@ -80,10 +85,18 @@ import org.apache.flink.table.types.logical.VarCharType;
  *       and ip key as one binary row: about 4 + 8 + 8 * (input columns + 2) bytes plus its
  *       strings longer than 7 bytes rounded up to 8, about 230 bytes for the job's 11 columns
  *       (ClickLabelOperatorTest);
- *   <li>per user, its stored clicks' (time, id, ip key), in the rules' order (about 90 bytes);
+ *   <li>per user, its stored clicks' (time, id, user, ip key), in the rules' order (about 120
+ *       bytes);
  *   <li>per stored minute (a namespace), the users and ip keys it has clicks of, which is how
  *       the expiry finds them; the stored minutes, and the oldest.
  * </ul>
+ * The two maps are keyed by a 64-bit hash of the user or the ip key, and each value is its
+ * clicks' binary rows in one byte array: on the heap a click is then two map entries and two
+ * arrays, not a dozen objects (keys that kept the click's input row alive, lists, row and
+ * memory segment headers: the first version of this layout ran out of a 6 GB heap with 3 M
+ * clicks stored), and the rows are read in place. A hash two users or ip keys share puts both
+ * in one value; they are told apart by their strings, so a collision costs time, never a
+ * label.
  * Before 2026-12-07 the stored clicks were one list per minute of the ad, and every minute's
  * close read the ad's whole look-back (SCALING section 8); {@link #open} moves a restored
  * state of that layout into this one.
@@ -102,8 +115,11 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
   /** What the user index keeps of a stored click: enough to order it and find its row. */
   static final RowType REF_TYPE = RowType.of(
       new LogicalType[] {new BigIntType(false), new VarCharType(VarCharType.MAX_LENGTH),
+          new VarCharType(false, VarCharType.MAX_LENGTH),
           new VarCharType(false, VarCharType.MAX_LENGTH)},
-      new String[] {"ts", "id", "ip_key"});
+      new String[] {"ts", "id", "user_id", "ip_key"});
+  private static final int REF_USER = 2;
+  private static final int REF_IP_KEY = 3;
 
   private final RowType inputType;
   private final int idField;
@@ -113,6 +129,8 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
   private final int trafficField;
   private final ClickRules rules;
   private final long allowedLatenessMs;
+  // All ones; tests keep a few bits, so that users and ip keys share hashes.
+  private final long hashMask;
 
   private transient InternalTimerService<VoidNamespace> timers;
   private transient TimestampedCollector<RowData> collector;
@@ -122,15 +140,16 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
   private transient int[] inputFields;
   // Clicks whose minute is open here, as their input rows.
   private transient ListState<RowData> pending;
-  // Labelled clicks per ip key: each its input row with its label and ip key as two more
-  // STRING columns, in the rules' order.
-  private transient MapState<StringData, List<RowData>> byIpKey;
-  // Labelled clicks per user, as REF_TYPE rows, in the rules' order.
-  private transient MapState<StringData, List<RowData>> byUser;
-  // The minutes with stored clicks; per minute (the namespace) their ip keys and users.
+  // Labelled clicks per ip key (by its hash): each its input row with its label and ip key as
+  // two more STRING columns, in the rules' order, as rows() reads them.
+  private transient MapState<Long, byte[]> byIpKey;
+  // Labelled clicks per user (by its hash), as REF_TYPE rows, in the rules' order.
+  private transient MapState<Long, byte[]> byUser;
+  // The minutes with stored clicks; per minute (the namespace) the hashes of their ip keys and
+  // users.
   private transient MapState<Long, Boolean> storedMinutes;
-  private transient InternalListState<Object, Long, StringData> ipKeysOfMinute;
-  private transient InternalListState<Object, Long, StringData> usersOfMinute;
+  private transient InternalListState<Object, Long, Long> ipKeysOfMinute;
+  private transient InternalListState<Object, Long, Long> usersOfMinute;
   // The oldest stored minute: the cleanup reads the minutes only when that one expired.
   private transient ValueState<Long> oldestStored;
 
@@ -147,6 +166,14 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
   public ClickLabelOperator(RowType inputType, int idField, int tsField, int userField,
                             int ipField, int trafficField, ClickRules rules,
                             long allowedLatenessMs) {
+    this(inputType, idField, tsField, userField, ipField, trafficField, rules,
+        allowedLatenessMs, -1L);
+  }
+
+  /** The same, with the users' and ip keys' hashes cut to hashMask's bits (tests). */
+  ClickLabelOperator(RowType inputType, int idField, int tsField, int userField, int ipField,
+                     int trafficField, ClickRules rules, long allowedLatenessMs,
+                     long hashMask) {
     if (allowedLatenessMs < 0) {
       throw new IllegalArgumentException("negative allowed lateness: " + allowedLatenessMs);
     }
@@ -158,6 +185,7 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
     this.trafficField = trafficField;
     this.rules = rules;
     this.allowedLatenessMs = allowedLatenessMs;
+    this.hashMask = hashMask;
   }
 
   public ClickRules getRules() {
@@ -202,17 +230,17 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
     pending = getPartitionedState(new ListStateDescriptor<>("click-label-pending",
         new RowDataSerializer(inputType)));
     byIpKey = getPartitionedState(new MapStateDescriptor<>("click-label-by-ip-key",
-        StringDataSerializer.INSTANCE, new ListSerializer<>(storedRows)));
+        LongSerializer.INSTANCE, BytePrimitiveArraySerializer.INSTANCE));
     byUser = getPartitionedState(new MapStateDescriptor<>("click-label-by-user",
-        StringDataSerializer.INSTANCE, new ListSerializer<>(refRows)));
+        LongSerializer.INSTANCE, BytePrimitiveArraySerializer.INSTANCE));
     storedMinutes = getPartitionedState(new MapStateDescriptor<>("click-label-minutes",
         LongSerializer.INSTANCE, BooleanSerializer.INSTANCE));
-    ipKeysOfMinute = (InternalListState<Object, Long, StringData>) getOrCreateKeyedState(
+    ipKeysOfMinute = (InternalListState<Object, Long, Long>) getOrCreateKeyedState(
         LongSerializer.INSTANCE, new ListStateDescriptor<>("click-label-minute-ip-keys",
-            StringDataSerializer.INSTANCE));
-    usersOfMinute = (InternalListState<Object, Long, StringData>) getOrCreateKeyedState(
+            LongSerializer.INSTANCE));
+    usersOfMinute = (InternalListState<Object, Long, Long>) getOrCreateKeyedState(
         LongSerializer.INSTANCE, new ListStateDescriptor<>("click-label-minute-users",
-            StringDataSerializer.INSTANCE));
+            LongSerializer.INSTANCE));
     oldestStored = getPartitionedState(new ValueStateDescriptor<>("click-label-oldest",
         LongSerializer.INSTANCE));
     moveFromPerMinuteLayout();
@@ -244,17 +272,20 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
       }
       perMinute.clear();
       clicks.sort(ClickRules.ORDER);
-      Map<StringData, List<RowData>> ipKeys = new LinkedHashMap<>();
-      Map<StringData, List<RowData>> users = new LinkedHashMap<>();
+      Map<Long, List<RowData>> ipKeys = new HashMap<>();
+      Map<Long, List<RowData>> users = new HashMap<>();
       for (Entry click : clicks) {
-        ipKeys.computeIfAbsent(click.ipKeyData(), k -> new ArrayList<>()).add(click.stored);
+        ipKeys.computeIfAbsent(hash(click.ipKey), k -> new ArrayList<>()).add(click.stored);
         if (click.user != null) {
-          users.computeIfAbsent((StringData) click.user, k -> new ArrayList<>())
-              .add(refRow(click));
+          users.computeIfAbsent(hash(click.user), k -> new ArrayList<>()).add(refRow(click));
         }
       }
-      byIpKey.putAll(ipKeys);
-      byUser.putAll(users);
+      for (Map.Entry<Long, List<RowData>> ipKey : ipKeys.entrySet()) {
+        byIpKey.put(ipKey.getKey(), bytes(ipKey.getValue(), storedRows));
+      }
+      for (Map.Entry<Long, List<RowData>> user : users.entrySet()) {
+        byUser.put(user.getKey(), bytes(user.getValue(), refRows));
+      }
       index(clicks);
     }
   }
@@ -374,13 +405,56 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
         string(row, label + 1), string(row, trafficField), null, null, row, string(row, label));
   }
 
-  private static Entry refEntry(StringData user, RowData ref) {
-    return new Entry(ref.getLong(0), string(ref, 1), user, ref.getString(2), null, null, ref,
-        null, null);
+  private static Entry refEntry(RowData ref) {
+    return new Entry(ref.getLong(0), string(ref, 1), ref.getString(REF_USER),
+        ref.getString(REF_IP_KEY), null, null, ref, null, null);
   }
 
   private RowData refRow(Entry click) {
-    return refRows.toBinaryRow(GenericRowData.of(click.ts, click.id, click.ipKey)).copy();
+    return refRows.toBinaryRow(GenericRowData.of(click.ts, click.id, click.user, click.ipKey))
+        .copy();
+  }
+
+  /** A user's or an ip key's hash: the two maps' key. */
+  private long hash(Object string) {
+    byte[] bytes = ((StringData) string).toBytes();
+    long h = 0xcbf29ce484222325L;  // FNV-1a, then a 64-bit finalizer (MurmurHash3's)
+    for (byte b : bytes) {
+      h = (h ^ (b & 0xff)) * 0x100000001b3L;
+    }
+    h = (h ^ (h >>> 33)) * 0xff51afd7ed558ccdL;
+    h = (h ^ (h >>> 33)) * 0xc4ceb9fe1a85ec53L;
+    return (h ^ (h >>> 33)) & hashMask;
+  }
+
+  /** Rows as one map value: each its size, then its binary row's bytes. */
+  private static byte[] bytes(List<RowData> rows, RowDataSerializer serializer)
+      throws java.io.IOException {
+    DataOutputSerializer out = new DataOutputSerializer(64 * rows.size() + 16);
+    for (RowData row : rows) {
+      BinaryRowData binary = serializer.toBinaryRow(row);
+      out.writeInt(binary.getSizeInBytes());
+      BinarySegmentUtils.copyToView(binary.getSegments(), binary.getOffset(),
+          binary.getSizeInBytes(), out);
+    }
+    return out.getCopyOfBuffer();
+  }
+
+  /** A map value's rows, read in place (views of the array, which is never changed). */
+  private static List<RowData> rows(byte[] value, int arity) {
+    if (value == null) {
+      return List.of();
+    }
+    MemorySegment segment = MemorySegmentFactory.wrap(value);
+    List<RowData> rows = new ArrayList<>();
+    for (int at = 0; at < value.length; ) {
+      int size = segment.getIntBigEndian(at);
+      BinaryRowData row = new BinaryRowData(arity);
+      row.pointTo(segment, at + 4, size);
+      rows.add(row);
+      at += 4 + size;
+    }
+    return rows;
   }
 
   private RowData storedRow(RowData input, StringData label, StringData ipKey) {
@@ -388,16 +462,8 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
         .copy();
   }
 
-  /** rows (in the rules' order) as entries, with the new clicks (sorted) merged in. */
-  private static List<Entry> merged(List<RowData> rows,
-                                    java.util.function.Function<RowData, Entry> entry,
-                                    List<Entry> fresh) {
-    List<Entry> stored = new ArrayList<>(rows == null ? 0 : rows.size());
-    if (rows != null) {
-      for (RowData row : rows) {
-        stored.add(entry.apply(row));
-      }
-    }
+  /** Stored clicks (in the rules' order) with the new clicks (sorted) merged in. */
+  private static List<Entry> merged(List<Entry> stored, List<Entry> fresh) {
     List<Entry> all = new ArrayList<>(stored.size() + fresh.size());
     int s = 0;
     for (Entry click : fresh) {
@@ -436,9 +502,18 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
     // becomes a repeat (its ip key's pass below revises it).
     Map<StringData, Set<StringData>> nowRepeats = new HashMap<>(); // ip key -> stored ids
     for (Map.Entry<StringData, List<Entry>> user : groupBy(fresh, c -> c.user).entrySet()) {
-      List<Entry> clicks = merged(byUser.get(user.getKey()), ref -> refEntry(user.getKey(), ref),
-          user.getValue());
-      List<RowData> refs = new ArrayList<>(clicks.size());
+      long hash = hash(user.getKey());
+      List<Entry> theUsers = new ArrayList<>();
+      List<RowData> others = new ArrayList<>();  // another user's of the same hash
+      for (RowData ref : rows(byUser.get(hash), REF_TYPE.getFieldCount())) {
+        if (user.getKey().equals(ref.getString(REF_USER))) {
+          theUsers.add(refEntry(ref));
+        } else {
+          others.add(ref);
+        }
+      }
+      List<Entry> clicks = merged(theUsers, user.getValue());
+      List<RowData> refs = new ArrayList<>(clicks.size() + others.size());
       for (int i = 0; i < clicks.size(); i++) {
         Entry click = clicks.get(i);
         Entry before = i == 0 ? null : clicks.get(i - 1);
@@ -454,7 +529,8 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
           refs.add(click.ref);
         }
       }
-      byUser.put(user.getKey(), refs);
+      refs.addAll(others);
+      byUser.put(hash, bytes(refs, refRows));
     }
     // The ip keys: each click's count of its ip key's clicks less than W before it. A stored
     // click after a new one that was valid becomes ip_frequency if that count reaches K.
@@ -462,14 +538,24 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
     Set<StringData> ipKeys = new LinkedHashSet<>(freshByIpKey.keySet());
     ipKeys.addAll(nowRepeats.keySet());
     List<Entry> emitted = new ArrayList<>();
+    int ipKeyField = inputFields.length + 1;
     for (StringData ipKey : ipKeys) {
-      List<Entry> clicks = merged(byIpKey.get(ipKey), this::storedEntry,
-          freshByIpKey.getOrDefault(ipKey, List.of()));
+      long hash = hash(ipKey);
+      List<Entry> theIpKeys = new ArrayList<>();
+      List<RowData> others = new ArrayList<>();  // another ip key's of the same hash
+      for (RowData row : rows(byIpKey.get(hash), storedRows.getArity())) {
+        if (ipKey.equals(row.getString(ipKeyField))) {
+          theIpKeys.add(storedEntry(row));
+        } else {
+          others.add(row);
+        }
+      }
+      List<Entry> clicks = merged(theIpKeys, freshByIpKey.getOrDefault(ipKey, List.of()));
       Set<StringData> repeats = nowRepeats.getOrDefault(ipKey, Set.of());
       boolean afterNew = false;
       boolean changed = false;
       int windowStart = 0;
-      List<RowData> rows = new ArrayList<>(clicks.size());
+      List<RowData> rows = new ArrayList<>(clicks.size() + others.size());
       for (int i = 0; i < clicks.size(); i++) {
         Entry click = clicks.get(i);
         while (!rules.inIpWindow(clicks.get(windowStart).ts, click.ts)) {
@@ -502,7 +588,8 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
         rows.add(click.stored);
       }
       if (changed) {
-        byIpKey.put(ipKey, rows);
+        rows.addAll(others);
+        byIpKey.put(hash, bytes(rows, storedRows));
       }
     }
     emitted.sort(ClickRules.ORDER);
@@ -533,10 +620,18 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
           oldest = m;
         }
       }
+      Set<Long> ipKeys = new LinkedHashSet<>();
+      Set<Long> users = new LinkedHashSet<>();
+      for (Entry click : minute.getValue()) {
+        ipKeys.add(hash(click.ipKey));
+        if (click.user != null) {
+          users.add(hash(click.user));
+        }
+      }
       ipKeysOfMinute.setCurrentNamespace(m);
-      ipKeysOfMinute.addAll(new ArrayList<>(groupBy(minute.getValue(), c -> c.ipKey).keySet()));
+      ipKeysOfMinute.addAll(new ArrayList<>(ipKeys));
       usersOfMinute.setCurrentNamespace(m);
-      usersOfMinute.addAll(new ArrayList<>(groupBy(minute.getValue(), c -> c.user).keySet()));
+      usersOfMinute.addAll(new ArrayList<>(users));
     }
     oldestStored.update(oldest);
   }
@@ -573,8 +668,8 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
       return;
     }
     if (time >= expiryOf(oldest)) {
-      Set<StringData> ipKeys = new HashSet<>();
-      Set<StringData> users = new HashSet<>();
+      Set<Long> ipKeys = new HashSet<>();
+      Set<Long> users = new HashSet<>();
       List<Long> expired = new ArrayList<>();
       long next = Long.MAX_VALUE;
       for (Long minute : storedMinutes.keys()) {
@@ -593,8 +688,8 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
         usersOfMinute.clear();
         storedMinutes.remove(minute);
       }
-      drop(byIpKey, ipKeys, time, tsField);
-      drop(byUser, users, time, 0);
+      drop(byIpKey, ipKeys, time, storedRows, tsField);
+      drop(byUser, users, time, refRows, 0);
       if (next == Long.MAX_VALUE) {
         oldestStored.clear();
         return;
@@ -605,14 +700,15 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
     timers.registerEventTimeTimer(VoidNamespace.INSTANCE, expiryOf(oldest));
   }
 
-  /** Removes from these keys' lists the clicks (time in tsField) expired at time. */
-  private void drop(MapState<StringData, List<RowData>> clicks, Set<StringData> keys, long time,
-                    int tsField) throws Exception {
-    for (StringData key : keys) {
-      List<RowData> rows = clicks.get(key);
-      if (rows == null) {
+  /** Removes from these keys' values the clicks (time in tsField) expired at time. */
+  private void drop(MapState<Long, byte[]> clicks, Set<Long> keys, long time,
+                    RowDataSerializer serializer, int tsField) throws Exception {
+    for (Long key : keys) {
+      byte[] value = clicks.get(key);
+      if (value == null) {
         continue;
       }
+      List<RowData> rows = rows(value, serializer.getArity());
       List<RowData> kept = new ArrayList<>(rows.size());
       for (RowData row : rows) {
         if (time < expiryOf(minuteOf(row.getLong(tsField)))) {
@@ -622,7 +718,7 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
       if (kept.isEmpty()) {
         clicks.remove(key);
       } else if (kept.size() < rows.size()) {
-        clicks.put(key, kept);
+        clicks.put(key, bytes(kept, serializer));
       }
     }
   }

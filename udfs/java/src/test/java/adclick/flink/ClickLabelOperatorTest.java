@@ -111,7 +111,13 @@ class ClickLabelOperatorTest {
   }
 
   private static ClickLabelOperator operator() {
-    return new ClickLabelOperator(INPUT, 1, 3, 4, 5, 9, ClickRules.defaults(), LATENESS_MS);
+    return operator(-1L);
+  }
+
+  /** With the users' and ip keys' hashes cut to hashMask's bits. */
+  private static ClickLabelOperator operator(long hashMask) {
+    return new ClickLabelOperator(INPUT, 1, 3, 4, 5, 9, ClickRules.defaults(), LATENESS_MS,
+        hashMask);
   }
 
   /** The harness, its input and output rows, and what its output says so far. */
@@ -124,7 +130,11 @@ class ClickLabelOperatorTest {
 
     /** On the heap backend (the harness's), or on RocksDB: every state serialized. */
     Harness(boolean rocksDb) throws Exception {
-      super(operator(), AD, KEY_TYPE, MAX_PARALLELISM, 1, 0);
+      this(rocksDb, -1L);
+    }
+
+    Harness(boolean rocksDb, long hashMask) throws Exception {
+      super(operator(hashMask), AD, KEY_TYPE, MAX_PARALLELISM, 1, 0);
       if (rocksDb) {
         setStateBackend(new EmbeddedRocksDBStateBackend());
       }
@@ -136,7 +146,12 @@ class ClickLabelOperatorTest {
     }
 
     static Harness started(OperatorSubtaskState state, boolean rocksDb) throws Exception {
-      Harness h = new Harness(rocksDb);
+      return started(state, rocksDb, -1L);
+    }
+
+    static Harness started(OperatorSubtaskState state, boolean rocksDb, long hashMask)
+        throws Exception {
+      Harness h = new Harness(rocksDb, hashMask);
       h.initializeState(state);
       h.open();
       return h;
@@ -459,6 +474,12 @@ class ClickLabelOperatorTest {
   private static List<List<String>> shuffledRun(List<TestClick> clicks, long seed,
                                                 int restoreAt, boolean rocksDb)
       throws Exception {
+    return shuffledRun(clicks, seed, restoreAt, rocksDb, -1L);
+  }
+
+  private static List<List<String>> shuffledRun(List<TestClick> clicks, long seed,
+                                                int restoreAt, boolean rocksDb, long hashMask)
+      throws Exception {
     Random random = new Random(seed);
     Map<TestClick, Long> arrival = new HashMap<>();
     for (TestClick c : clicks) {
@@ -469,14 +490,14 @@ class ClickLabelOperatorTest {
     Collections.shuffle(arrivals, random);
     arrivals.sort(Comparator.comparingLong(arrival::get));
     List<List<String>> emitted = new ArrayList<>();
-    Harness h = Harness.started(null, rocksDb);
+    Harness h = Harness.started(null, rocksDb, hashMask);
     long watermark = Long.MIN_VALUE;
     for (int i = 0; i < arrivals.size(); i++) {
       if (i == restoreAt) {
         OperatorSubtaskState state = h.snapshot(1, 0);
         emitted.addAll(h.emitted());
         h.close();
-        h = Harness.started(state, rocksDb);
+        h = Harness.started(state, rocksDb, hashMask);
       }
       TestClick c = arrivals.get(i);
       if (arrival.get(c) - 2_000 > watermark) {
@@ -511,6 +532,19 @@ class ClickLabelOperatorTest {
       assertEquals(expected, finalLabels(restored), "restored, seed " + seed);
     }
     assertTrue(revised > 0, "late clicks revised some labels");
+  }
+
+  @Test
+  void usersAndIpKeysSharingAHashAreToldApart() throws Exception {
+    for (long seed = 1; seed <= 3; seed++) {
+      List<TestClick> clicks = ClickTrafficLabelsTest.randomClicks(seed, 200);
+      Map<String, String> expected = ClickTrafficLabelsTest.expected(clicks);
+      // 2 bits: the 8 users share 4 hashes, the 13 ip keys 4 too
+      for (boolean rocksDb : new boolean[] {false, true}) {
+        List<List<String>> restored = shuffledRun(clicks, seed, clicks.size() / 2, rocksDb, 3L);
+        assertEquals(expected, finalLabels(restored), "seed " + seed + ", rocksDb " + rocksDb);
+      }
+    }
   }
 
   @Test
@@ -582,13 +616,14 @@ class ClickLabelOperatorTest {
   }
 
   @Test
-  void aStoredClicksEntryInItsUsersIndexTakesAboutNinetyBytes() throws Exception {
+  void aStoredClicksEntryInItsUsersIndexTakesAboutOneHundredAndTwentyBytes() throws Exception {
     RowDataSerializer refs = new RowDataSerializer(ClickLabelOperator.REF_TYPE);
     DataOutputSerializer out = new DataOutputSerializer(128);
     refs.serialize(GenericRowData.of(T0, StringData.fromString(
-        "c2b6a2a4-6f1e-4d5a-9b1e-3f1f6c2a9d10"), StringData.fromString("203.0.113.42")), out);
-    // length, header and null bits, 3 fixed slots, then the id and the ip key over 7 bytes
-    assertEquals(4 + 8 + 8 * 3 + 40 + 16, out.length());
+        "c2b6a2a4-6f1e-4d5a-9b1e-3f1f6c2a9d10"), StringData.fromString("user-12345678"),
+        StringData.fromString("203.0.113.42")), out);
+    // its size, header and null bits, 4 fixed slots, then the id, user and ip key over 7 bytes
+    assertEquals(4 + 8 + 8 * 4 + 40 + 16 + 16, out.length());
   }
 
   // install: what it replaces, and what it refuses to.
