@@ -681,10 +681,10 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
       }
       for (Long minute : expired) {
         ipKeysOfMinute.setCurrentNamespace(minute);
-        ipKeysOfMinute.get().forEach(ipKeys::add);
+        addAll(ipKeysOfMinute.get(), ipKeys);
         ipKeysOfMinute.clear();
         usersOfMinute.setCurrentNamespace(minute);
-        usersOfMinute.get().forEach(users::add);
+        addAll(usersOfMinute.get(), users);  // none if no click of the minute had a user
         usersOfMinute.clear();
         storedMinutes.remove(minute);
       }
@@ -698,6 +698,13 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
       oldestStored.update(oldest);
     }
     timers.registerEventTimeTimer(VoidNamespace.INSTANCE, expiryOf(oldest));
+  }
+
+  /** A list state's values (null when it holds none) added to set. */
+  private static void addAll(Iterable<Long> values, Set<Long> set) {
+    if (values != null) {
+      values.forEach(set::add);
+    }
   }
 
   /** Removes from these keys' values the clicks (time in tsField) expired at time. */

@@ -548,6 +548,25 @@ class ClickLabelOperatorTest {
   }
 
   @Test
+  void aMinuteOfClicksWithoutAUserIsLabelledAndExpires() throws Exception {
+    for (boolean rocksDb : new boolean[] {false, true}) {
+      try (Harness h = Harness.started(null, rocksDb)) {
+        for (String id : List.of("a", "b", "c", "d")) {
+          RowData row = row(click(id, 1_000, "u", "10.0.0.1"));
+          ((GenericRowData) row).setField(4, null);  // no user_id
+          h.processElement(new StreamRecord<>(row, T0 + 1_000));
+        }
+        h.watermark(T0 + MINUTE);
+        assertEquals(List.of(List.of("a", "valid"), List.of("b", "valid"),
+            List.of("c", "valid"), List.of("d", "ip_frequency")), h.emitted());
+        assertTrue(h.stateEntries() > 0);
+        h.watermark(Long.MAX_VALUE);
+        assertEquals(0L, h.stateEntries(), "rocksDb " + rocksDb);
+      }
+    }
+  }
+
+  @Test
   void onRocksDbTheLabelsAreTheSame() throws Exception {
     for (long seed = 1; seed <= 2; seed++) {
       List<TestClick> clicks = ClickTrafficLabelsTest.randomClicks(seed, 200);
