@@ -36,12 +36,17 @@ import org.apache.flink.streaming.api.operators.Triggerable;
 import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
 import org.apache.flink.table.data.GenericMapData;
 import org.apache.flink.table.data.GenericRowData;
+import org.apache.flink.table.data.MapData;
 import org.apache.flink.table.data.RowData;
 import org.apache.flink.table.data.StringData;
+import org.apache.flink.table.data.binary.BinaryArrayData;
+import org.apache.flink.table.data.binary.BinaryMapData;
 import org.apache.flink.table.data.binary.BinaryRowData;
 import org.apache.flink.table.data.binary.BinarySegmentUtils;
+import org.apache.flink.table.data.binary.BinaryStringData;
 import org.apache.flink.table.data.utils.JoinedRowData;
 import org.apache.flink.table.data.utils.ProjectedRowData;
+import org.apache.flink.table.data.writer.BinaryArrayWriter;
 import org.apache.flink.table.runtime.typeutils.RowDataSerializer;
 import org.apache.flink.table.types.logical.BigIntType;
 import org.apache.flink.table.types.logical.LogicalType;
@@ -275,9 +280,10 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
       Map<Long, List<RowData>> ipKeys = new HashMap<>();
       Map<Long, List<RowData>> users = new HashMap<>();
       for (Entry click : clicks) {
-        ipKeys.computeIfAbsent(hash(click.ipKey), k -> new ArrayList<>()).add(click.stored);
+        hashed(click);
+        ipKeys.computeIfAbsent(click.ipKeyHash, k -> new ArrayList<>()).add(click.stored);
         if (click.user != null) {
-          users.computeIfAbsent(hash(click.user), k -> new ArrayList<>()).add(refRow(click));
+          users.computeIfAbsent(click.userHash, k -> new ArrayList<>()).add(refRow(click));
         }
       }
       for (Map.Entry<Long, List<RowData>> ipKey : ipKeys.entrySet()) {
@@ -310,7 +316,8 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
     }
     long minute = minuteOf(row.getLong(tsField));
     if (timers.currentWatermark() >= minute + MINUTE_MS - 1) {
-      insert(new ArrayList<>(List.of(fresh(row))));
+      // A copy: inputs may be reused objects.
+      insert(new ArrayList<>(List.of(fresh(inputRows.toBinaryRow(row).copy()))));
     } else {
       pending.add(inputRows.toBinaryRow(row).copy());
       timers.registerEventTimeTimer(VoidNamespace.INSTANCE, minute + MINUTE_MS - 1);
@@ -328,7 +335,7 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
       for (RowData row : waiting) {
         // This minute's, and (defensively) any earlier one's.
         if (minuteOf(row.getLong(tsField)) + MINUTE_MS - 1 <= time) {
-          closing.add(fresh(row));
+          closing.add(fresh(row));  // the state's own row (a copy when added)
         } else {
           open.add(row);
         }
@@ -364,6 +371,8 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
     StringData label;      // the stored label; a new click's once labelled
     StringData replaced;   // a revised stored click's label before
     boolean repeat;        // a new click's: its user's click before it is less than R before
+    long userHash;         // a new click's user's and ip key's hash (hashed), the maps' keys
+    long ipKeyHash;
 
     Entry(long ts, StringData id, StringData user, StringData ipKey, StringData traffic,
           RowData input, RowData ref, RowData stored, StringData label) {
@@ -391,12 +400,13 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
     return row.isNullAt(field) ? null : row.getString(field);
   }
 
-  private Entry fresh(RowData row) {
-    RowData copy = inputRows.toBinaryRow(row).copy(); // inputs may be reused objects
+  /** A new click, from its input row: a copy of its own (no reused object). */
+  private Entry fresh(RowData copy) {
     StringData ip = string(copy, ipField);
-    return new Entry(copy.getLong(tsField), string(copy, idField), string(copy, userField),
+    return hashed(new Entry(copy.getLong(tsField), string(copy, idField),
+        string(copy, userField),
         StringData.fromString(IpAddress.key(ip == null ? null : ip.toString())),
-        string(copy, trafficField), copy, null, null, null);
+        string(copy, trafficField), copy, null, null, null));
   }
 
   private Entry storedEntry(RowData row) {
@@ -413,6 +423,13 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
   private RowData refRow(Entry click) {
     return refRows.toBinaryRow(GenericRowData.of(click.ts, click.id, click.user, click.ipKey))
         .copy();
+  }
+
+  /** Sets a click's userHash (when it has a user) and ipKeyHash; returns it. */
+  private Entry hashed(Entry click) {
+    click.userHash = click.user == null ? 0 : hash(click.user);
+    click.ipKeyHash = hash(click.ipKey);
+    return click;
   }
 
   /** A user's or an ip key's hash: the two maps' key. */
@@ -455,6 +472,19 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
       at += 4 + size;
     }
     return rows;
+  }
+
+  /**
+   * The rows of a map value that are key's (their keyField equals it), in order; the others'
+   * (another key of the same hash) are added to others.
+   */
+  private static List<RowData> rowsOf(byte[] value, int arity, int keyField, StringData key,
+                                      List<RowData> others) {
+    List<RowData> theKeys = new ArrayList<>();
+    for (RowData row : rows(value, arity)) {
+      (key.equals(row.getString(keyField)) ? theKeys : others).add(row);
+    }
+    return theKeys;
   }
 
   private RowData storedRow(RowData input, StringData label, StringData ipKey) {
@@ -502,15 +532,12 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
     // becomes a repeat (its ip key's pass below revises it).
     Map<StringData, Set<StringData>> nowRepeats = new HashMap<>(); // ip key -> stored ids
     for (Map.Entry<StringData, List<Entry>> user : groupBy(fresh, c -> c.user).entrySet()) {
-      long hash = hash(user.getKey());
+      long hash = user.getValue().get(0).userHash;
       List<Entry> theUsers = new ArrayList<>();
       List<RowData> others = new ArrayList<>();  // another user's of the same hash
-      for (RowData ref : rows(byUser.get(hash), REF_TYPE.getFieldCount())) {
-        if (user.getKey().equals(ref.getString(REF_USER))) {
-          theUsers.add(refEntry(ref));
-        } else {
-          others.add(ref);
-        }
+      for (RowData ref : rowsOf(byUser.get(hash), REF_TYPE.getFieldCount(), REF_USER,
+          user.getKey(), others)) {
+        theUsers.add(refEntry(ref));
       }
       List<Entry> clicks = merged(theUsers, user.getValue());
       List<RowData> refs = new ArrayList<>(clicks.size() + others.size());
@@ -540,17 +567,15 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
     List<Entry> emitted = new ArrayList<>();
     int ipKeyField = inputFields.length + 1;
     for (StringData ipKey : ipKeys) {
-      long hash = hash(ipKey);
+      List<Entry> freshOfIpKey = freshByIpKey.getOrDefault(ipKey, List.of());
+      long hash = freshOfIpKey.isEmpty() ? hash(ipKey) : freshOfIpKey.get(0).ipKeyHash;
       List<Entry> theIpKeys = new ArrayList<>();
       List<RowData> others = new ArrayList<>();  // another ip key's of the same hash
-      for (RowData row : rows(byIpKey.get(hash), storedRows.getArity())) {
-        if (ipKey.equals(row.getString(ipKeyField))) {
-          theIpKeys.add(storedEntry(row));
-        } else {
-          others.add(row);
-        }
+      for (RowData row : rowsOf(byIpKey.get(hash), storedRows.getArity(), ipKeyField, ipKey,
+          others)) {
+        theIpKeys.add(storedEntry(row));
       }
-      List<Entry> clicks = merged(theIpKeys, freshByIpKey.getOrDefault(ipKey, List.of()));
+      List<Entry> clicks = merged(theIpKeys, freshOfIpKey);
       Set<StringData> repeats = nowRepeats.getOrDefault(ipKey, Set.of());
       boolean afterNew = false;
       boolean changed = false;
@@ -565,7 +590,8 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
         if (click.isNew()) {
           afterNew = true;
           changed = true;
-          click.label = StringData.fromString(rules.label(click.traffic, click.repeat, earlier));
+          click.label = click.traffic != null ? (StringData) click.traffic
+              : RULE_LABELS.get(rules.label(null, click.repeat, earlier));
           click.stored = storedRow(click.input, click.label, ipKey);
           emitted.add(click);
         } else if (click.traffic == null && (afterNew || !repeats.isEmpty())) {
@@ -579,7 +605,7 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
           if (!now.equals(old)) {
             changed = true;
             click.replaced = click.label;
-            click.label = StringData.fromString(now);
+            click.label = RULE_LABELS.get(now);
             click.stored = storedRow(ProjectedRowData.from(inputFields).replaceRow(click.stored),
                 click.label, ipKey);
             emitted.add(click);
@@ -623,9 +649,9 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
       Set<Long> ipKeys = new LinkedHashSet<>();
       Set<Long> users = new LinkedHashSet<>();
       for (Entry click : minute.getValue()) {
-        ipKeys.add(hash(click.ipKey));
+        ipKeys.add(click.ipKeyHash);
         if (click.user != null) {
-          users.add(hash(click.user));
+          users.add(click.userHash);
         }
       }
       ipKeysOfMinute.setCurrentNamespace(m);
@@ -646,15 +672,41 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
     return minutes;
   }
 
-  private static final StringData REPLACES_KEY = StringData.fromString(REPLACES);
+  /** A string written as its UTF-8 bytes once, so rows that take it need not encode it. */
+  private static StringData encoded(String text) {
+    BinaryStringData string = BinaryStringData.fromString(text);
+    string.ensureMaterialized();
+    return string;
+  }
 
+  private static final StringData REPLACES_KEY = encoded(REPLACES);
+  /** The labels the rules give (a stateless one is the input's own string). */
+  private static final Map<String, StringData> RULE_LABELS = Map.of(
+      ClickRules.VALID, encoded(ClickRules.VALID),
+      ClickRules.REPEAT_CLICK, encoded(ClickRules.REPEAT_CLICK),
+      ClickRules.IP_FREQUENCY, encoded(ClickRules.IP_FREQUENCY));
+
+  /**
+   * The input row and its labels' map {id: label} (with "^replaces": the old label, for a
+   * revision). The map is binary: each of the planner's Calcs after this copies the columns it
+   * reads, and a binary map's copy is one array copy where a hash map's is a conversion to one
+   * (docs/SCALING.md section 8).
+   */
   private void emit(RowData input, StringData id, StringData label, StringData replaced) {
-    Map<StringData, StringData> labels = new LinkedHashMap<>();
-    labels.put(id, label);
-    if (replaced != null) {
-      labels.put(REPLACES_KEY, replaced);
+    MapData labels = replaced == null
+        ? BinaryMapData.valueOf(strings(id), strings(label))
+        : BinaryMapData.valueOf(strings(id, REPLACES_KEY), strings(label, replaced));
+    collector.collect(new JoinedRowData(input, GenericRowData.of(labels)));
+  }
+
+  private static BinaryArrayData strings(StringData... values) {
+    BinaryArrayData array = new BinaryArrayData();
+    BinaryArrayWriter writer = new BinaryArrayWriter(array, values.length, 8);
+    for (int i = 0; i < values.length; i++) {
+      writer.writeString(i, values[i]);
     }
-    collector.collect(new JoinedRowData(input, GenericRowData.of(new GenericMapData(labels))));
+    writer.complete();
+    return array;
   }
 
   /**
