@@ -591,7 +591,7 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
           afterNew = true;
           changed = true;
           click.label = click.traffic != null ? (StringData) click.traffic
-              : RULE_LABELS.get(rules.label(null, click.repeat, earlier));
+              : ruleLabel(rules.label(null, click.repeat, earlier));
           click.stored = storedRow(click.input, click.label, ipKey);
           emitted.add(click);
         } else if (click.traffic == null && (afterNew || !repeats.isEmpty())) {
@@ -605,7 +605,7 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
           if (!now.equals(old)) {
             changed = true;
             click.replaced = click.label;
-            click.label = RULE_LABELS.get(now);
+            click.label = ruleLabel(now);
             click.stored = storedRow(ProjectedRowData.from(inputFields).replaceRow(click.stored),
                 click.label, ipKey);
             emitted.add(click);
@@ -685,6 +685,12 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
       ClickRules.VALID, encoded(ClickRules.VALID),
       ClickRules.REPEAT_CLICK, encoded(ClickRules.REPEAT_CLICK),
       ClickRules.IP_FREQUENCY, encoded(ClickRules.IP_FREQUENCY));
+
+  /** A label of the rules as a string for the rows (a label added to ClickRules still works). */
+  private static StringData ruleLabel(String label) {
+    StringData constant = RULE_LABELS.get(label);
+    return constant != null ? constant : StringData.fromString(label);
+  }
 
   /**
    * The input row and its labels' map {id: label} (with "^replaces": the old label, for a
