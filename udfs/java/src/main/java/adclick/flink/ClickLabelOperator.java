@@ -33,6 +33,7 @@ import org.apache.flink.streaming.api.operators.InternalTimerService;
 import org.apache.flink.streaming.api.operators.OneInputStreamOperator;
 import org.apache.flink.streaming.api.operators.TimestampedCollector;
 import org.apache.flink.streaming.api.operators.Triggerable;
+import org.apache.flink.streaming.api.watermark.Watermark;
 import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
 import org.apache.flink.table.data.GenericMapData;
 import org.apache.flink.table.data.GenericRowData;
@@ -63,10 +64,16 @@ import org.apache.flink.table.types.logical.VarCharType;
  *
  * <ul>
  *   <li>A click whose minute is still open here (the watermark is before its last
- *       millisecond) waits (pending) until the watermark closes that minute; then the minute's
- *       clicks are labelled against the stored clicks and each other, stored, and emitted,
- *       before the watermark goes on (a downstream event-time window still counts them as on
- *       time).
+ *       millisecond) is labelled against the stored clicks and stored soon after it comes:
+ *       arrivals are buffered and labelled together, ad by ad, before each watermark and each
+ *       checkpoint (or when {@value #ARRIVALS_LIMIT} wait). It is held, not emitted: a click
+ *       that comes later but is ordered before it may still change its label, and then only
+ *       its held label changes. When the watermark closes the minute, its held clicks are
+ *       emitted with their labels, before the watermark goes on (a downstream event-time
+ *       window still counts them as on time). So the labelling's work follows the arrivals,
+ *       and a minute's close only reads back and emits rows already labelled (until
+ *       2026-12-08 a minute's clicks waited unlabelled and were all labelled at its close: at
+ *       10,000 clicks/s a burst of 600,000, docs/SCALING.md section 8).
  *   <li>A late click (its minute already closed here) is labelled at once the same way; then
  *       every stored click after it whose label it changes is emitted again as a revision: its
  *       row with the map {id: new label, "^replaces": old label} ('^' is no id character).
@@ -77,7 +84,10 @@ import org.apache.flink.table.types.logical.VarCharType;
  *
  * <p>Rows come out with the record timestamp a KeyedProcessOperator gives them, as the
  * planner's OVER did: the input record's when emitted on arrival, the timer's when emitted as
- * a minute closes (downstream operators read the rowtime from the row).
+ * a minute closes (downstream operators read the rowtime from the row). A restored operator,
+ * its watermark back at the start, can only tell a minute closed before the restore from
+ * its state: a click of such a minute goes out when labelled, as a late one, with its batch's
+ * latest record timestamp.
  *
  * <p>State (Flink's managed keyed state, per ad: checkpoints, restores and rescaling are
  * Flink's, on the heap backend or RocksDB). The rules read only the clicks that share a user
@@ -85,7 +95,8 @@ import org.apache.flink.table.types.logical.VarCharType;
  * kept under those keys, and labelling a click reads and writes its user's and its ip key's
  * clicks, never the ad's others:
  * <ul>
- *   <li>the pending clicks, as their input rows (a list: an append per click);
+ *   <li>per open minute (a namespace), its held clicks as stored rows (below; a list: an
+ *       append per click, and per change of a held label);
  *   <li>per ip key, its stored clicks in the rules' order, each its input row plus its label
  *       and ip key as one binary row: about 4 + 8 + 8 * (input columns + 2) bytes plus its
  *       strings longer than 7 bytes rounded up to 8, about 230 bytes for the job's 11 columns
@@ -93,7 +104,8 @@ import org.apache.flink.table.types.logical.VarCharType;
  *   <li>per user, its stored clicks' (time, id, user, ip key), in the rules' order (about 120
  *       bytes);
  *   <li>per stored minute (a namespace), the users and ip keys it has clicks of, which is how
- *       the expiry finds them; the stored minutes, and the oldest.
+ *       the expiry finds them; the stored minutes, each with whether it closed here (its
+ *       clicks emitted), and the oldest.
  * </ul>
  * The two maps are keyed by a 64-bit hash of the user or the ip key, and each value is its
  * clicks' binary rows in one byte array: on the heap a click is then two map entries and two
@@ -116,6 +128,13 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
   public static final String REPLACES = "^replaces";
   /** The state of the layout before 2026-12-07: the stored clicks as a list per minute. */
   static final String PER_MINUTE_STATE = "click-label-stored";
+  /**
+   * The state of the layouts before 2026-12-08: the clicks of open minutes, unlabelled, as
+   * their input rows (a list per ad), labelled all at once when their minute closed.
+   */
+  static final String PENDING_STATE = "click-label-pending";
+  /** Arrivals buffered at most before they are labelled (about 300 bytes each). */
+  static final int ARRIVALS_LIMIT = 10_000;
 
   /** What the user index keeps of a stored click: enough to order it and find its row. */
   static final RowType REF_TYPE = RowType.of(
@@ -143,14 +162,19 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
   private transient RowDataSerializer storedRows;
   private transient RowDataSerializer refRows;
   private transient int[] inputFields;
-  // Clicks whose minute is open here, as their input rows.
-  private transient ListState<RowData> pending;
+  // Clicks arrived in an open minute and not labelled yet (not state: labelled before each
+  // checkpoint and each watermark).
+  private transient List<Arrival> arrivals;
+  // Per minute (the namespace), its labelled clicks not emitted yet (held), as stored rows; a
+  // held click whose label changed is appended again, and the last row of an id is its label.
+  private transient InternalListState<Object, Long, RowData> held;
   // Labelled clicks per ip key (by its hash): each its input row with its label and ip key as
   // two more STRING columns, in the rules' order, as rows() reads them.
   private transient MapState<Long, byte[]> byIpKey;
   // Labelled clicks per user (by its hash), as REF_TYPE rows, in the rules' order.
   private transient MapState<Long, byte[]> byUser;
-  // The minutes with stored clicks; per minute (the namespace) the hashes of their ip keys and
+  // The minutes with stored clicks, each with whether it is closed here (its clicks emitted;
+  // false while they are held); per minute (the namespace) the hashes of their ip keys and
   // users.
   private transient MapState<Long, Boolean> storedMinutes;
   private transient InternalListState<Object, Long, Long> ipKeysOfMinute;
@@ -232,8 +256,9 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
     for (int i = 0; i < inputFields.length; i++) {
       inputFields[i] = i;
     }
-    pending = getPartitionedState(new ListStateDescriptor<>("click-label-pending",
-        new RowDataSerializer(inputType)));
+    arrivals = new ArrayList<>();
+    held = (InternalListState<Object, Long, RowData>) getOrCreateKeyedState(
+        LongSerializer.INSTANCE, new ListStateDescriptor<>("click-label-held", storedRows));
     byIpKey = getPartitionedState(new MapStateDescriptor<>("click-label-by-ip-key",
         LongSerializer.INSTANCE, BytePrimitiveArraySerializer.INSTANCE));
     byUser = getPartitionedState(new MapStateDescriptor<>("click-label-by-user",
@@ -249,6 +274,33 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
     oldestStored = getPartitionedState(new ValueStateDescriptor<>("click-label-oldest",
         LongSerializer.INSTANCE));
     moveFromPerMinuteLayout();
+    movePendingToArrivals();
+  }
+
+  /**
+   * A state restored from a layout before 2026-12-08 has its open minutes' clicks unlabelled
+   * (pending); they become arrivals, labelled at the first watermark or checkpoint, and the
+   * old state is emptied. Their minutes' timers are restored with them.
+   */
+  private void movePendingToArrivals() throws Exception {
+    List<Object> keys;
+    try (Stream<Object> restored = getKeyedStateBackend().getKeys(PENDING_STATE,
+        VoidNamespace.INSTANCE)) {
+      keys = restored.collect(Collectors.toList());
+    }
+    if (keys.isEmpty()) {
+      return; // a new job, or one moved already: the old state is not even registered
+    }
+    ListState<RowData> pending = getPartitionedState(new ListStateDescriptor<>(PENDING_STATE,
+        new RowDataSerializer(inputType)));
+    for (Object key : keys) {
+      setCurrentKey(key);
+      for (RowData row : pending.get()) {
+        Entry click = fresh(row); // the state's own row
+        arrivals.add(new Arrival(key, click, click.ts));
+      }
+      pending.clear();
+    }
   }
 
   /**
@@ -292,7 +344,7 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
       for (Map.Entry<Long, List<RowData>> user : users.entrySet()) {
         byUser.put(user.getKey(), bytes(user.getValue(), refRows));
       }
-      index(clicks);
+      index(clicks, new HashMap<>()); // each a closed minute's: it was emitted
     }
   }
 
@@ -308,50 +360,113 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
   @Override
   public void processElement(StreamRecord<RowData> element) throws Exception {
     RowData row = element.getValue();
-    collector.setTimestamp(element);
     if (row.isNullAt(tsField)) {
       // No click (a counted click has its time): passed on unlabelled rather than lost.
+      collector.setTimestamp(element);
       collector.collect(new JoinedRowData(row, GenericRowData.of(new GenericMapData(Map.of()))));
       return;
     }
-    long minute = minuteOf(row.getLong(tsField));
-    if (timers.currentWatermark() >= minute + MINUTE_MS - 1) {
-      // A copy: inputs may be reused objects.
-      insert(new ArrayList<>(List.of(fresh(inputRows.toBinaryRow(row).copy()))));
+    // A copy: inputs may be reused objects.
+    Entry click = fresh(inputRows.toBinaryRow(row).copy());
+    long end = click.minute() + MINUTE_MS - 1;
+    if (timers.currentWatermark() >= end) {
+      collector.setTimestamp(element);
+      insert(new ArrayList<>(List.of(click)));
     } else {
-      pending.add(inputRows.toBinaryRow(row).copy());
-      timers.registerEventTimeTimer(VoidNamespace.INSTANCE, minute + MINUTE_MS - 1);
+      timers.registerEventTimeTimer(VoidNamespace.INSTANCE, end);
+      arrivals.add(new Arrival(keySerializer().copy(getCurrentKey()), click,
+          element.hasTimestamp() ? element.getTimestamp() : click.ts));
+      if (arrivals.size() >= ARRIVALS_LIMIT) {
+        labelArrivals();
+      }
     }
+  }
+
+  @SuppressWarnings("unchecked")
+  private org.apache.flink.api.common.typeutils.TypeSerializer<Object> keySerializer() {
+    return (org.apache.flink.api.common.typeutils.TypeSerializer<Object>)
+        getKeyedStateBackend().getKeySerializer();
+  }
+
+  /**
+   * Labels and stores the buffered arrivals, ad by ad (their minutes are open: they are held).
+   * Called before the watermark moves on (so before a minute's close), before each checkpoint
+   * and when the buffer is full: the labelling follows the arrivals, a batch each watermark
+   * (which also bounds the work a hot ip key's list costs: rewritten once a batch, not once a
+   * click), instead of a minute's clicks at once when it closes.
+   */
+  private void labelArrivals() throws Exception {
+    if (arrivals.isEmpty()) {
+      return;
+    }
+    Map<Object, List<Entry>> byKey = new LinkedHashMap<>();
+    Map<Object, Long> latest = new HashMap<>();
+    for (Arrival arrival : arrivals) {
+      byKey.computeIfAbsent(arrival.key, k -> new ArrayList<>()).add(arrival.click);
+      latest.merge(arrival.key, arrival.timestamp, Math::max);
+    }
+    arrivals = new ArrayList<>();
+    for (Map.Entry<Object, List<Entry>> ad : byKey.entrySet()) {
+      setCurrentKey(ad.getKey());
+      // Only a restored operator emits here (see insert): as of its latest arrival.
+      collector.setAbsoluteTimestamp(latest.get(ad.getKey()));
+      insert(ad.getValue());
+    }
+  }
+
+  @Override
+  public void processWatermark(Watermark mark) throws Exception {
+    labelArrivals();
+    super.processWatermark(mark);
+  }
+
+  @Override
+  public void prepareSnapshotPreBarrier(long checkpointId) throws Exception {
+    super.prepareSnapshotPreBarrier(checkpointId);
+    labelArrivals();
+  }
+
+  @Override
+  public void finish() throws Exception {
+    labelArrivals();
+    super.finish();
   }
 
   @Override
   public void onEventTime(InternalTimer<Object, VoidNamespace> timer) throws Exception {
     long time = timer.getTimestamp();
     collector.setAbsoluteTimestamp(time);
-    List<Entry> closing = new ArrayList<>();
-    List<RowData> open = new ArrayList<>();
-    Iterable<RowData> waiting = pending.get();
-    if (waiting != null) {
-      for (RowData row : waiting) {
-        // This minute's, and (defensively) any earlier one's.
-        if (minuteOf(row.getLong(tsField)) + MINUTE_MS - 1 <= time) {
-          closing.add(fresh(row));  // the state's own row (a copy when added)
-        } else {
-          open.add(row);
-        }
-      }
-    }
-    if (!closing.isEmpty()) {
-      if (open.isEmpty()) {
-        pending.clear();
-      } else {
-        pending.update(open);
-      }
-      insert(closing);
+    if (Math.floorMod(time + 1, MINUTE_MS) == 0) {
+      emitHeld(time + 1 - MINUTE_MS);
     }
     // The timer's time, not the watermark: when the watermark leaps, the timers of the minutes
     // it closes fire in order, and the later ones still look back at what this one would drop.
     cleanup(time);
+  }
+
+  /**
+   * A minute closes: its held clicks go out with their labels as they are now, in the rules'
+   * order, and the minute is marked closed.
+   */
+  private void emitHeld(long minute) throws Exception {
+    held.setCurrentNamespace(minute);
+    Iterable<RowData> rows = held.get();
+    if (rows == null) {
+      return;
+    }
+    Map<StringData, Entry> clicks = new LinkedHashMap<>(); // by id (the dedup's key): the last
+    for (RowData row : rows) {
+      Entry click = storedEntry(row);
+      clicks.put((StringData) click.id, click);
+    }
+    held.clear();
+    storedMinutes.put(minute, true);
+    List<Entry> sorted = new ArrayList<>(clicks.values());
+    sorted.sort(ClickRules.ORDER);
+    for (Entry click : sorted) {
+      emit(ProjectedRowData.from(inputFields).replaceRow(click.stored), (StringData) click.id,
+          click.label, null);
+    }
   }
 
   @Override
@@ -371,6 +486,7 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
     StringData label;      // the stored label; a new click's once labelled
     StringData replaced;   // a revised stored click's label before
     boolean repeat;        // a new click's: its user's click before it is less than R before
+    boolean held;          // a new click's: its minute is open, its emission waits for the close
     long userHash;         // a new click's user's and ip key's hash (hashed), the maps' keys
     long ipKeyHash;
 
@@ -393,6 +509,19 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
 
     StringData ipKeyData() {
       return (StringData) ipKey;
+    }
+  }
+
+  /** A click arrived in an open minute, with its ad (the key) and its record's timestamp. */
+  private static final class Arrival {
+    final Object key;
+    final Entry click;
+    final long timestamp;
+
+    Arrival(Object key, Entry click, long timestamp) {
+      this.key = key;
+      this.click = click;
+      this.timestamp = timestamp;
     }
   }
 
@@ -527,6 +656,19 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
    */
   private void insert(List<Entry> fresh) throws Exception {
     fresh.sort(ClickRules.ORDER);
+    // A new click is held (stored now, emitted when its minute closes) if its minute is open
+    // here and has not closed for this ad. It may have closed with the watermark behind it
+    // only in a restored operator (its watermark back at the start): then the click goes out
+    // now, as a late one, for a closed minute's clicks were emitted already.
+    long watermark = timers.currentWatermark();
+    Map<Long, Boolean> closed = new HashMap<>();  // minute -> storedMinutes' (null: none)
+    for (Entry click : fresh) {
+      long minute = click.minute();
+      if (!closed.containsKey(minute)) {
+        closed.put(minute, storedMinutes.get(minute));
+      }
+      click.held = minute + MINUTE_MS - 1 > watermark && !Boolean.TRUE.equals(closed.get(minute));
+    }
     // The users: a click is a repeat if its user's click just before it is less than R before.
     // A new click changes that only for the click just after it; if that is a stored one, it
     // becomes a repeat (its ip key's pass below revises it).
@@ -565,6 +707,7 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
     Set<StringData> ipKeys = new LinkedHashSet<>(freshByIpKey.keySet());
     ipKeys.addAll(nowRepeats.keySet());
     List<Entry> emitted = new ArrayList<>();
+    Map<Long, List<RowData>> heldRows = new TreeMap<>();  // per minute, to append
     int ipKeyField = inputFields.length + 1;
     for (StringData ipKey : ipKeys) {
       List<Entry> freshOfIpKey = freshByIpKey.getOrDefault(ipKey, List.of());
@@ -593,7 +736,11 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
           click.label = click.traffic != null ? (StringData) click.traffic
               : ruleLabel(rules.label(null, click.repeat, earlier));
           click.stored = storedRow(click.input, click.label, ipKey);
-          emitted.add(click);
+          if (click.held) {
+            heldRows.computeIfAbsent(click.minute(), m -> new ArrayList<>()).add(click.stored);
+          } else {
+            emitted.add(click);
+          }
         } else if (click.traffic == null && (afterNew || !repeats.isEmpty())) {
           String old = click.label.toString();
           String now = old;
@@ -608,7 +755,12 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
             click.label = ruleLabel(now);
             click.stored = storedRow(ProjectedRowData.from(inputFields).replaceRow(click.stored),
                 click.label, ipKey);
-            emitted.add(click);
+            if (isHeld(click, watermark, closed)) {
+              // Not emitted yet: its emission takes the new label, no revision needed.
+              heldRows.computeIfAbsent(click.minute(), m -> new ArrayList<>()).add(click.stored);
+            } else {
+              emitted.add(click);
+            }
           }
         }
         rows.add(click.stored);
@@ -617,6 +769,10 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
         rows.addAll(others);
         byIpKey.put(hash, bytes(rows, storedRows));
       }
+    }
+    for (Map.Entry<Long, List<RowData>> minute : heldRows.entrySet()) {
+      held.setCurrentNamespace(minute.getKey());
+      held.addAll(minute.getValue());
     }
     emitted.sort(ClickRules.ORDER);
     for (Entry click : emitted) {
@@ -627,21 +783,46 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
             (StringData) click.id, click.label, click.replaced);
       }
     }
-    index(fresh);
+    index(fresh, closed);
   }
 
-  /** Records new stored clicks' minutes, users and ip keys for their expiry. */
-  private void index(List<Entry> clicks) throws Exception {
+  /**
+   * Whether a stored click is held (not emitted yet): its minute is open here and has not
+   * closed for this ad (closed caches storedMinutes' values).
+   */
+  private boolean isHeld(Entry stored, long watermark, Map<Long, Boolean> closed)
+      throws Exception {
+    long minute = stored.minute();
+    if (minute + MINUTE_MS - 1 <= watermark) {
+      return false;  // its close fired before the watermark came
+    }
+    if (!closed.containsKey(minute)) {
+      closed.put(minute, storedMinutes.get(minute));
+    }
+    return Boolean.FALSE.equals(closed.get(minute));
+  }
+
+  /**
+   * Records new stored clicks' minutes (closed unless their clicks are held), users and ip keys
+   * for their expiry; closed has storedMinutes' values of their minutes (null: none yet).
+   */
+  private void index(List<Entry> clicks, Map<Long, Boolean> closed) throws Exception {
     Map<Long, List<Entry>> byMinute = new TreeMap<>();
     for (Entry click : clicks) {
       byMinute.computeIfAbsent(click.minute(), m -> new ArrayList<>()).add(click);
     }
-    Long oldest = oldestStored.value();
+    Long oldest = null;
+    boolean newMinute = false;
     for (Map.Entry<Long, List<Entry>> minute : byMinute.entrySet()) {
       long m = minute.getKey();
-      if (!storedMinutes.contains(m)) {
-        storedMinutes.put(m, true);
+      if (closed.get(m) == null) {
+        // A minute's new clicks are all held or all not (same minute, same state).
+        storedMinutes.put(m, !minute.getValue().get(0).held);
         timers.registerEventTimeTimer(VoidNamespace.INSTANCE, expiryOf(m));
+        if (!newMinute) {
+          oldest = oldestStored.value();
+          newMinute = true;
+        }
         if (oldest == null || m < oldest) {
           oldest = m;
         }
@@ -659,7 +840,9 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
       usersOfMinute.setCurrentNamespace(m);
       usersOfMinute.addAll(new ArrayList<>(users));
     }
-    oldestStored.update(oldest);
+    if (newMinute) {
+      oldestStored.update(oldest);
+    }
   }
 
   /** The current key's stored minutes, in order (tests). */
@@ -670,6 +853,20 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
     }
     minutes.sort(null);
     return minutes;
+  }
+
+  /** The current key's held rows of a minute, in order, as (id, label) (tests). */
+  List<List<String>> heldLabels(long minute) throws Exception {
+    held.setCurrentNamespace(minute);
+    List<List<String>> labels = new ArrayList<>();
+    Iterable<RowData> rows = held.get();
+    if (rows != null) {
+      for (RowData row : rows) {
+        Entry click = storedEntry(row);
+        labels.add(List.of(click.id.toString(), click.label.toString()));
+      }
+    }
+    return labels;
   }
 
   /** A string written as its UTF-8 bytes once, so rows that take it need not encode it. */

@@ -65,8 +65,8 @@ import org.junit.jupiter.api.Test;
 
 /**
  * The click labelling as Flink runs it (its keyed operator test harness: watermarks, timers,
- * checkpoints and restores): each counted click gets its label when its minute closes or, late,
- * at once, with revisions of the clicks after it; the labels it ends with, whatever the order
+ * checkpoints and restores): each counted click is labelled soon after it comes and emitted
+ * when its minute closes or, late, at once, with revisions of the clicks after it; the labels it ends with, whatever the order
  * of arrival, are the rules' over the ad's clicks sorted by (ts, id), as the SQL's OVER says.
  *
  * <p>Rows are the OVER's input in the job: (event, event_id, ad_id, event_ts_ms, user_id, ip,
@@ -167,6 +167,12 @@ class ClickLabelOperatorTest {
       processWatermark(new Watermark(ms));
     }
 
+    /** A checkpoint as a task takes it: the operator's step before the barrier, then its state. */
+    OperatorSubtaskState checkpoint() throws Exception {
+      prepareSnapshotPreBarrier(1);
+      return snapshot(1, 0);
+    }
+
     /**
      * The keyed state left: on the heap its entries; on RocksDB the (key, namespace) pairs of
      * each of the operator's states (its column families also hold the timers, whose deletes
@@ -177,7 +183,7 @@ class ClickLabelOperatorTest {
         RocksDBKeyedStateBackend<?> rocksDb =
             (RocksDBKeyedStateBackend<?>) getOperator().getKeyedStateBackend();
         long entries = 0;
-        for (String state : List.of("click-label-pending", "click-label-by-ip-key",
+        for (String state : List.of("click-label-held", "click-label-by-ip-key",
             "click-label-by-user", "click-label-minutes", "click-label-minute-ip-keys",
             "click-label-minute-users", "click-label-oldest")) {
           try (java.util.stream.Stream<?> keys = rocksDb.getKeysAndNamespaces(state)) {
@@ -414,18 +420,180 @@ class ClickLabelOperatorTest {
           click("p", 2 * MINUTE + 1_000, "u1", "10.0.0.2")); // p: still open at the checkpoint
       h.watermark(T0 + 2 * MINUTE);
       assertEquals(List.of(List.of("b", "valid")), h.emitted());
-      state = h.snapshot(1, 0);
+      state = h.checkpoint();
     }
     try (Harness h = Harness.started(state)) {
       // Late before the restored operator has seen a watermark: a waits for the next one,
-      // then it is labelled and b revised, as at once without the restart.
+      // then it is labelled (held: its minute never closed for this ad) and b revised, as at
+      // once without the restart; a goes out as its minute closes.
       h.feed(click("a", MINUTE - 5_000, "u1", "10.0.0.1"));
       h.watermark(T0 + 2 * MINUTE);
-      assertEquals(List.of(List.of("a", "valid"), List.of("b", "repeat_click", "valid")),
+      assertEquals(List.of(List.of("b", "repeat_click", "valid"), List.of("a", "valid")),
           h.emitted());
       h.getOutput().clear();
       h.watermark(T0 + 3 * MINUTE);
       assertEquals(List.of(List.of("p", "valid")), h.emitted());
+    }
+  }
+
+  @Test
+  void aClickOfAMinuteClosedBeforeTheRestoreGoesOutOnceAsALateOne() throws Exception {
+    for (boolean rocksDb : new boolean[] {false, true}) {
+      OperatorSubtaskState state;
+      List<List<String>> emitted = new ArrayList<>();
+      try (Harness h = Harness.started(null, rocksDb)) {
+        h.feed(click("b", MINUTE + 2_000, "u1", "10.0.0.1"));
+        h.watermark(T0 + 2 * MINUTE);
+        emitted.addAll(h.emitted());
+        state = h.checkpoint();
+      }
+      try (Harness h = Harness.started(state, rocksDb)) {
+        // The restored watermark is back at the start, but b's minute closed for this ad: a
+        // click of it is emitted when labelled, and b's revision with it, never b again.
+        h.feed(click("a", MINUTE + 1_000, "u1", "10.0.0.2"));
+        h.watermark(T0 + MINUTE);
+        assertEquals(List.of(List.of("a", "valid"), List.of("b", "repeat_click", "valid")),
+            h.emitted(), "rocksDb " + rocksDb);
+        h.watermark(Long.MAX_VALUE);
+        emitted.addAll(h.emitted());
+        assertEquals(Map.of("a", "valid", "b", "repeat_click"), finalLabels(emitted));
+        assertEquals(0L, h.stateEntries());
+      }
+    }
+  }
+
+  private static List<List<String>> heldLabels(Harness h, String ad, long minute)
+      throws Exception {
+    ClickLabelOperator operator = (ClickLabelOperator) h.getOperator();
+    operator.setCurrentKey(key(StringData.fromString(ad)));
+    return operator.heldLabels(minute);
+  }
+
+  @Test
+  void aClickIsLabelledSoonAfterItComesAndHeldUntilItsMinuteCloses() throws Exception {
+    for (boolean rocksDb : new boolean[] {false, true}) {
+      try (Harness h = Harness.started(null, rocksDb)) {
+        h.feed(click("b", 9_999, "u1", "10.0.0.1"), click("c", 20_000, "u2", "10.0.0.1"));
+        assertEquals(List.of(), heldLabels(h, "ad-1", T0), "arrivals wait for a watermark");
+        h.watermark(T0 + 10_000);
+        assertEquals(List.of(List.of("b", "valid"), List.of("c", "valid")),
+            heldLabels(h, "ad-1", T0), "labelled, stored and held");
+        assertEquals(List.of(T0), storedMinutes(h, "ad-1"));
+        // Out of order within the open minute: a makes b a repeat. Only b's held label
+        // changes (its row appended again); nothing is emitted.
+        h.feed(click("a", 0, "u1", "10.0.0.1"));
+        h.watermark(T0 + 59_998);
+        assertEquals(List.of(List.of("b", "valid"), List.of("c", "valid"),
+            List.of("a", "valid"), List.of("b", "repeat_click")), heldLabels(h, "ad-1", T0));
+        assertEquals(List.of(), h.emitted());
+        h.watermark(T0 + 59_999);
+        assertEquals(List.of(List.of("a", "valid"), List.of("b", "repeat_click"),
+            List.of("c", "valid")), h.emitted(), "once each, no revision; rocksDb " + rocksDb);
+        assertEquals(List.of(), heldLabels(h, "ad-1", T0));
+        h.watermark(Long.MAX_VALUE);
+        assertEquals(0L, h.stateEntries());
+      }
+    }
+  }
+
+  @Test
+  void aCheckpointTakesTheArrivalsNotLabelledYet() throws Exception {
+    for (boolean rocksDb : new boolean[] {false, true}) {
+      OperatorSubtaskState state;
+      try (Harness h = Harness.started(null, rocksDb)) {
+        h.watermark(T0);
+        h.feed(click("a", 1_000, "u1", "10.0.0.1"), click("b", 2_000, "u1", "10.0.0.2"));
+        state = h.checkpoint(); // no watermark since they came
+        assertEquals(List.of(List.of("a", "valid"), List.of("b", "repeat_click")),
+            heldLabels(h, "ad-1", T0), "labelled before the checkpoint");
+      }
+      try (Harness h = Harness.started(state, rocksDb)) {
+        h.watermark(T0 + MINUTE);
+        assertEquals(List.of(List.of("a", "valid"), List.of("b", "repeat_click")), h.emitted(),
+            "rocksDb " + rocksDb);
+      }
+    }
+  }
+
+  @Test
+  void aFullBufferOfArrivalsIsLabelledWithoutWaitingForAWatermark() throws Exception {
+    try (Harness h = Harness.started(null)) {
+      for (int i = 0; i < ClickLabelOperator.ARRIVALS_LIMIT; i++) {
+        h.feed(click("c" + i, i % MINUTE, "u" + i, "10.0." + (i / 250) + "." + (i % 250)));
+      }
+      assertEquals(ClickLabelOperator.ARRIVALS_LIMIT, heldLabels(h, "ad-1", T0).size());
+      h.feed(click("last", 59_000, "u-last", "10.1.0.1"));
+      assertEquals(ClickLabelOperator.ARRIVALS_LIMIT, heldLabels(h, "ad-1", T0).size(),
+          "the next waits again");
+      h.watermark(T0 + MINUTE);
+      assertEquals(ClickLabelOperator.ARRIVALS_LIMIT + 1, h.emitted().size());
+    }
+  }
+
+  /** Writes open minutes' clicks as the layouts before 2026-12-08 did: unlabelled, pending. */
+  private static final class PendingLayout extends AbstractStreamOperator<RowData>
+      implements OneInputStreamOperator<RowData, RowData>,
+      org.apache.flink.streaming.api.operators.Triggerable<Object, VoidNamespace> {
+    private transient org.apache.flink.api.common.state.ListState<RowData> pending;
+    private transient org.apache.flink.streaming.api.operators.InternalTimerService<VoidNamespace>
+        timers;
+
+    @Override
+    public void open() throws Exception {
+      super.open();
+      pending = getPartitionedState(new org.apache.flink.api.common.state.ListStateDescriptor<>(
+          ClickLabelOperator.PENDING_STATE, new RowDataSerializer(INPUT)));
+      timers = getInternalTimerService("click-label-timers", VoidNamespaceSerializer.INSTANCE,
+          this);
+    }
+
+    @Override
+    public void processElement(StreamRecord<RowData> element) throws Exception {
+      RowData row = element.getValue();
+      pending.add(new RowDataSerializer(INPUT).toBinaryRow(row).copy());
+      timers.registerEventTimeTimer(VoidNamespace.INSTANCE,
+          ClickLabelOperator.minuteOf(row.getLong(3)) + MINUTE - 1);
+    }
+
+    @Override
+    public void onEventTime(
+        org.apache.flink.streaming.api.operators.InternalTimer<Object, VoidNamespace> timer) {}
+
+    @Override
+    public void onProcessingTime(
+        org.apache.flink.streaming.api.operators.InternalTimer<Object, VoidNamespace> timer) {}
+  }
+
+  @Test
+  void aStateWithPendingClicksIsLabelledAndEmittedAsBefore() throws Exception {
+    for (boolean rocksDb : new boolean[] {false, true}) {
+      OperatorSubtaskState state;
+      try (KeyedOneInputStreamOperatorTestHarness<RowData, RowData, RowData> old =
+               new KeyedOneInputStreamOperatorTestHarness<>(new PendingLayout(), AD, KEY_TYPE,
+                   MAX_PARALLELISM, 1, 0)) {
+        if (rocksDb) {
+          old.setStateBackend(new EmbeddedRocksDBStateBackend());
+        }
+        old.open();
+        old.processElement(new StreamRecord<>(row(click("b", 5_000, "u1", "10.0.0.1")), T0));
+        old.processElement(new StreamRecord<>(row(click("a", 1_000, "u1", "10.0.0.1")), T0));
+        state = old.snapshot(1, 0);
+      }
+      try (Harness h = Harness.started(state, rocksDb)) {
+        ClickLabelOperator operator = (ClickLabelOperator) h.getOperator();
+        operator.setCurrentKey(key(StringData.fromString("ad-1")));
+        org.apache.flink.api.common.state.ListState<RowData> old = operator.getPartitionedState(
+            VoidNamespace.INSTANCE, VoidNamespaceSerializer.INSTANCE,
+            new org.apache.flink.api.common.state.ListStateDescriptor<>(
+                ClickLabelOperator.PENDING_STATE, new RowDataSerializer(INPUT)));
+        Iterable<RowData> left = old.get();
+        assertTrue(left == null || !left.iterator().hasNext(), "the old state is emptied");
+        h.watermark(T0 + MINUTE); // the restored timer closes the minute
+        assertEquals(List.of(List.of("a", "valid"), List.of("b", "repeat_click")), h.emitted(),
+            "rocksDb " + rocksDb);
+        h.watermark(Long.MAX_VALUE);
+        assertEquals(0L, h.stateEntries());
+      }
     }
   }
 
@@ -494,7 +662,7 @@ class ClickLabelOperatorTest {
     long watermark = Long.MIN_VALUE;
     for (int i = 0; i < arrivals.size(); i++) {
       if (i == restoreAt) {
-        OperatorSubtaskState state = h.snapshot(1, 0);
+        OperatorSubtaskState state = h.checkpoint();
         emitted.addAll(h.emitted());
         h.close();
         h = Harness.started(state, rocksDb, hashMask);
