@@ -278,18 +278,24 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
   }
 
   /**
+   * The keys with a value in a state of an earlier layout; none for a new job or one moved
+   * already (then the old state is not even registered).
+   */
+  private List<Object> restoredKeys(String state) {
+    try (Stream<Object> keys = getKeyedStateBackend().getKeys(state, VoidNamespace.INSTANCE)) {
+      return keys.collect(Collectors.toList());
+    }
+  }
+
+  /**
    * A state restored from a layout before 2026-12-08 has its open minutes' clicks unlabelled
    * (pending); they become arrivals, labelled at the first watermark or checkpoint, and the
    * old state is emptied. Their minutes' timers are restored with them.
    */
   private void movePendingToArrivals() throws Exception {
-    List<Object> keys;
-    try (Stream<Object> restored = getKeyedStateBackend().getKeys(PENDING_STATE,
-        VoidNamespace.INSTANCE)) {
-      keys = restored.collect(Collectors.toList());
-    }
+    List<Object> keys = restoredKeys(PENDING_STATE);
     if (keys.isEmpty()) {
-      return; // a new job, or one moved already: the old state is not even registered
+      return;
     }
     ListState<RowData> pending = getPartitionedState(new ListStateDescriptor<>(PENDING_STATE,
         new RowDataSerializer(inputType)));
@@ -309,13 +315,9 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
    * rows are this layout's; its timers (the minutes' expiries) are this one's too.
    */
   private void moveFromPerMinuteLayout() throws Exception {
-    List<Object> keys;
-    try (Stream<Object> restored = getKeyedStateBackend().getKeys(PER_MINUTE_STATE,
-        VoidNamespace.INSTANCE)) {
-      keys = restored.collect(Collectors.toList());
-    }
+    List<Object> keys = restoredKeys(PER_MINUTE_STATE);
     if (keys.isEmpty()) {
-      return; // a new job, or one moved already: the old state is not even registered
+      return;
     }
     MapState<Long, List<RowData>> perMinute = getPartitionedState(new MapStateDescriptor<>(
         PER_MINUTE_STATE, LongSerializer.INSTANCE, new ListSerializer<>(storedRows)));
