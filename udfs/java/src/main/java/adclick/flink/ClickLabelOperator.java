@@ -666,10 +666,8 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
     Map<Long, Boolean> closed = new HashMap<>();  // minute -> storedMinutes' (null: none)
     for (Entry click : fresh) {
       long minute = click.minute();
-      if (!closed.containsKey(minute)) {
-        closed.put(minute, storedMinutes.get(minute));
-      }
-      click.held = minute + MINUTE_MS - 1 > watermark && !Boolean.TRUE.equals(closed.get(minute));
+      click.held = minute + MINUTE_MS - 1 > watermark
+          && !Boolean.TRUE.equals(closedFlag(minute, closed));
     }
     // The users: a click is a repeat if its user's click just before it is less than R before.
     // A new click changes that only for the click just after it; if that is a stored one, it
@@ -798,10 +796,18 @@ public final class ClickLabelOperator extends AbstractStreamOperator<RowData>
     if (minute + MINUTE_MS - 1 <= watermark) {
       return false;  // its close fired before the watermark came
     }
+    return Boolean.FALSE.equals(closedFlag(minute, closed));
+  }
+
+  /**
+   * storedMinutes' value of a minute (null: none), read once per labelling: closed caches
+   * them.
+   */
+  private Boolean closedFlag(long minute, Map<Long, Boolean> closed) throws Exception {
     if (!closed.containsKey(minute)) {
       closed.put(minute, storedMinutes.get(minute));
     }
-    return Boolean.FALSE.equals(closed.get(minute));
+    return closed.get(minute);
   }
 
   /**

@@ -369,6 +369,24 @@ class ClickLabelOperatorTest {
     }
   }
 
+  /** The checkpoint of an operator writing an earlier layout's state from these records. */
+  private static OperatorSubtaskState oldLayoutState(
+      OneInputStreamOperator<RowData, RowData> layout, boolean rocksDb,
+      List<StreamRecord<RowData>> records) throws Exception {
+    try (KeyedOneInputStreamOperatorTestHarness<RowData, RowData, RowData> old =
+             new KeyedOneInputStreamOperatorTestHarness<>(layout, AD, KEY_TYPE, MAX_PARALLELISM,
+                 1, 0)) {
+      if (rocksDb) {
+        old.setStateBackend(new EmbeddedRocksDBStateBackend());
+      }
+      old.open();
+      for (StreamRecord<RowData> record : records) {
+        old.processElement(record);
+      }
+      return old.snapshot(1, 0);
+    }
+  }
+
   private static RowData storedRow(TestClick c, String label) {
     return new JoinedRowData(row(c), GenericRowData.of(StringData.fromString(label),
         StringData.fromString(IpAddress.key(c.ip))));
@@ -377,22 +395,10 @@ class ClickLabelOperatorTest {
   @Test
   void aStateOfThePerMinuteLayoutIsMovedAndLabelsAsBefore() throws Exception {
     for (boolean rocksDb : new boolean[] {false, true}) {
-      OperatorSubtaskState state;
-      try (KeyedOneInputStreamOperatorTestHarness<RowData, RowData, RowData> old =
-               new KeyedOneInputStreamOperatorTestHarness<>(new PerMinuteLayout(), AD, KEY_TYPE,
-                   MAX_PARALLELISM, 1, 0)) {
-        if (rocksDb) {
-          old.setStateBackend(new EmbeddedRocksDBStateBackend());
-        }
-        old.open();
-        for (RowData row : List.of(
-            storedRow(click("b", MINUTE + 2_000, "u1", "10.0.0.1"), "valid"),
-            storedRow(click("c", MINUTE + 3_000, "u2", "10.0.0.1"), "valid"),
-            storedRow(click("d", MINUTE + 4_000, "u3", "10.0.0.1"), "valid"))) {
-          old.processElement(new StreamRecord<>(row));
-        }
-        state = old.snapshot(1, 0);
-      }
+      OperatorSubtaskState state = oldLayoutState(new PerMinuteLayout(), rocksDb, List.of(
+          new StreamRecord<>(storedRow(click("b", MINUTE + 2_000, "u1", "10.0.0.1"), "valid")),
+          new StreamRecord<>(storedRow(click("c", MINUTE + 3_000, "u2", "10.0.0.1"), "valid")),
+          new StreamRecord<>(storedRow(click("d", MINUTE + 4_000, "u3", "10.0.0.1"), "valid"))));
       try (Harness h = Harness.started(state, rocksDb)) {
         ClickLabelOperator operator = (ClickLabelOperator) h.getOperator();
         assertEquals(List.of(T0 + MINUTE), storedMinutes(h, "ad-1"), "moved");
@@ -567,18 +573,9 @@ class ClickLabelOperatorTest {
   @Test
   void aStateWithPendingClicksIsLabelledAndEmittedAsBefore() throws Exception {
     for (boolean rocksDb : new boolean[] {false, true}) {
-      OperatorSubtaskState state;
-      try (KeyedOneInputStreamOperatorTestHarness<RowData, RowData, RowData> old =
-               new KeyedOneInputStreamOperatorTestHarness<>(new PendingLayout(), AD, KEY_TYPE,
-                   MAX_PARALLELISM, 1, 0)) {
-        if (rocksDb) {
-          old.setStateBackend(new EmbeddedRocksDBStateBackend());
-        }
-        old.open();
-        old.processElement(new StreamRecord<>(row(click("b", 5_000, "u1", "10.0.0.1")), T0));
-        old.processElement(new StreamRecord<>(row(click("a", 1_000, "u1", "10.0.0.1")), T0));
-        state = old.snapshot(1, 0);
-      }
+      OperatorSubtaskState state = oldLayoutState(new PendingLayout(), rocksDb, List.of(
+          new StreamRecord<>(row(click("b", 5_000, "u1", "10.0.0.1")), T0),
+          new StreamRecord<>(row(click("a", 1_000, "u1", "10.0.0.1")), T0)));
       try (Harness h = Harness.started(state, rocksDb)) {
         ClickLabelOperator operator = (ClickLabelOperator) h.getOperator();
         operator.setCurrentKey(key(StringData.fromString("ad-1")));
